@@ -1,0 +1,218 @@
+//! The wasmtime engine every plugin runs on, its linker, and the epoch ticker
+//! that turns wall-clock deadlines into interrupts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::cache::CompileCache;
+use crate::host::HostState;
+use crate::plugin::{Grants, LoadError, Plugin};
+
+/// How often the engine's epoch advances: the resolution of every deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How the engine is set up.
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    /// Where compiled components are kept between runs; `None` keeps them in
+    /// memory only. The directory must be private to this host: its files
+    /// are loaded as machine code.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl EngineConfig {
+    /// The cache directory used when none is given: `$DEEPWASM_CACHE/components`,
+    /// else `$XDG_CACHE_HOME/deepwasm/components`, else
+    /// `~/.cache/deepwasm/components`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("DEEPWASM_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| Path::new(&d).join("deepwasm")))
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/deepwasm")))?;
+        Some(base.join("components"))
+    }
+}
+
+/// Compiles, caches and links plugins. Cheap to clone; clones share
+/// everything.
+#[derive(Clone)]
+pub struct PluginEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<CompileCache>,
+    /// Components compiled or loaded in this process, by content key.
+    compiled: Mutex<HashMap<String, Component>>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine")
+            .field("cache", &self.inner.cache.as_ref().map(|c| c.dir()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginEngine {
+    pub fn new(config: EngineConfig) -> anyhow::Result<Self> {
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            // Deadlines: the ticker below advances the epoch every EPOCH_TICK.
+            .epoch_interruption(true)
+            // Fuel meters every call and bounds the deterministic ones.
+            .consume_fuel(true)
+            // Relaxed SIMD gives the same answers on every machine, so a
+            // reward scores the same everywhere.
+            .relaxed_simd_deterministic(true)
+            .parallel_compilation(true);
+        let engine = Engine::new(&cfg).map_err(anyhow::Error::from)?;
+
+        let mut linker = Linker::new(&engine);
+        // WASI is linked whole because guest toolchains import it even for
+        // pure code (componentize-py imports filesystem and sockets); the
+        // context each store gets grants nothing through it.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        crate::bindings::Host_::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)?;
+
+        start_epoch_ticker(&engine)
+            .map_err(|e| anyhow::anyhow!("could not start the epoch ticker thread: {e}"))?;
+
+        let cache = match config.cache_dir {
+            Some(dir) => Some(CompileCache::open(dir, &engine)?),
+            None => None,
+        };
+        Ok(PluginEngine {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                compiled: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<HostState> {
+        &self.inner.linker
+    }
+
+    /// Load a plugin from its component bytes. `name` is how errors and logs
+    /// will call it.
+    pub fn load(&self, name: &str, bytes: &[u8], grants: &Grants) -> Result<Plugin, LoadError> {
+        Plugin::load(self, name, bytes, grants)
+    }
+
+    /// Load a plugin from a `.wasm` file; it is named after the file's stem.
+    pub fn load_file(&self, path: &Path, grants: &Grants) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        self.load(&name, &bytes, grants)
+    }
+
+    /// The compiled form of `bytes`: from this process, from the disk cache,
+    /// or compiled now (and cached). `id` is the bytes' content hash.
+    pub(crate) fn compile(&self, id: &str, bytes: &[u8]) -> Result<Compiled, wasmtime::Error> {
+        let key = match &self.inner.cache {
+            Some(cache) => cache.key(id),
+            None => id.to_owned(),
+        };
+        if let Some(c) = self.lock_compiled().get(&key) {
+            return Ok(Compiled {
+                component: c.clone(),
+                source: CompileSource::Memory,
+            });
+        }
+        let cached = self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&self.inner.engine, &key));
+        let (component, source) = match cached {
+            Some(c) => (c, CompileSource::DiskCache),
+            None => {
+                let c = Component::new(&self.inner.engine, bytes)?;
+                if let Some(cache) = &self.inner.cache
+                    && let Err(e) = cache.store(&key, &c)
+                {
+                    tracing::warn!("could not cache the compiled component {id}: {e:#}");
+                }
+                (c, CompileSource::Compiled)
+            }
+        };
+        self.lock_compiled().insert(key, component.clone());
+        Ok(Compiled { component, source })
+    }
+
+    /// Forget the in-process copy of a compiled component (the disk cache
+    /// keeps its copy).
+    pub fn evict(&self, id: &str) {
+        let key = match &self.inner.cache {
+            Some(cache) => cache.key(id),
+            None => id.to_owned(),
+        };
+        self.lock_compiled().remove(&key);
+    }
+
+    fn lock_compiled(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+        self.inner
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where a compiled component came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompileSource {
+    /// Compiled from the bytes just now.
+    Compiled,
+    /// Loaded from the on-disk cache.
+    DiskCache,
+    /// Already loaded in this process.
+    Memory,
+}
+
+pub(crate) struct Compiled {
+    pub(crate) component: Component,
+    pub(crate) source: CompileSource,
+}
+
+/// Advance `engine`'s epoch every `EPOCH_TICK` until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("deepwasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+    Ok(())
+}
+
+/// Epoch ticks that cover `deadline`, counting the tick in progress.
+pub(crate) fn deadline_ticks(deadline: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    (deadline.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+}

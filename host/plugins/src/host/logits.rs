@@ -1,0 +1,329 @@
+//! `deepwasm:plugin/logits`: the step's logits, held by the host and queried
+//! by the plugin.
+//!
+//! Queries must cost far less than copying the vocabulary (129,280 floats for
+//! DeepSeek-V3/R1). `top_k` therefore skips whole blocks whose maximum cannot
+//! enter the current top k, which after the first few blocks is almost all of
+//! them.
+
+use std::sync::Arc;
+
+use wasmtime::component::Resource;
+
+use crate::bindings::logits::{Host, HostLogits, ScoredToken};
+use crate::bindings::types::TokenSet;
+use crate::host::HostState;
+
+/// One step's logits, shared with the engine without a copy.
+#[derive(Clone, Debug)]
+pub struct LogitsHandle {
+    values: Arc<Vec<f32>>,
+}
+
+impl LogitsHandle {
+    pub fn new(values: Arc<Vec<f32>>) -> Self {
+        LogitsHandle { values }
+    }
+
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+}
+
+/// Tokens compared best first: higher logit, then lower id. NaN sorts last.
+fn better(a: ScoredToken, b: ScoredToken) -> bool {
+    a.logit > b.logit
+        || (a.logit == b.logit && a.token < b.token)
+        || (b.logit.is_nan() && !a.logit.is_nan())
+}
+
+/// The k best entries of `values` (ids offset by `base`), best first.
+pub fn top_k(values: &[f32], k: usize) -> Vec<ScoredToken> {
+    let mut best = TopK::new(k);
+    best.scan(values, 0);
+    best.into_sorted()
+}
+
+/// The index and value of the largest entry; ties go to the lowest index.
+pub fn argmax(values: &[f32]) -> ScoredToken {
+    top_k(values, 1).pop().unwrap_or(ScoredToken {
+        token: 0,
+        logit: f32::NEG_INFINITY,
+    })
+}
+
+/// `ln(sum(exp(x)))`, computed stably.
+pub fn log_sum_exp(values: &[f32]) -> f32 {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f64 = values.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    max + sum.ln() as f32
+}
+
+/// A bounded best-first buffer for top-k selection.
+struct TopK {
+    k: usize,
+    /// Kept sorted best first; at most `k` entries.
+    items: Vec<ScoredToken>,
+}
+
+/// Entries per block whose maximum is checked before the block is looked at.
+const BLOCK: usize = 64;
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            items: Vec::with_capacity(k.min(1024) + 1),
+        }
+    }
+
+    /// The logit a new entry must beat (ties are decided by id in `offer`).
+    fn threshold(&self) -> f32 {
+        if self.items.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.items.last().map_or(f32::NEG_INFINITY, |t| t.logit)
+        }
+    }
+
+    fn offer(&mut self, item: ScoredToken) {
+        if self.k == 0 {
+            return;
+        }
+        if self.items.len() == self.k {
+            match self.items.last() {
+                Some(&last) if !better(item, last) => return,
+                _ => {}
+            }
+            self.items.pop();
+        }
+        let at = self.items.partition_point(|&t| better(t, item));
+        self.items.insert(at, item);
+    }
+
+    fn scan(&mut self, values: &[f32], base: u32) {
+        let mut start = 0;
+        for block in values.chunks(BLOCK) {
+            // A branch-free maximum that the compiler vectorises; NaN never
+            // wins `>`, so a block of NaNs is skipped unless the buffer has room.
+            let max = block
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let threshold = self.threshold();
+            if max >= threshold || self.items.len() < self.k {
+                for (i, &v) in block.iter().enumerate() {
+                    if v >= threshold || self.items.len() < self.k {
+                        self.offer(ScoredToken {
+                            token: base + (start + i) as u32,
+                            logit: v,
+                        });
+                    }
+                }
+            }
+            start += block.len();
+        }
+    }
+
+    fn into_sorted(self) -> Vec<ScoredToken> {
+        self.items
+    }
+}
+
+/// Calls `f` with runs `[start, end)` of ids in `set`, clipped to `len`.
+/// Runs may overlap for `ids` and `ranges`, and a bitset's runs stop at word
+/// boundaries; callers must not care.
+pub fn for_each_run(set: &TokenSet, len: u32, mut f: impl FnMut(u32, u32)) {
+    match set {
+        TokenSet::Ids(ids) => {
+            for &id in ids {
+                if id < len {
+                    f(id, id + 1);
+                }
+            }
+        }
+        TokenSet::Ranges(ranges) => {
+            for r in ranges {
+                let end = r.end.min(len);
+                if r.start < end {
+                    f(r.start, end);
+                }
+            }
+        }
+        TokenSet::Bitset(words) => {
+            for (w, &word) in words.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let lo = bits.trailing_zeros();
+                    let run = (!(bits >> lo)).trailing_zeros();
+                    let start = w as u32 * 32 + lo;
+                    let end = (start + run).min(len);
+                    if start >= len {
+                        return;
+                    }
+                    f(start, end);
+                    bits = if lo + run >= 32 {
+                        0
+                    } else {
+                        bits & !(((1u32 << run) - 1) << lo)
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl HostState {
+    fn logits(&self, handle: &Resource<LogitsHandle>) -> wasmtime::Result<&LogitsHandle> {
+        Ok(self.table.get(handle)?)
+    }
+}
+
+impl Host for HostState {}
+
+impl HostLogits for HostState {
+    fn len(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<u32> {
+        Ok(self.logits(&this)?.values().len() as u32)
+    }
+
+    fn argmax(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<ScoredToken> {
+        Ok(argmax(self.logits(&this)?.values()))
+    }
+
+    fn top_k(
+        &mut self,
+        this: Resource<LogitsHandle>,
+        k: u32,
+    ) -> wasmtime::Result<Vec<ScoredToken>> {
+        Ok(top_k(self.logits(&this)?.values(), k as usize))
+    }
+
+    fn top_k_in(
+        &mut self,
+        this: Resource<LogitsHandle>,
+        set: TokenSet,
+        k: u32,
+    ) -> wasmtime::Result<Vec<ScoredToken>> {
+        let values = self.logits(&this)?.values();
+        let mut best = TopK::new(k as usize);
+        // Ids and ranges may repeat a token; a bitset cannot. Deduplicate the
+        // former so a token appears once in the answer.
+        let mut seen = match set {
+            TokenSet::Bitset(_) => None,
+            _ => Some(std::collections::HashSet::new()),
+        };
+        for_each_run(&set, values.len() as u32, |start, end| match &mut seen {
+            None => best.scan(&values[start as usize..end as usize], start),
+            Some(seen) => {
+                for id in start..end {
+                    if seen.insert(id) {
+                        best.offer(ScoredToken {
+                            token: id,
+                            logit: values[id as usize],
+                        });
+                    }
+                }
+            }
+        });
+        Ok(best.into_sorted())
+    }
+
+    fn get(
+        &mut self,
+        this: Resource<LogitsHandle>,
+        tokens: Vec<u32>,
+    ) -> wasmtime::Result<Vec<f32>> {
+        let values = self.logits(&this)?.values();
+        Ok(tokens
+            .iter()
+            .map(|&t| values.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY))
+            .collect())
+    }
+
+    fn log_sum_exp(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<f32> {
+        Ok(log_sum_exp(self.logits(&this)?.values()))
+    }
+
+    fn copy_range(
+        &mut self,
+        this: Resource<LogitsHandle>,
+        start: u32,
+        len: u32,
+    ) -> wasmtime::Result<Vec<f32>> {
+        let values = self.logits(&this)?.values();
+        let start = (start as usize).min(values.len());
+        let end = start.saturating_add(len as usize).min(values.len());
+        Ok(values[start..end].to_vec())
+    }
+
+    fn copy_all(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<Vec<f32>> {
+        Ok(self.logits(&this)?.values().to_vec())
+    }
+
+    fn drop(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<()> {
+        // The host lends logits only as `borrow`, so a guest never owns one to
+        // drop; should it ever, the entry goes like any owned resource.
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+        let mut v: Vec<(u32, f32)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as u32, x))
+            .collect();
+        v.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+
+    #[test]
+    fn top_k_matches_a_full_sort() {
+        let mut state = 0x1234_5678u64;
+        let values: Vec<f32> = (0..10_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // Few distinct values, so ties are common.
+                (state % 997) as f32 / 10.0
+            })
+            .collect();
+        for k in [0, 1, 2, 40, 63, 64, 65, 500] {
+            let got: Vec<(u32, f32)> = top_k(&values, k)
+                .iter()
+                .map(|t| (t.token, t.logit))
+                .collect();
+            assert_eq!(got, naive_top_k(&values, k), "k = {k}");
+        }
+    }
+
+    #[test]
+    fn argmax_prefers_the_lowest_id_and_ignores_nan() {
+        let values = [1.0, f32::NAN, 3.0, 3.0, -1.0];
+        let best = argmax(&values);
+        assert_eq!((best.token, best.logit), (2, 3.0));
+    }
+
+    #[test]
+    fn bitset_runs() {
+        let set = TokenSet::Bitset(vec![0b1011, 0, 1 << 31, u32::MAX]);
+        let mut runs = Vec::new();
+        for_each_run(&set, 120, |a, b| runs.push((a, b)));
+        assert_eq!(runs, vec![(0, 2), (3, 4), (95, 96), (96, 120)]);
+    }
+
+    #[test]
+    fn log_sum_exp_is_stable() {
+        let v = [1000.0f32, 1000.0];
+        assert!((log_sum_exp(&v) - (1000.0 + 2f32.ln())).abs() < 1e-3);
+    }
+}

@@ -1,0 +1,47 @@
+//! Hosting deepwasm's Wasm component plugins under hard limits.
+//!
+//! A plugin is a component implementing one of the worlds in `wit/`:
+//! a sampler steers generation, a reward scores completions, a tool answers
+//! calls, an agent runs tasks. This crate loads components
+//! ([`PluginEngine::load`]), checks what they import against their world and
+//! their tenant's grants, and runs them in stores bounded by memory, a
+//! wall-clock deadline, fuel and instance/table counts ([`Limits`]). Whatever
+//! a plugin does, the caller gets a value or a [`PluginError`] naming the
+//! plugin and what stopped it; the host process carries on.
+//!
+//! No ambient authority: plugins see no files, environment, network or host
+//! stdio. What they can reach is what their [`Capabilities`] hold.
+
+mod bindings;
+mod cache;
+mod engine;
+mod error;
+mod host;
+mod limits;
+mod plugin;
+mod reward;
+mod sampler;
+mod sandbox;
+mod tool;
+
+pub use bindings::{inference, log, logits as logits_api, tokenizer, types};
+pub use cache::write_atomically;
+pub use engine::{CompileSource, EPOCH_TICK, EngineConfig, PluginEngine};
+pub use error::{GuestError, PluginError};
+pub use host::logits::{LogitsHandle, argmax, for_each_run, log_sum_exp, top_k};
+pub use host::{
+    CallOutput, Capabilities, InferenceAccess, KvAccess, LogLine, MemoryKv, TokenizerAccess,
+    ToolsAccess,
+};
+pub use limits::{LimitHit, Limits, MIB};
+pub use plugin::{
+    ExportInfo, Grants, HostInterface, ImportInfo, LoadError, PACKAGE, PACKAGE_VERSION, Plugin,
+    PluginInfo, World, content_id,
+};
+pub use reward::{RewardPlugin, Sample, Score};
+pub use sampler::{
+    Decision, Prepared, SampleSpec, SamplerPlugin, SamplerSequence, SamplingParams, TokenBias,
+    TokenRange, TokenSet,
+};
+pub use sandbox::{Meter, Sandbox, Usage};
+pub use tool::{MAX_TOOL_OUTPUT_BYTES, ToolPlugin, ToolResult};

@@ -1,0 +1,262 @@
+//! Sampler plugins: long-lived instances that serve one sequence at a time.
+//!
+//! Setup (a token index, grammar caches) is expensive, so an instance is
+//! kept after its sequence ends and reused for the next one: `setup` runs
+//! once per instance, not per request. An instance serves one sequence at a
+//! time, so concurrent sequences of one plugin never wait for each other, and
+//! a sequence that traps or overruns takes down only its own instance. Pools
+//! belong to a `SamplerPlugin`, which belongs to one sandbox (one tenant):
+//! an instance never carries state from one tenant to another.
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::{Resource, ResourceAny};
+
+pub use crate::bindings::controller::{Decision, Prepared, SampleSpec};
+pub use crate::bindings::types::{SamplingParams, TokenBias, TokenRange, TokenSet};
+
+use crate::bindings::controller;
+use crate::error::PluginError;
+use crate::host::logits::LogitsHandle;
+use crate::host::{CallOutput, Wasi};
+use crate::plugin::{LoadError, Plugin, Session, World};
+use crate::sandbox::Sandbox;
+
+/// Idle instances kept per sampler plugin by default.
+pub const DEFAULT_MAX_IDLE: usize = 4;
+
+/// A sampler plugin with its pool of instances. Cheap to clone.
+#[derive(Clone)]
+pub struct SamplerPlugin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    plugin: Plugin,
+    sandbox: Sandbox,
+    indices: controller::GuestIndices,
+    idle: Mutex<Vec<Instance>>,
+    max_idle: usize,
+}
+
+impl std::fmt::Debug for SamplerPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SamplerPlugin")
+            .field("plugin", &self.inner.plugin)
+            .field("idle", &self.idle_instances())
+            .finish()
+    }
+}
+
+/// An instance that has run `setup`.
+struct Instance {
+    session: Session,
+    guest: controller::Guest,
+}
+
+impl SamplerPlugin {
+    pub fn new(plugin: Plugin, sandbox: Sandbox) -> Result<Self, LoadError> {
+        Self::with_max_idle(plugin, sandbox, DEFAULT_MAX_IDLE)
+    }
+
+    pub fn with_max_idle(
+        plugin: Plugin,
+        sandbox: Sandbox,
+        max_idle: usize,
+    ) -> Result<Self, LoadError> {
+        plugin.expect_world(World::Sampler)?;
+        let indices = controller::GuestIndices::new(plugin.pre()).map_err(|e| LoadError::Link {
+            name: plugin.name().to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok(SamplerPlugin {
+            inner: Arc::new(Inner {
+                plugin,
+                sandbox,
+                indices,
+                idle: Mutex::new(Vec::new()),
+                max_idle,
+            }),
+        })
+    }
+
+    pub fn plugin(&self) -> &Plugin {
+        &self.inner.plugin
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.inner.sandbox
+    }
+
+    /// Instances waiting for a sequence.
+    pub fn idle_instances(&self) -> usize {
+        self.inner.lock_idle().len()
+    }
+
+    /// Create an instance and run its `setup` now, so the first request does
+    /// not pay for it.
+    pub fn warm_up(&self) -> Result<(), PluginError> {
+        let instance = self.inner.new_instance()?;
+        self.inner.put_back(instance);
+        Ok(())
+    }
+
+    /// Open a sequence for a request: `config` is the request's sampler
+    /// config (JSON), `prompt` its tokens, `params` its sampling parameters.
+    pub fn open(
+        &self,
+        config: &str,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<SamplerSequence, PluginError> {
+        let inner = &self.inner;
+        let mut instance = match inner.lock_idle().pop() {
+            Some(i) => i,
+            None => inner.new_instance()?,
+        };
+        let deadline = inner.sandbox.limits.setup_deadline;
+        let guest = instance.guest.clone();
+        let opened = instance.session.call(deadline, 1, |store, _| {
+            guest.sequence().call_open(store, config, prompt, *params)
+        });
+        let handle = match opened {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(e)) => {
+                // A refused config leaves the instance healthy.
+                inner.put_back(instance);
+                return Err(PluginError::guest(inner.plugin.name(), e));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(SamplerSequence {
+            sampler: self.inner.clone(),
+            instance: Some(instance),
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Inner {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn new_instance(&self) -> Result<Instance, PluginError> {
+        let mut session = self.plugin.instantiate(&self.sandbox, Wasi::Live)?;
+        let guest = self
+            .indices
+            .load(&mut session.store, &session.instance)
+            .map_err(|e| PluginError::protocol(self.plugin.name(), format!("{e:#}")))?;
+        let deadline = self.sandbox.limits.setup_deadline;
+        session
+            .call(deadline, 1, |store, _| guest.call_setup(store))?
+            .map_err(|e| PluginError::guest(self.plugin.name(), e))?;
+        Ok(Instance { session, guest })
+    }
+
+    fn put_back(&self, instance: Instance) {
+        if instance.session.poisoned {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        if idle.len() < self.max_idle {
+            idle.push(instance);
+        }
+    }
+}
+
+/// One request's sampler state, on an instance of its own.
+///
+/// Dropping it closes the sequence and gives the instance back to the pool,
+/// unless a call failed, in which case the instance is discarded.
+pub struct SamplerSequence {
+    sampler: Arc<Inner>,
+    instance: Option<Instance>,
+    handle: Option<ResourceAny>,
+}
+
+impl std::fmt::Debug for SamplerSequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SamplerSequence")
+            .field("plugin", &self.sampler.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SamplerSequence {
+    pub fn plugin(&self) -> &Plugin {
+        &self.sampler.plugin
+    }
+
+    /// Phase one of a step: what the plugin decides before the logits exist.
+    /// Safe to run on another thread while the model computes them.
+    pub fn prepare(&mut self, step: u32, new_tokens: &[u32]) -> Result<Prepared, PluginError> {
+        let sampler = self.sampler.clone();
+        let (instance, handle) = self.parts()?;
+        let guest = instance.guest.clone();
+        instance
+            .session
+            .call(sampler.sandbox.limits.call_deadline, 1, |store, _| {
+                guest
+                    .sequence()
+                    .call_prepare(store, handle, step, new_tokens)
+            })?
+            .map_err(|e| PluginError::guest(sampler.plugin.name(), e))
+    }
+
+    /// Phase two: the decision given this step's logits.
+    pub fn decide(&mut self, step: u32, logits: Arc<Vec<f32>>) -> Result<Decision, PluginError> {
+        let sampler = self.sampler.clone();
+        let (instance, handle) = self.parts()?;
+        let guest = instance.guest.clone();
+        instance
+            .session
+            .call(sampler.sandbox.limits.call_deadline, 1, |store, _| {
+                let own = store.data_mut().table.push(LogitsHandle::new(logits))?;
+                // Lend the logits as a plain borrow: nothing to track once
+                // the call returns, when the entry is removed.
+                let borrow = Resource::<LogitsHandle>::new_borrow(own.rep());
+                let result = guest
+                    .sequence()
+                    .call_decide(&mut *store, handle, step, borrow);
+                store.data_mut().table.delete(own)?;
+                result
+            })?
+            .map_err(|e| PluginError::guest(sampler.plugin.name(), e))
+    }
+
+    /// What the plugin wrote during its last call.
+    pub fn last_output(&self) -> Option<&CallOutput> {
+        self.instance.as_ref().map(|i| &i.session.last_output)
+    }
+
+    fn parts(&mut self) -> Result<(&mut Instance, ResourceAny), PluginError> {
+        match (self.instance.as_mut(), self.handle) {
+            (Some(instance), Some(handle)) => Ok((instance, handle)),
+            _ => Err(PluginError::Poisoned {
+                plugin: self.sampler.plugin.name().to_owned(),
+            }),
+        }
+    }
+}
+
+impl Drop for SamplerSequence {
+    fn drop(&mut self) {
+        let (Some(mut instance), Some(handle)) = (self.instance.take(), self.handle.take()) else {
+            return;
+        };
+        if instance.session.poisoned {
+            return;
+        }
+        let deadline = self.sampler.sandbox.limits.call_deadline;
+        // The guest's destructor runs under the same limits as a step; if it
+        // fails the instance is not reused.
+        if instance
+            .session
+            .call(deadline, 1, |store, _| handle.resource_drop(store))
+            .is_ok()
+        {
+            self.sampler.put_back(instance);
+        }
+    }
+}
