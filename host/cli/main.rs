@@ -1,0 +1,81 @@
+//! `deepwasm`: the command line.
+
+mod bench;
+mod plugin;
+mod score;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use deepwasm_plugins::{EngineConfig, PluginEngine};
+
+#[derive(Parser)]
+#[command(
+    name = "deepwasm",
+    version,
+    about = "A DeepSeek-family inference runtime with sandboxed Wasm plugins"
+)]
+struct Cli {
+    /// Directory for compiled plugins [default: $DEEPWASM_CACHE/components or ~/.cache/deepwasm/components]
+    #[arg(long, global = true, env = "DEEPWASM_COMPONENT_CACHE")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile plugins in memory only; write nothing to disk.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Score samples with reward plugins (no model needed).
+    Score(score::ScoreArgs),
+    /// Run benchmarks against their peers.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+impl Cli {
+    fn engine(&self) -> anyhow::Result<PluginEngine> {
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(EngineConfig::default_cache_dir)
+        };
+        PluginEngine::new(EngineConfig { cache_dir })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DEEPWASM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Plugin(cmd) => plugin::run(&cli, cmd),
+        Command::Score(args) => score::run(&cli, args),
+        Command::Bench(cmd) => bench::run(&cli, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
