@@ -1,0 +1,192 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deepwasm_plugins::{
+    Decision, LimitHit, PluginError, Prepared, SamplerPlugin, SamplingParams, World, argmax, top_k,
+};
+
+use crate::util::{DEEPSEEK_VOCAB, artifacts, logits, plugin, sandbox};
+
+fn sampler(path: &str) -> SamplerPlugin {
+    SamplerPlugin::new(plugin(path), sandbox(World::Sampler, |_| {})).unwrap()
+}
+
+fn params() -> SamplingParams {
+    SamplingParams {
+        temperature: None,
+        top_k: None,
+        top_p: None,
+        min_p: None,
+        repetition_penalty: None,
+        presence_penalty: None,
+        frequency_penalty: None,
+        seed: None,
+    }
+}
+
+fn pick(d: Decision) -> u32 {
+    match d {
+        Decision::Pick(t) => t,
+        other => panic!("expected a pick, got {other:?}"),
+    }
+}
+
+#[test]
+fn greedy_picks_the_argmax_over_the_deepseek_vocabulary() {
+    let s = sampler(artifacts::GREEDY);
+    let mut seq = s.open("{}", &[1, 2, 3], &params()).unwrap();
+    for step in 0..5u32 {
+        let values = Arc::new(logits(DEEPSEEK_VOCAB, step as u64));
+        let best = argmax(&values).token;
+        assert!(matches!(
+            seq.prepare(step, &[]).unwrap(),
+            Prepared::NeedLogits
+        ));
+        assert_eq!(pick(seq.decide(step, values).unwrap()), best);
+    }
+}
+
+#[test]
+fn top_k_at_temperature_zero_is_greedy() {
+    let s = sampler(artifacts::TOP_K);
+    let mut seq = s
+        .open(r#"{"k": 40, "temperature": 0}"#, &[], &params())
+        .unwrap();
+    let values = Arc::new(logits(DEEPSEEK_VOCAB, 7));
+    seq.prepare(0, &[]).unwrap();
+    assert_eq!(
+        pick(seq.decide(0, values.clone()).unwrap()),
+        argmax(&values).token
+    );
+}
+
+#[test]
+fn top_k_samples_only_the_top_k_and_repeats_with_its_seed() {
+    let s = sampler(artifacts::TOP_K);
+    let values = Arc::new(logits(DEEPSEEK_VOCAB, 11));
+    let allowed: HashSet<u32> = top_k(&values, 5).iter().map(|t| t.token).collect();
+    let run = |seed: u64| -> Vec<u32> {
+        let config = format!(r#"{{"k": 5, "temperature": 5.0, "seed": {seed}}}"#);
+        let mut seq = s.open(&config, &[], &params()).unwrap();
+        (0..64u32)
+            .map(|step| {
+                seq.prepare(step, &[]).unwrap();
+                pick(seq.decide(step, values.clone()).unwrap())
+            })
+            .collect()
+    };
+    let a = run(1);
+    assert!(
+        a.iter().all(|t| allowed.contains(t)),
+        "{a:?} outside {allowed:?}"
+    );
+    assert!(
+        a.iter().collect::<HashSet<_>>().len() > 1,
+        "a hot temperature should vary: {a:?}"
+    );
+    assert_eq!(a, run(1), "the same seed gives the same picks");
+    assert_ne!(a, run(2), "another seed gives other picks");
+}
+
+#[test]
+fn setup_is_paid_once_per_instance_and_instances_are_reused() {
+    let s = sampler(artifacts::GREEDY);
+    assert_eq!(s.idle_instances(), 0);
+    // Two sequences at once get two instances.
+    let a = s.open("{}", &[], &params()).unwrap();
+    let b = s.open("{}", &[], &params()).unwrap();
+    drop(a);
+    drop(b);
+    assert_eq!(s.idle_instances(), 2);
+    let calls = s.sandbox().meter.usage().calls;
+    // A third sequence reuses an idle instance: one call (open), no
+    // instantiation and no setup.
+    let c = s.open("{}", &[], &params()).unwrap();
+    assert_eq!(s.idle_instances(), 1);
+    assert_eq!(s.sandbox().meter.usage().calls, calls + 1);
+    drop(c);
+}
+
+/// Run one step of the hostile sampler in `mode`; its decision or error.
+fn hostile(mode: &str) -> (SamplerPlugin, Result<Decision, PluginError>) {
+    // 32 MiB of memory and a second per step, so a memory bomb meets the
+    // memory cap before the deadline.
+    let s = SamplerPlugin::new(
+        plugin(artifacts::HOSTILE_SAMPLER),
+        sandbox(World::Sampler, |l| {
+            l.memory_bytes = 32 << 20;
+            if mode.starts_with("oom") {
+                l.call_deadline = Duration::from_secs(5);
+            }
+        }),
+    )
+    .unwrap();
+    let config = format!(r#"{{"mode": "{mode}"}}"#);
+    let mut seq = s.open(&config, &[1], &params()).unwrap();
+    let result = seq.prepare(0, &[]).and_then(|p| match p {
+        Prepared::NeedLogits => seq.decide(0, Arc::new(logits(1000, 1))),
+        Prepared::Decided(d) => Ok(d),
+    });
+    drop(seq);
+    (s, result)
+}
+
+#[test]
+fn a_looping_sampler_step_is_stopped_at_its_deadline() {
+    for mode in ["loop-prepare", "loop-decide"] {
+        let start = Instant::now();
+        let (s, result) = hostile(mode);
+        let elapsed = start.elapsed();
+        match result {
+            Err(PluginError::Limit {
+                limit: LimitHit::Deadline(d),
+                plugin,
+            }) => {
+                assert_eq!(d, Duration::from_millis(25));
+                assert_eq!(plugin, "hostile-sampler");
+            }
+            other => panic!("{mode}: expected the deadline, got {other:?}"),
+        }
+        assert!(elapsed < Duration::from_secs(2), "{mode} took {elapsed:?}");
+        // The failed instance was discarded, not pooled.
+        assert_eq!(s.idle_instances(), 0);
+        assert_eq!(s.sandbox().meter.usage().limit_hits, 1);
+    }
+}
+
+#[test]
+fn trapping_or_memory_hungry_samplers_end_only_their_sequence() {
+    let (s, result) = hostile("trap-prepare");
+    assert!(
+        matches!(result, Err(PluginError::Trap { .. })),
+        "{result:?}"
+    );
+    // The same plugin serves the next sequence.
+    let mut seq = s.open(r#"{"mode": "ok"}"#, &[], &params()).unwrap();
+    assert!(matches!(
+        seq.prepare(0, &[]).unwrap(),
+        Prepared::Decided(Decision::Sample(_))
+    ));
+    drop(seq);
+
+    let (_, result) = hostile("oom-prepare");
+    assert!(
+        matches!(result, Err(PluginError::Limit { limit: LimitHit::Memory { limit, .. }, .. }) if limit == 32 << 20),
+        "{result:?}"
+    );
+
+    let (s, result) = hostile("error");
+    assert!(
+        matches!(result, Err(PluginError::Guest { .. })),
+        "{result:?}"
+    );
+    // An error value is an answer, not a crash: the instance is kept.
+    assert_eq!(s.idle_instances(), 1);
+}
+
+#[test]
+fn an_out_of_range_token_is_passed_on_for_the_engine_to_refuse() {
+    let (_, result) = hostile("bad-token");
+    assert_eq!(pick(result.unwrap()), 4_000_000_000);
+}

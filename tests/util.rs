@@ -1,0 +1,56 @@
+//! Helpers shared by the test modules.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use deepwasm_plugins::{EngineConfig, Grants, Limits, Plugin, PluginEngine, Sandbox, World};
+
+pub use deepwasm_plugin_artifacts as artifacts;
+
+/// One engine for the whole test binary, caching compiled components under
+/// the target directory so reruns skip compilation.
+pub fn engine() -> &'static PluginEngine {
+    static ENGINE: OnceLock<PluginEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
+        PluginEngine::new(EngineConfig {
+            cache_dir: Some(dir),
+        })
+        .expect("creating the plugin engine")
+    })
+}
+
+/// Load a plugin built from `plugins/rust/<name>` with every grant.
+pub fn plugin(path: &str) -> Plugin {
+    engine()
+        .load_file(Path::new(path), &Grants::default())
+        .unwrap_or_else(|e| panic!("loading {path}: {e}"))
+}
+
+/// A sandbox with the defaults of `world`, narrowed by `f`.
+pub fn sandbox(world: World, f: impl FnOnce(&mut Limits)) -> Sandbox {
+    let mut limits = Limits::for_world(world);
+    f(&mut limits);
+    Sandbox::new(limits)
+}
+
+/// Deterministic pseudo-random logits.
+pub fn logits(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 20.0 - 10.0
+        })
+        .collect()
+}
+
+/// The DeepSeek-V3/R1 vocabulary size: 129,280 logits per step.
+pub const DEEPSEEK_VOCAB: usize = 129_280;
+
+/// The path of the `deepwasm` binary under test.
+pub fn deepwasm_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_deepwasm")
+}
