@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::cache::CompileCache;
 use crate::host::HostState;
@@ -72,7 +72,8 @@ impl PluginEngine {
             // Relaxed SIMD gives the same answers on every machine, so a
             // reward scores the same everywhere.
             .relaxed_simd_deterministic(true)
-            .parallel_compilation(true);
+            .parallel_compilation(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
         let engine = Engine::new(&cfg).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::new(&engine);
@@ -194,6 +195,34 @@ pub enum CompileSource {
 pub(crate) struct Compiled {
     pub(crate) component: Component,
     pub(crate) source: CompileSource,
+}
+
+/// The pooling allocator keeps instance, memory and table slots mapped and
+/// resets them on reuse, so instantiating a pre-linked component costs a few
+/// microseconds instead of fresh mappings per instance.
+///
+/// The pool bounds what can be live at once across all tenants; per-plugin
+/// bounds are the `Limits` of each store. Slots are reserved address space
+/// (each memory slot reserves 4 GiB plus guard pages), committed only when
+/// touched.
+fn pooling_config() -> PoolingAllocationConfig {
+    let mut p = PoolingAllocationConfig::new();
+    p.total_component_instances(1_000)
+        // Interpreted guests (componentize-py, componentize-js) are made of
+        // a dozen core modules each.
+        .total_core_instances(10_000)
+        .max_core_instances_per_component(64)
+        .total_memories(2_000)
+        .max_memories_per_component(16)
+        .max_memories_per_module(2)
+        .total_tables(10_000)
+        .max_tables_per_component(64)
+        .max_tables_per_module(4)
+        // Python's interpreter has tens of thousands of functions in its table.
+        .table_elements(100_000)
+        .max_core_instance_size(4 << 20)
+        .max_component_instance_size(4 << 20);
+    p
 }
 
 /// Advance `engine`'s epoch every `EPOCH_TICK` until the engine is dropped.
