@@ -62,6 +62,28 @@ pub fn log_sum_exp(values: &[f32]) -> f32 {
     max + sum.ln() as f32
 }
 
+/// The largest value of `block` (NaN never wins, so a block of NaNs gives
+/// negative infinity, and is skipped unless the buffer has room). Sixteen
+/// independent lanes let the compiler keep the loop in vector registers; a
+/// single running maximum would serialise it.
+fn block_max(block: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = block.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let mut max = lanes
+        .into_iter()
+        .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m });
+    for &v in chunks.remainder() {
+        max = if v > max { v } else { max };
+    }
+    max
+}
+
 /// A bounded best-first buffer for top-k selection.
 struct TopK {
     k: usize,
@@ -107,11 +129,7 @@ impl TopK {
     fn scan(&mut self, values: &[f32], base: u32) {
         let mut start = 0;
         for block in values.chunks(BLOCK) {
-            // A branch-free maximum that the compiler vectorises; NaN never
-            // wins `>`, so a block of NaNs is skipped unless the buffer has room.
-            let max = block
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let max = block_max(block);
             let threshold = self.threshold();
             if max >= threshold || self.items.len() < self.k {
                 for (i, &v) in block.iter().enumerate() {
