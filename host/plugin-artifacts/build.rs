@@ -32,7 +32,7 @@ fn run() -> Result<(), String> {
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let target_dir = cargo_target_dir(&out_dir)?;
 
-    for path in ["Cargo.toml", "Cargo.lock", "sdk", "rust"] {
+    for path in ["Cargo.toml", "Cargo.lock", ".cargo", "sdk", "rust"] {
         println!("cargo:rerun-if-changed={}", plugins.join(path).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
