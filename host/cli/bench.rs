@@ -119,7 +119,7 @@ fn plugins(cli: &Cli, args: &PluginBenchArgs) -> anyhow::Result<()> {
             "top-k",
             Box::new(|v: &[f32]| top_k(v, 40).len()) as Box<dyn Fn(&[f32]) -> usize>,
         ),
-        ("copy-all", Box::new(|v: &[f32]| v.to_vec().len())),
+        ("copy-all", Box::new(|v: &[f32]| std::hint::black_box(v.to_vec()).len())),
     ] {
         let sampler = SamplerPlugin::new(probe.clone(), sandbox.clone())?;
         let config = format!(r#"{{"query": "{query}", "k": 40}}"#);
@@ -153,7 +153,7 @@ fn plugins(cli: &Cli, args: &PluginBenchArgs) -> anyhow::Result<()> {
 /// A completion of about 430 characters, formatted or not.
 fn completion(i: usize) -> String {
     let reasoning = "Let me think about this step by step. First, add the numbers; then check the result again. "
-        .repeat(3 + i % 2);
+        .repeat(4);
     let answer = format!("The answer is \\boxed{{{}}}.", i * 7 % 1000);
     match i % 4 {
         0 => format!("{reasoning}{answer}"),
