@@ -1,0 +1,326 @@
+//! Reading weights from a checkpoint: a Hugging Face directory
+//! (`config.json` + `*.safetensors`, sharded or not) or a GGUF file.
+//!
+//! Model code asks for a tensor by its Hugging Face name and its GGUF name
+//! and the shape it expects; a missing tensor, a wrong shape or a truncated
+//! file becomes a `ModelError` naming the tensor and the file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::quantized::{GgmlDType, QMatMul, gguf_file};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use std::sync::Arc;
+
+use crate::ModelError;
+use crate::linear::Linear;
+use crate::quant::QuantMatrix;
+
+/// The names one tensor has in the two checkpoint formats.
+#[derive(Clone, Debug)]
+pub struct TensorName {
+    pub hf: String,
+    pub gguf: String,
+}
+
+impl TensorName {
+    pub fn new(hf: impl Into<String>, gguf: impl Into<String>) -> Self {
+        TensorName {
+            hf: hf.into(),
+            gguf: gguf.into(),
+        }
+    }
+}
+
+enum Source {
+    Gguf {
+        content: gguf_file::Content,
+        file: Mutex<File>,
+    },
+    Safetensors(MmapedSafetensors),
+}
+
+/// An open checkpoint.
+pub struct Checkpoint {
+    path: PathBuf,
+    source: Source,
+    device: Device,
+    /// The dtype activations and dense weights are computed in.
+    dtype: DType,
+}
+
+impl Checkpoint {
+    /// Open a GGUF file; returns the checkpoint and its metadata.
+    pub fn open_gguf(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::Format {
+            path: path.to_owned(),
+            reason: format!("not a readable GGUF file: {e}"),
+        })?;
+        Ok(Checkpoint {
+            path: path.to_owned(),
+            source: Source::Gguf {
+                content,
+                file: Mutex::new(file),
+            },
+            device: device.clone(),
+            dtype: DType::F32,
+        })
+    }
+
+    /// Memory-map the `.safetensors` files of a Hugging Face directory.
+    pub fn open_safetensors(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let files = safetensors_files(dir)?;
+        // SAFETY: the files are mapped read-only; deepwasm never writes model
+        // files while serving them. Like every mmap-based loader, a file
+        // changed underneath would change the weights read.
+        let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::Format {
+            path: dir.to_owned(),
+            reason: format!("cannot read the safetensors files: {e}"),
+        })?;
+        Ok(Checkpoint {
+            path: dir.to_owned(),
+            source: Source::Safetensors(st),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// GGUF metadata, empty for safetensors checkpoints.
+    pub fn gguf_metadata(&self) -> Option<&HashMap<String, gguf_file::Value>> {
+        match &self.source {
+            Source::Gguf { content, .. } => Some(&content.metadata),
+            Source::Safetensors(_) => None,
+        }
+    }
+
+    fn key<'a>(&self, name: &'a TensorName) -> &'a str {
+        match self.source {
+            Source::Gguf { .. } => &name.gguf,
+            Source::Safetensors(_) => &name.hf,
+        }
+    }
+
+    pub fn contains(&self, name: &TensorName) -> bool {
+        let key = self.key(name);
+        match &self.source {
+            Source::Gguf { content, .. } => content.tensor_infos.contains_key(key),
+            Source::Safetensors(st) => st.get(key).is_ok(),
+        }
+    }
+
+    fn missing(&self, name: &TensorName) -> ModelError {
+        ModelError::MissingTensor {
+            name: self.key(name).to_owned(),
+            path: self.path.clone(),
+        }
+    }
+
+    fn check_shape(
+        &self,
+        name: &TensorName,
+        actual: &[usize],
+        expected: &[usize],
+    ) -> Result<(), ModelError> {
+        if actual != expected {
+            return Err(ModelError::WrongShape {
+                name: self.key(name).to_owned(),
+                path: self.path.clone(),
+                expected: expected.to_vec(),
+                actual: actual.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn read_gguf(
+        &self,
+        name: &TensorName,
+        shape: &[usize],
+    ) -> Result<candle_core::quantized::QTensor, ModelError> {
+        let Source::Gguf { content, file } = &self.source else {
+            unreachable!("read_gguf on a safetensors checkpoint")
+        };
+        let info = content
+            .tensor_infos
+            .get(&name.gguf)
+            .ok_or_else(|| self.missing(name))?;
+        self.check_shape(name, info.shape.dims(), shape)?;
+        let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+        content
+            .tensor(&mut *file, &name.gguf, &self.device)
+            .map_err(|e| self.format_error(name, e))
+    }
+
+    fn format_error(&self, name: &TensorName, e: candle_core::Error) -> ModelError {
+        ModelError::Format {
+            path: self.path.clone(),
+            reason: format!("tensor `{}`: {e}", self.key(name)),
+        }
+    }
+
+    /// A dense tensor in the compute dtype (GGUF tensors are dequantized).
+    pub fn dense(&self, name: &TensorName, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let t = match &self.source {
+            Source::Gguf { .. } => {
+                let q = self.read_gguf(name, shape)?;
+                q.dequantize(&self.device)
+                    .map_err(|e| self.format_error(name, e))?
+            }
+            Source::Safetensors(st) => {
+                let view = st.get(&name.hf).map_err(|_| self.missing(name))?;
+                self.check_shape(name, view.shape(), shape)?;
+                st.load(&name.hf, &self.device)
+                    .map_err(|e| self.format_error(name, e))?
+            }
+        };
+        t.to_dtype(self.dtype)
+            .map_err(|e| self.format_error(name, e))
+    }
+
+    /// An embedding table `[vocab, dim]`: kept quantized (rows expanded on
+    /// lookup) when it is a GGUF block format our CPU kernels read, dense
+    /// otherwise.
+    pub fn embedding(
+        &self,
+        name: &TensorName,
+        vocab: usize,
+        dim: usize,
+    ) -> Result<crate::linear::Embedding, ModelError> {
+        if matches!(self.source, Source::Gguf { .. }) && self.device.is_cpu() {
+            let q = self.read_gguf(name, &[vocab, dim])?;
+            if let Some(m) =
+                QuantMatrix::from_qtensor(&q).map_err(|e| self.format_error(name, e))?
+            {
+                return Ok(crate::linear::Embedding::Quantized(Arc::new(m)));
+            }
+        }
+        Ok(crate::linear::Embedding::Dense(
+            self.dense(name, &[vocab, dim])?,
+        ))
+    }
+
+    /// The dense tensor if present, `None` if the checkpoint lacks it.
+    pub fn dense_opt(
+        &self,
+        name: &TensorName,
+        shape: &[usize],
+    ) -> Result<Option<Tensor>, ModelError> {
+        if self.contains(name) {
+            self.dense(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A linear layer `[out, in]`: quantized as stored in a GGUF file, dense
+    /// from safetensors. `bias` names an optional `[out]` bias.
+    pub fn linear(
+        &self,
+        name: &TensorName,
+        out_features: usize,
+        in_features: usize,
+        bias: Option<&TensorName>,
+    ) -> Result<Linear, ModelError> {
+        let bias = match bias {
+            Some(b) => self.dense_opt(b, &[out_features])?,
+            None => None,
+        };
+        match &self.source {
+            Source::Gguf { .. } => {
+                let q = self.read_gguf(name, &[out_features, in_features])?;
+                let w = match q.dtype() {
+                    // Unquantized weights stay dense: faster than a matmul
+                    // through the quantized path.
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                        let t = q
+                            .dequantize(&self.device)
+                            .map_err(|e| self.format_error(name, e))?;
+                        return Linear::dense(t, bias).map_err(|e| self.format_error(name, e));
+                    }
+                    _ if self.device.is_cpu() => {
+                        if let Some(m) =
+                            QuantMatrix::from_qtensor(&q).map_err(|e| self.format_error(name, e))?
+                        {
+                            return Ok(Linear::cpu_quantized(Arc::new(m), bias));
+                        }
+                        QMatMul::from_qtensor(q).map_err(|e| self.format_error(name, e))?
+                    }
+                    _ => QMatMul::from_qtensor(q).map_err(|e| self.format_error(name, e))?,
+                };
+                Ok(Linear::quantized(w, out_features, in_features, bias))
+            }
+            Source::Safetensors(_) => {
+                let w = self.dense(name, &[out_features, in_features])?;
+                Linear::dense(w, bias).map_err(|e| self.format_error(name, e))
+            }
+        }
+    }
+}
+
+/// The `.safetensors` files of a directory: those an index file names, else
+/// every `*.safetensors` file.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Format {
+                path: index.clone(),
+                reason: format!("not valid JSON: {e}"),
+            })?;
+        let map = json["weight_map"]
+            .as_object()
+            .ok_or_else(|| ModelError::Format {
+                path: index.clone(),
+                reason: "no `weight_map` object".into(),
+            })?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|v| v.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if !f.is_file() {
+                return Err(ModelError::Format {
+                    path: index.clone(),
+                    reason: format!("names the shard {}, which is missing", f.display()),
+                });
+            }
+        }
+        return Ok(files);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+        let path = entry.map_err(|e| ModelError::io(dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        return Err(ModelError::Format {
+            path: dir.to_owned(),
+            reason: "no .safetensors files".into(),
+        });
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,521 @@
+//! The Llama-family decoder: Llama 2/3, SmolLM2, Mistral, Qwen2/2.5, and so
+//! the DeepSeek-R1 distilled models (DeepSeek-R1-Distill-Llama and -Qwen).
+//!
+//! Touvron et al., "LLaMA: Open and Efficient Foundation Language Models"
+//! (2023); reference implementation: Hugging Face transformers
+//! `models/llama/modeling_llama.py` and `models/qwen2/modeling_qwen2.py`.
+//! Qwen2 is Llama with biases on the query, key and value projections,
+//! which this module reads whenever a checkpoint has them.
+//!
+//! The forward pass takes a batch of sequences packed into one matrix: the
+//! projections and the MLP run once over all of their tokens (a decode step
+//! of many sequences reads each weight once), attention runs per sequence
+//! against that sequence's own cache.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+use crate::cache::KvCache;
+use crate::checkpoint::{Checkpoint, TensorName};
+use crate::linear::Linear;
+use crate::{CausalLm, ModelError, ModelInfo, SeqInput};
+
+/// How rotary embeddings pair up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimension i pairs with i + d/2 (Hugging Face `rotate_half`, GPT-NeoX).
+    Half,
+    /// Dimension 2i pairs with 2i + 1 (GPT-J). llama.cpp's converter permutes
+    /// the query and key weights of Llama models into this layout.
+    Interleaved,
+}
+
+/// Rotary embedding frequency scaling for long contexts.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a
+    /// smooth blend between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+}
+
+/// The architecture hyper-parameters, as `config.json` spells them.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct LlamaConfig {
+    #[serde(default)]
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub vocab_size: usize,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+fn default_max_position_embeddings() -> usize {
+    4096
+}
+
+impl LlamaConfig {
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// Read the `<arch>.*` keys of a GGUF file (`arch` is
+    /// `general.architecture`: `llama` or `qwen2`).
+    pub fn from_gguf(
+        metadata: &std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
+        arch: &str,
+        path: &Path,
+    ) -> std::result::Result<Self, ModelError> {
+        let get = |key: &str| {
+            let full = format!("{arch}.{key}");
+            metadata.get(&full).ok_or_else(|| ModelError::Config {
+                path: path.to_owned(),
+                reason: format!("missing metadata `{full}`"),
+            })
+        };
+        let int = |key: &str| -> std::result::Result<usize, ModelError> {
+            let v = get(key)?;
+            v.to_u32()
+                .map(|x| x as usize)
+                .or_else(|_| v.to_u64().map(|x| x as usize))
+                .map_err(|e| ModelError::Config {
+                    path: path.to_owned(),
+                    reason: format!("`{arch}.{key}`: {e}"),
+                })
+        };
+        let float = |key: &str| -> std::result::Result<f64, ModelError> {
+            get(key)?
+                .to_f32()
+                .map(f64::from)
+                .map_err(|e| ModelError::Config {
+                    path: path.to_owned(),
+                    reason: format!("`{arch}.{key}`: {e}"),
+                })
+        };
+        let heads = int("attention.head_count")?;
+        let hidden = int("embedding_length")?;
+        let vocab = match int("vocab_size") {
+            Ok(v) => v,
+            Err(_) => metadata
+                .get("tokenizer.ggml.tokens")
+                .and_then(|t| t.to_vec().ok())
+                .map(|t| t.len())
+                .ok_or_else(|| ModelError::Config {
+                    path: path.to_owned(),
+                    reason: format!("neither `{arch}.vocab_size` nor `tokenizer.ggml.tokens`"),
+                })?,
+        };
+        Ok(LlamaConfig {
+            model_type: arch.to_owned(),
+            hidden_size: hidden,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: int("attention.head_count_kv").ok(),
+            head_dim: int("attention.key_length").ok(),
+            vocab_size: vocab,
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon")?,
+            rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+            rope_scaling: None,
+            max_position_embeddings: int("context_length").unwrap_or(4096),
+            tie_word_embeddings: false,
+        })
+    }
+
+    /// Inverse frequencies of the rotary embedding, with any scaling applied.
+    fn inv_freq(&self) -> Vec<f32> {
+        let dim = self.head_dim();
+        (0..dim / 2)
+            .map(|i| {
+                let freq = 1.0 / self.rope_theta.powf(2.0 * i as f64 / dim as f64);
+                let freq = match &self.rope_scaling {
+                    None => freq,
+                    Some(RopeScaling::Linear { factor }) => freq / factor,
+                    Some(RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings,
+                    }) => {
+                        let old = *original_max_position_embeddings as f64;
+                        let low_wavelen = old / low_freq_factor;
+                        let high_wavelen = old / high_freq_factor;
+                        let wavelen = 2.0 * std::f64::consts::PI / freq;
+                        if wavelen < high_wavelen {
+                            freq
+                        } else if wavelen > low_wavelen {
+                            freq / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * freq / factor + smooth * freq
+                        }
+                    }
+                };
+                freq as f32
+            })
+            .collect()
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(xs, &self.weight, self.eps)
+    }
+}
+
+struct Layer {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A loaded Llama-family model. Holds weights only: each sequence's cache is
+/// its own `KvCache`.
+pub struct Llama {
+    cfg: LlamaConfig,
+    info: ModelInfo,
+    embed: crate::linear::Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    inv_freq: Vec<f32>,
+    rope_style: RopeStyle,
+    device: Device,
+}
+
+impl Llama {
+    /// Build the model from `ckpt`, whose tensors follow `cfg`.
+    pub fn load(
+        cfg: LlamaConfig,
+        ckpt: &Checkpoint,
+        rope_style: RopeStyle,
+    ) -> std::result::Result<Self, ModelError> {
+        let d = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+        if heads % kv_heads != 0 {
+            return Err(ModelError::Config {
+                path: ckpt.path().to_owned(),
+                reason: format!(
+                    "{heads} attention heads is not a multiple of {kv_heads} key/value heads"
+                ),
+            });
+        }
+        let norm = |hf: String, gguf: String| -> std::result::Result<RmsNorm, ModelError> {
+            Ok(RmsNorm {
+                weight: ckpt.dense(&TensorName::new(hf, gguf), &[d])?,
+                eps: cfg.rms_norm_eps as f32,
+            })
+        };
+        let embed_name = TensorName::new("model.embed_tokens.weight", "token_embd.weight");
+        let embed = ckpt.embedding(&embed_name, cfg.vocab_size, d)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let hf = |s: &str| format!("model.layers.{i}.{s}");
+            let gg = |s: &str| format!("blk.{i}.{s}");
+            let lin = |hf_name: &str, gguf_name: &str, out: usize, inp: usize| {
+                ckpt.linear(
+                    &TensorName::new(
+                        hf(&format!("{hf_name}.weight")),
+                        gg(&format!("{gguf_name}.weight")),
+                    ),
+                    out,
+                    inp,
+                    Some(&TensorName::new(
+                        hf(&format!("{hf_name}.bias")),
+                        gg(&format!("{gguf_name}.bias")),
+                    )),
+                )
+            };
+            layers.push(Layer {
+                attn_norm: norm(hf("input_layernorm.weight"), gg("attn_norm.weight"))?,
+                q: lin("self_attn.q_proj", "attn_q", heads * hd, d)?,
+                k: lin("self_attn.k_proj", "attn_k", kv_heads * hd, d)?,
+                v: lin("self_attn.v_proj", "attn_v", kv_heads * hd, d)?,
+                o: lin("self_attn.o_proj", "attn_output", d, heads * hd)?,
+                mlp_norm: norm(hf("post_attention_layernorm.weight"), gg("ffn_norm.weight"))?,
+                gate: lin("mlp.gate_proj", "ffn_gate", cfg.intermediate_size, d)?,
+                up: lin("mlp.up_proj", "ffn_up", cfg.intermediate_size, d)?,
+                down: lin("mlp.down_proj", "ffn_down", d, cfg.intermediate_size)?,
+            });
+        }
+        let head_name = TensorName::new("lm_head.weight", "output.weight");
+        // Tied embeddings: the output projection is the embedding matrix
+        // (SmolLM2 and small Qwen2 models ship no separate `lm_head`).
+        let lm_head = if !cfg.tie_word_embeddings && ckpt.contains(&head_name) {
+            ckpt.linear(&head_name, cfg.vocab_size, d, None)?
+        } else {
+            ckpt.linear(&embed_name, cfg.vocab_size, d, None)?
+        };
+        let info = ModelInfo {
+            architecture: cfg.model_type.clone(),
+            vocab_size: cfg.vocab_size,
+            max_context: cfg.max_position_embeddings,
+            layers: cfg.num_hidden_layers,
+            hidden_size: d,
+            kv_bytes_per_token: 2
+                * cfg.num_hidden_layers
+                * kv_heads
+                * hd
+                * ckpt.dtype().size_in_bytes(),
+        };
+        Ok(Llama {
+            inv_freq: cfg.inv_freq(),
+            info,
+            embed,
+            layers,
+            norm: norm("model.norm.weight".into(), "output_norm.weight".into())?,
+            lm_head,
+            rope_style,
+            device: ckpt.device().clone(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Cosines and sines for positions `[start, start + n)`, `[n, head_dim / 2]`.
+    fn rope_tables(&self, start: usize, n: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in start..start + n {
+            for &f in &self.inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (n, half), &self.device)?,
+            Tensor::from_vec(sin, (n, half), &self.device)?,
+        ))
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        match self.rope_style {
+            RopeStyle::Half => candle_nn::rotary_emb::rope(x, cos, sin),
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+        }
+    }
+
+    /// Attention of one sequence: `q` `[n, heads * hd]`, `k`/`v`
+    /// `[n, kv_heads * hd]` for positions `[start, start + n)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut KvCache,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let hd = self.cfg.head_dim();
+        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
+        let rep = heads / kv_heads;
+        let n = q.dim(0)?;
+        let start = cache.len();
+        let q = q
+            .reshape((1, n, heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = k
+            .reshape((1, n, kv_heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = v.reshape((n, kv_heads, hd))?.transpose(0, 1)?;
+        let q = self.rope(&q, cos, sin)?;
+        let k = self.rope(&k, cos, sin)?.squeeze(0)?;
+        let (keys, values) = cache.append(layer, &k, &v)?;
+        let len = start + n;
+        // Query heads that share a key/value head are stacked so one matmul
+        // serves the group, without copying the keys `rep` times.
+        let q = q.reshape((kv_heads, rep * n, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&keys.t()?)? * scale)?;
+        let scores = if n > 1 {
+            let mut mask = vec![0f32; n * len];
+            for t in 0..n {
+                for c in start + t + 1..len {
+                    mask[t * len + c] = f32::NEG_INFINITY;
+                }
+            }
+            let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+            scores
+                .reshape((kv_heads, rep, n, len))?
+                .broadcast_add(&mask)?
+                .reshape((kv_heads, rep * n, len))?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&values.contiguous()?)?; // [kv_heads, rep * n, hd]
+        out.reshape((heads, n, hd))?
+            .transpose(0, 1)?
+            .reshape((n, heads * hd))
+    }
+}
+
+impl CausalLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_hidden_layers)
+    }
+
+    fn forward(&self, batch: &mut [SeqInput<'_>]) -> Result<Tensor> {
+        let total: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        if total == 0 {
+            candle_core::bail!("forward called with no tokens");
+        }
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            candle_core::bail!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            );
+        }
+        let mut x = self.embed.lookup(&ids, &self.device)?; // [total, d]
+        let tables = batch
+            .iter()
+            .map(|s| self.rope_tables(s.cache.len(), s.tokens.len()))
+            .collect::<Result<Vec<_>>>()?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            let q = layer.q.forward(&h)?;
+            let k = layer.k.forward(&h)?;
+            let v = layer.v.forward(&h)?;
+            let mut outs = Vec::with_capacity(batch.len());
+            let mut offset = 0;
+            for (seq, (cos, sin)) in batch.iter_mut().zip(&tables) {
+                let n = seq.tokens.len();
+                outs.push(self.attend(
+                    l,
+                    &q.narrow(0, offset, n)?,
+                    &k.narrow(0, offset, n)?,
+                    &v.narrow(0, offset, n)?,
+                    seq.cache,
+                    cos,
+                    sin,
+                )?);
+                offset += n;
+            }
+            let attn = if outs.len() == 1 {
+                outs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
+            x = (x + layer.o.forward(&attn)?)?;
+            let h = layer.mlp_norm.forward(&x)?;
+            let gated =
+                (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&gated)?)?;
+        }
+        let mut last = Vec::with_capacity(batch.len());
+        let mut offset = 0;
+        for seq in batch.iter_mut() {
+            let n = seq.tokens.len();
+            seq.cache.advance(n);
+            offset += n;
+            last.push((offset - 1) as u32);
+        }
+        let last = Tensor::from_vec(last, batch.len(), &self.device)?;
+        let x = self.norm.forward(&x.index_select(&last, 0)?)?;
+        self.lm_head.forward(&x)?.to_dtype(DType::F32)
+    }
+}
+
+/// The device's preferred dtype for dense weights: bf16 on CUDA, f32 on CPU
+/// (whose bf16 matmuls are slower than f32 ones).
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_keeps_high_frequencies_and_divides_low_ones() {
+        let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+            "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 1,
+            "num_attention_heads": 32, "vocab_size": 10, "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        }))
+        .unwrap();
+        let scaled = cfg.inv_freq();
+        let plain = LlamaConfig {
+            rope_scaling: None,
+            ..cfg
+        }
+        .inv_freq();
+        assert_eq!(scaled[0], plain[0], "the highest frequency is kept");
+        let last = plain.len() - 1;
+        assert!(
+            (scaled[last] - plain[last] / 8.0).abs() < 1e-12,
+            "the lowest is divided by the factor"
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The model registry: from a path to a ready model, tokenizer and chat
+//! template, with the architecture chosen by the checkpoint itself
+//! (`model_type` in config.json, `general.architecture` in GGUF).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+
+use crate::checkpoint::Checkpoint;
+use crate::llama::{Llama, LlamaConfig, RopeStyle, default_dtype};
+use crate::{CausalLm, ChatTemplate, ModelError, Tokenizer};
+
+/// The architectures this build can load, by their config.json `model_type`
+/// (GGUF `general.architecture` in parentheses where it differs).
+pub const SUPPORTED: &str = "llama, mistral, qwen2";
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Dtype of dense weights and activations; `None` picks the device's
+    /// default (f32 on CPU, bf16 on CUDA). GGUF models compute in f32.
+    pub dtype: Option<DType>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: None,
+        }
+    }
+}
+
+/// A model ready to serve.
+pub struct LoadedModel {
+    /// A short name: the file or directory name.
+    pub name: String,
+    pub path: PathBuf,
+    pub model: Arc<dyn CausalLm>,
+    pub tokenizer: Arc<Tokenizer>,
+    /// `None` when the checkpoint ships no template (a base model).
+    pub chat_template: Option<Arc<ChatTemplate>>,
+    pub load_time: Duration,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("info", self.model.info())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Load the model at `path`: a `.gguf` file, or a Hugging Face directory
+/// with `config.json`, `*.safetensors` and `tokenizer.json`.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> {
+    let start = Instant::now();
+    let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    let (model, tokenizer): (Arc<dyn CausalLm>, Tokenizer) = if meta.is_dir() {
+        load_hf_dir(path, opts)?
+    } else {
+        load_gguf(path, opts)?
+    };
+    let chat_template = match tokenizer.chat_template() {
+        Some(source) => Some(Arc::new(
+            ChatTemplate::new(source, tokenizer.bos_text(), tokenizer.eos_text()).map_err(
+                |source| ModelError::ChatTemplate {
+                    path: path.to_owned(),
+                    source,
+                },
+            )?,
+        )),
+        None => None,
+    };
+    if tokenizer.vocab_size() > model.info().vocab_size {
+        return Err(ModelError::Config {
+            path: path.to_owned(),
+            reason: format!(
+                "the tokenizer has {} tokens but the model only {} logits",
+                tokenizer.vocab_size(),
+                model.info().vocab_size
+            ),
+        });
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    Ok(LoadedModel {
+        name,
+        path: path.to_owned(),
+        model,
+        tokenizer: Arc::new(tokenizer),
+        chat_template,
+        load_time: start.elapsed(),
+    })
+}
+
+fn load_gguf(
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<(Arc<dyn CausalLm>, Tokenizer), ModelError> {
+    let ckpt = Checkpoint::open_gguf(path, &opts.device)?;
+    let metadata = ckpt
+        .gguf_metadata()
+        .expect("a GGUF checkpoint has metadata");
+    let arch = metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| ModelError::Config {
+            path: path.to_owned(),
+            reason: "missing metadata `general.architecture`".into(),
+        })?;
+    let tokenizer = Tokenizer::from_gguf(metadata).map_err(|source| ModelError::Tokenizer {
+        path: path.to_owned(),
+        source,
+    })?;
+    let model: Arc<dyn CausalLm> = match arch.as_str() {
+        // llama.cpp permutes Llama's query and key weights for interleaved
+        // rotary embeddings; it leaves Qwen2's in the NeoX layout.
+        "llama" => Arc::new(Llama::load(
+            LlamaConfig::from_gguf(metadata, &arch, path)?,
+            &ckpt,
+            RopeStyle::Interleaved,
+        )?),
+        "qwen2" => Arc::new(Llama::load(
+            LlamaConfig::from_gguf(metadata, &arch, path)?,
+            &ckpt,
+            RopeStyle::Half,
+        )?),
+        other => {
+            return Err(ModelError::UnknownArchitecture {
+                found: other.to_owned(),
+                path: path.to_owned(),
+                supported: "GGUF llama, qwen2".into(),
+            });
+        }
+    };
+    Ok((model, tokenizer))
+}
+
+fn load_hf_dir(
+    dir: &Path,
+    opts: &LoadOptions,
+) -> Result<(Arc<dyn CausalLm>, Tokenizer), ModelError> {
+    let config_path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: config_path.clone(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    let model_type = json["model_type"].as_str().unwrap_or_default().to_owned();
+    let dtype = opts.dtype.unwrap_or_else(|| default_dtype(&opts.device));
+    let tokenizer = Tokenizer::from_hf_dir(dir).map_err(|source| ModelError::Tokenizer {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let model: Arc<dyn CausalLm> = match model_type.as_str() {
+        "llama" | "mistral" | "qwen2" => {
+            let cfg: LlamaConfig =
+                serde_json::from_value(json).map_err(|e| ModelError::Config {
+                    path: config_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let ckpt = Checkpoint::open_safetensors(dir, &opts.device, dtype)?;
+            Arc::new(Llama::load(cfg, &ckpt, RopeStyle::Half)?)
+        }
+        other => {
+            return Err(ModelError::UnknownArchitecture {
+                found: if other.is_empty() {
+                    "(no model_type)".into()
+                } else {
+                    other.to_owned()
+                },
+                path: config_path,
+                supported: SUPPORTED.into(),
+            });
+        }
+    };
+    Ok((model, tokenizer))
+}
