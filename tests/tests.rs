@@ -28,3 +28,19 @@ mod hostile;
 
 /// The `deepwasm` command line.
 mod cli;
+
+/// Chat templates: real models' templates, byte for byte as jinja2 renders them.
+mod chat;
+
+/// Tokenizers against llama.cpp and the DeepSeek reference: ids, BOS/EOS,
+/// decoding and streaming.
+mod tokenizer;
+
+/// Model loading: tiny Hugging Face checkpoints against a float64
+/// reference, the KV cache and batching, and clear errors for broken
+/// checkpoints.
+mod model;
+
+/// Generation on the default model: llama.cpp's greedy tokens, seeds,
+/// streaming, stop rules, logprobs, the CLI.
+mod generate;

@@ -54,3 +54,42 @@ pub const DEEPSEEK_VOCAB: usize = 129_280;
 pub fn deepwasm_bin() -> &'static str {
     env!("CARGO_BIN_EXE_deepwasm")
 }
+
+/// The model cache `scripts/setup` fills: `$DEEPWASM_CACHE/models`, default
+/// `~/.cache/deepwasm/models`.
+pub fn models_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("DEEPWASM_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/deepwasm")
+        });
+    base.join("models")
+}
+
+/// The default model's GGUF file; fails the test (not skips it) when the
+/// cache lacks it.
+pub fn default_model_path() -> std::path::PathBuf {
+    let p = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.is_file(), "{} is missing: run scripts/setup", p.display());
+    p
+}
+
+/// The default model, loaded once per test binary.
+pub fn default_model() -> &'static deepwasm_engine::Engine {
+    static ENGINE: OnceLock<deepwasm_engine::Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let loaded = deepwasm_model::load(
+            &default_model_path(),
+            &deepwasm_model::LoadOptions::default(),
+        )
+        .expect("loading the default model");
+        deepwasm_engine::Engine::from(loaded)
+    })
+}
+
+/// A path under `tests/fixtures/`.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}

@@ -119,7 +119,10 @@ fn plugins(cli: &Cli, args: &PluginBenchArgs) -> anyhow::Result<()> {
             "top-k",
             Box::new(|v: &[f32]| top_k(v, 40).len()) as Box<dyn Fn(&[f32]) -> usize>,
         ),
-        ("copy-all", Box::new(|v: &[f32]| std::hint::black_box(v.to_vec()).len())),
+        (
+            "copy-all",
+            Box::new(|v: &[f32]| std::hint::black_box(v.to_vec()).len()),
+        ),
     ] {
         let sampler = SamplerPlugin::new(probe.clone(), sandbox.clone())?;
         let config = format!(r#"{{"query": "{query}", "k": 40}}"#);

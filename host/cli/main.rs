@@ -1,6 +1,8 @@
 //! `deepwasm`: the command line.
 
 mod bench;
+mod generate;
+mod model;
 mod plugin;
 mod score;
 
@@ -34,6 +36,8 @@ enum Command {
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Generate a completion on a model.
+    Generate(generate::GenerateArgs),
     /// Score samples with reward plugins (no model needed).
     Score(score::ScoreArgs),
     /// Run benchmarks against their peers.
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Plugin(cmd) => plugin::run(&cli, cmd),
+        Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(&cli, args),
         Command::Bench(cmd) => bench::run(&cli, cmd),
     };

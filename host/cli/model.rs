@@ -1,0 +1,76 @@
+//! Choosing and loading the model, shared by the subcommands that need one.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use deepwasm_model::{LoadOptions, LoadedModel};
+
+/// The file name of the default model in the model cache.
+pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face directory (config.json, *.safetensors,
+    /// tokenizer.json) [default: SmolLM2-135M-Instruct from the model cache]
+    #[arg(long, env = "DEEPWASM_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Where to run: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `$DEEPWASM_CACHE/models`, default `~/.cache/deepwasm/models`: where
+/// `scripts/setup` puts the default model.
+pub fn model_cache() -> PathBuf {
+    let base = std::env::var_os("DEEPWASM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/deepwasm"))
+                .unwrap_or_else(|| PathBuf::from(".cache/deepwasm"))
+        });
+    base.join("models")
+}
+
+impl ModelArgs {
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.model {
+            return Ok(p.clone());
+        }
+        let p = model_cache().join(DEFAULT_MODEL);
+        if !p.is_file() {
+            bail!(
+                "the default model is not in the cache ({}); fetch it with `scripts/setup`, or name one with --model",
+                p.display()
+            );
+        }
+        Ok(p)
+    }
+
+    pub fn device(&self) -> anyhow::Result<candle_core::Device> {
+        match self.device.as_str() {
+            "cpu" => Ok(candle_core::Device::Cpu),
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                let ordinal: usize = d
+                    .strip_prefix("cuda:")
+                    .map_or(Ok(0), str::parse)
+                    .context("bad CUDA ordinal")?;
+                candle_core::Device::new_cuda(ordinal).with_context(|| {
+                    format!("cannot use {d} (is this a build with `--features cuda`?)")
+                })
+            }
+            other => bail!("unknown device `{other}`; use cpu, cuda or cuda:N"),
+        }
+    }
+
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        let path = self.path()?;
+        let opts = LoadOptions {
+            device: self.device()?,
+            dtype: None,
+        };
+        deepwasm_model::load(&path, &opts)
+            .with_context(|| format!("cannot load the model {}", path.display()))
+    }
+}

@@ -1,0 +1,13 @@
+//! Generation on deepwasm models: the per-sequence loop (prefill, decode
+//! with the KV cache, two-phase sampler steps, stop rules, UTF-8-safe
+//! streaming) and the built-in sampling pipeline plugins plug into.
+
+pub mod generate;
+pub mod sampler;
+pub mod sampling;
+pub mod stop;
+
+pub use generate::{
+    Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Prompt, Timings, Usage,
+};
+pub use sampler::{BuiltinSampler, Sampler, SamplerError};

@@ -1,0 +1,343 @@
+//! Pipeline steps 1–4: penalties, logit bias, a plugin's mask and its bias.
+//! All edit the logits in place.
+
+use deepwasm_plugins::{TokenBias, TokenSet, for_each_run};
+
+use super::history::TokenHistory;
+use super::kernels::{BLOCK, max_of};
+use super::params::SamplingParams;
+
+/// Applies the request's penalties, then its logit bias, in place.
+///
+/// For each distinct token the history holds (ids outside `logits` are
+/// ignored):
+/// - repetition penalty `r` (prompt or output): `logit / r` if the logit is
+///   positive, else `logit * r` (HF and vLLM), applied once however often the
+///   token occurred;
+/// - presence penalty: `- presence_penalty` if the token is in the output;
+/// - frequency penalty: `- frequency_penalty * count` for its count in the
+///   output.
+///
+/// Then each `logit_bias` entry is added. Costs O(distinct tokens seen +
+/// bias entries); the rest of the vocabulary is not touched.
+pub fn process_logits(logits: &mut [f32], params: &SamplingParams, history: &TokenHistory) {
+    let r = params.repetition_penalty;
+    let (presence, frequency) = (params.presence_penalty, params.frequency_penalty);
+    if r != 1.0 || presence != 0.0 || frequency != 0.0 {
+        for s in history.seen() {
+            let Some(l) = logits.get_mut(s.token as usize) else {
+                continue;
+            };
+            if r != 1.0 {
+                *l = if *l > 0.0 { *l / r } else { *l * r };
+            }
+            if s.output_count > 0 {
+                *l -= presence + frequency * s.output_count as f32;
+            }
+        }
+    }
+    for &(token, bias) in &params.logit_bias {
+        if let Some(l) = logits.get_mut(token as usize) {
+            *l += bias;
+        }
+    }
+}
+
+/// Adds a plugin's sparse biases in place; ids outside `logits` are ignored
+/// and entries for the same token add up.
+pub fn apply_bias(logits: &mut [f32], bias: &[TokenBias]) {
+    for b in bias {
+        if let Some(l) = logits.get_mut(b.token as usize) {
+            *l += b.bias;
+        }
+    }
+}
+
+/// A plugin's mask left no token to pick.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error(
+    "the sampler plugin's token mask leaves no token that can be picked ({vocab} in vocabulary)"
+)]
+pub struct MaskError {
+    /// The vocabulary size the mask was applied to.
+    pub vocab: usize,
+}
+
+/// Applies a plugin's mask in place: tokens in `deny`, then tokens outside
+/// `allow`, get logit -inf. Ids at or past the vocabulary size are ignored.
+///
+/// Fails when a set was given and no token is left with a logit above -inf
+/// (NaN does not count): sampling would otherwise pick a token the plugin
+/// forbade. Costs O(set size) for `deny` and one pass over the vocabulary
+/// for `allow`.
+pub fn apply_mask(
+    logits: &mut [f32],
+    allow: Option<&TokenSet>,
+    deny: Option<&TokenSet>,
+) -> Result<(), MaskError> {
+    let len = logits.len().min(u32::MAX as usize) as u32;
+    if let Some(deny) = deny {
+        for_each_run(deny, len, |start, end| {
+            logits[start as usize..end as usize].fill(f32::NEG_INFINITY);
+        });
+    }
+    if let Some(allow) = allow {
+        let keep = keep_bits(allow, len);
+        for (block, &bits) in logits.chunks_mut(BLOCK).zip(&keep) {
+            if bits == u64::MAX {
+                continue;
+            }
+            for (i, l) in block.iter_mut().enumerate() {
+                if bits >> i & 1 == 0 {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        // Blocks past `keep` (a vocabulary longer than u32 ids) are out.
+        for l in logits.iter_mut().skip(keep.len() * BLOCK) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    if (allow.is_some() || deny.is_some()) && !has_pickable(logits) {
+        return Err(MaskError {
+            vocab: logits.len(),
+        });
+    }
+    Ok(())
+}
+
+/// One bit per token of a vocabulary of `len`, set for tokens in `set`, in
+/// words of [`BLOCK`] = 64 tokens.
+fn keep_bits(set: &TokenSet, len: u32) -> Vec<u64> {
+    let words = (len as usize).div_ceil(BLOCK);
+    let mut keep = vec![0u64; words];
+    match set {
+        TokenSet::Bitset(w32) => {
+            // Two 32-bit words make one 64-bit word; bits past `len` only
+            // name tokens that do not exist.
+            for (i, k) in keep.iter_mut().enumerate() {
+                let lo = w32.get(2 * i).copied().unwrap_or(0) as u64;
+                let hi = w32.get(2 * i + 1).copied().unwrap_or(0) as u64;
+                *k = lo | hi << 32;
+            }
+        }
+        _ => for_each_run(set, len, |start, end| set_bits(&mut keep, start, end)),
+    }
+    keep
+}
+
+/// Sets bits `[start, end)`.
+fn set_bits(keep: &mut [u64], start: u32, end: u32) {
+    let (start, end) = (start as usize, end as usize);
+    let (first, last) = (start / 64, (end - 1) / 64);
+    let lo_mask = u64::MAX << (start % 64);
+    let hi_mask = u64::MAX >> (63 - (end - 1) % 64);
+    if first == last {
+        keep[first] |= lo_mask & hi_mask;
+    } else {
+        keep[first] |= lo_mask;
+        keep[first + 1..last].fill(u64::MAX);
+        keep[last] |= hi_mask;
+    }
+}
+
+/// Whether some token has a logit above -inf (NaN does not count), so that
+/// [`sample`](super::sample()) can pick it. Stops at the first block with one.
+pub fn has_pickable(logits: &[f32]) -> bool {
+    logits
+        .chunks(BLOCK)
+        .any(|block| max_of(block) > f32::NEG_INFINITY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deepwasm_plugins::TokenRange;
+
+    const NEG: f32 = f32::NEG_INFINITY;
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let mut l = vec![2.0, -2.0, 2.0, -2.0, 0.0];
+        // Token 0 in the prompt only, token 1 in the output only, token 4
+        // (logit 0) in the prompt; tokens 2 and 3 unseen.
+        let mut h = TokenHistory::new(&[0, 4, 0, 0]);
+        h.push_output(1);
+        h.push_output(1);
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::default()
+        };
+        process_logits(&mut l, &p, &h);
+        assert_eq!(l, vec![1.0, -4.0, 2.0, -2.0, 0.0], "applied once per token");
+    }
+
+    #[test]
+    fn presence_and_frequency_count_only_the_output() {
+        let mut l = vec![1.0; 4];
+        let mut h = TokenHistory::new(&[0, 0, 3]);
+        h.extend_output(&[1, 1, 1, 2, 3]);
+        let p = SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..SamplingParams::default()
+        };
+        process_logits(&mut l, &p, &h);
+        // 0: prompt only. 1: three times. 2 and 3: once in the output.
+        assert_eq!(l, vec![1.0, 1.0 - 0.5 - 0.75, 0.25, 0.25]);
+    }
+
+    #[test]
+    fn penalties_compose_in_order_then_bias() {
+        let mut l = vec![3.0, -1.0, 0.5];
+        let mut h = TokenHistory::new(&[2]);
+        h.extend_output(&[0, 0, 1]);
+        let p = SamplingParams {
+            repetition_penalty: 1.5,
+            presence_penalty: 0.2,
+            frequency_penalty: 0.1,
+            logit_bias: vec![(0, 1.0), (2, -3.0), (2, 0.5), (99, 7.0)],
+            ..SamplingParams::default()
+        };
+        process_logits(&mut l, &p, &h);
+        let want = [
+            3.0 / 1.5 - 0.2 - 0.1 * 2.0 + 1.0,
+            -1.5 - 0.2 - 0.1, // -1 * 1.5, then the penalties
+            0.5 / 1.5 - 3.0 + 0.5,
+        ];
+        for (g, w) in l.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{l:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn no_penalty_no_change() {
+        let mut l = vec![1.0, -1.0];
+        let mut h = TokenHistory::new(&[0, 1]);
+        h.push_output(0);
+        process_logits(&mut l, &SamplingParams::default(), &h);
+        assert_eq!(l, vec![1.0, -1.0]);
+    }
+
+    #[test]
+    fn plugin_bias_adds_and_ignores_out_of_range_ids() {
+        let mut l = vec![0.0; 3];
+        let b = |token, bias| TokenBias { token, bias };
+        apply_bias(&mut l, &[b(1, 2.0), b(1, 0.5), b(3, 9.0), b(u32::MAX, 1.0)]);
+        assert_eq!(l, vec![0.0, 2.5, 0.0]);
+    }
+
+    fn finite_ids(l: &[f32]) -> Vec<u32> {
+        (0..l.len() as u32)
+            .filter(|&i| l[i as usize] > NEG)
+            .collect()
+    }
+
+    /// The same set in all three encodings.
+    fn encodings(ids: &[u32]) -> Vec<TokenSet> {
+        let max = ids.iter().copied().max().unwrap_or(0) as usize;
+        let mut words = vec![0u32; max / 32 + 1];
+        for &t in ids {
+            words[t as usize / 32] |= 1 << (t % 32);
+        }
+        vec![
+            TokenSet::Ids(ids.to_vec()),
+            TokenSet::Ranges(
+                ids.iter()
+                    .map(|&t| TokenRange {
+                        start: t,
+                        end: t + 1,
+                    })
+                    .collect(),
+            ),
+            TokenSet::Bitset(words),
+        ]
+    }
+
+    #[test]
+    fn allow_keeps_exactly_the_set_in_every_encoding() {
+        // Word boundaries of 32 and 64 bits, and an id past the vocabulary.
+        let ids = [0, 31, 32, 63, 64, 65, 127, 128, 199, 250];
+        for set in encodings(&ids) {
+            let mut l = vec![1.0f32; 200];
+            apply_mask(&mut l, Some(&set), None).unwrap();
+            assert_eq!(
+                finite_ids(&l),
+                vec![0, 31, 32, 63, 64, 65, 127, 128, 199],
+                "{set:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deny_removes_exactly_the_set_in_every_encoding() {
+        let ids = [1, 31, 32, 64, 99, 1000];
+        for set in encodings(&ids) {
+            let mut l = vec![1.0f32; 100];
+            apply_mask(&mut l, None, Some(&set)).unwrap();
+            let want: Vec<u32> = (0..100)
+                .filter(|t| ![1, 31, 32, 64, 99].contains(t))
+                .collect();
+            assert_eq!(finite_ids(&l), want, "{set:?}");
+        }
+    }
+
+    #[test]
+    fn ranges_overlap_and_span_words() {
+        let r = |start, end| TokenRange { start, end };
+        let set = TokenSet::Ranges(vec![r(10, 140), r(100, 150), r(5, 5), r(190, 500)]);
+        let mut l = vec![0.0f32; 200];
+        apply_mask(&mut l, Some(&set), None).unwrap();
+        let want: Vec<u32> = (10..150).chain(190..200).collect();
+        assert_eq!(finite_ids(&l), want);
+    }
+
+    #[test]
+    fn deny_then_allow_intersect() {
+        let allow = TokenSet::Ids(vec![2, 3, 4]);
+        let deny = TokenSet::Ids(vec![3]);
+        let mut l = vec![0.0f32; 6];
+        apply_mask(&mut l, Some(&allow), Some(&deny)).unwrap();
+        assert_eq!(finite_ids(&l), vec![2, 4]);
+    }
+
+    #[test]
+    fn a_mask_that_leaves_nothing_is_an_error() {
+        let mut l = vec![0.0f32; 70];
+        let e = apply_mask(&mut l, Some(&TokenSet::Ids(vec![])), None).unwrap_err();
+        assert_eq!(e, MaskError { vocab: 70 });
+        assert!(e.to_string().contains("no token"));
+
+        // Allowed only out of range.
+        let mut l = vec![0.0f32; 70];
+        assert!(apply_mask(&mut l, Some(&TokenSet::Ids(vec![70, 71])), None).is_err());
+
+        // Allowed only where the logit is already -inf or NaN.
+        let mut l = vec![0.0f32; 70];
+        l[5] = NEG;
+        l[6] = f32::NAN;
+        assert!(apply_mask(&mut l, Some(&TokenSet::Ids(vec![5, 6])), None).is_err());
+
+        // Allow and deny cancel out.
+        let mut l = vec![0.0f32; 70];
+        let s = TokenSet::Bitset(vec![1 << 3]);
+        assert!(apply_mask(&mut l, Some(&s), Some(&s)).is_err());
+
+        // Everything denied.
+        let mut l = vec![0.0f32; 70];
+        let all = TokenSet::Ranges(vec![TokenRange { start: 0, end: 70 }]);
+        assert!(apply_mask(&mut l, None, Some(&all)).is_err());
+
+        // No mask at all is not the mask's fault.
+        let mut l = vec![NEG; 3];
+        assert!(apply_mask(&mut l, None, None).is_ok());
+    }
+
+    #[test]
+    fn pickable_means_above_neg_inf() {
+        assert!(!has_pickable(&[NEG, f32::NAN]));
+        assert!(has_pickable(&[NEG, f32::NAN, -1e30]));
+        assert!(has_pickable(&[f32::INFINITY]));
+        assert!(!has_pickable(&[]));
+    }
+}
