@@ -71,17 +71,22 @@ impl Kernels {
         }
     }
 
-    /// Four dot products of one weight row with four activation rows at once:
-    /// each block is expanded once and used four times. `None` when this
+    /// `R` dot products of one weight row with `R` activation rows at once:
+    /// each block is expanded once and used `R` times. `None` when this
     /// machine has no such kernel (the caller expands the row instead).
-    pub(crate) fn dot4(self, row: Row<'_>, x: [&[f32]; 4], sums: [&[f32]; 4]) -> Option<[f32; 4]> {
+    pub(crate) fn dot_rows<const R: usize>(
+        self,
+        row: Row<'_>,
+        x: [&[f32]; R],
+        sums: [&[f32]; R],
+    ) -> Option<[f32; R]> {
         for (x, s) in x.iter().zip(&sums) {
             assert!(x.len() >= row.scales.len() * BLOCK && s.len() >= row.scales.len());
         }
         match self {
             // SAFETY: as in `dot`; lengths are checked above.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => Some(unsafe { avx512::dot4(row, x, sums) }),
+            Kernels::Avx512 => Some(unsafe { avx512::dot_rows(row, x, sums) }),
             _ => None,
         }
     }
@@ -463,54 +468,50 @@ mod avx512 {
     }
 
     /// # Safety
-    /// As `dot_blocks`, for each of the four activation rows.
+    /// As `dot_blocks`, for each of the `R` activation rows.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn dot4_blocks<const Q4: bool>(row: Row<'_>, x: [&[f32]; 4]) -> [f32; 4] {
+    unsafe fn rows_blocks<const Q4: bool, const R: usize>(
+        row: Row<'_>,
+        x: [&[f32]; R],
+    ) -> [f32; R] {
         let qb = if Q4 { 16 } else { 32 };
         let nb = row.scales.len();
         let q = row.quants.as_ptr();
         let xp = x.map(|x| x.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut d = [0f32; 8];
         // SAFETY: every block index stays below `nb`, and the arrays hold
         // `nb` blocks (the caller's contract).
         unsafe {
             for b in 0..nb {
-                let d = _mm512_set1_ps(f16_bits(row.scales[b]));
+                if b % 8 == 0 {
+                    _mm256_storeu_ps(d.as_mut_ptr(), super::avx2::load8_f16(&row.scales[b..]));
+                }
+                let scale = _mm512_set1_ps(d[b % 8]);
                 let p = q.add(b * qb);
-                // The block's weights times its scale, once for all four rows.
+                // The block's weights times its scale, once for all rows.
                 let (w0, w1) = if Q4 {
                     let v = _mm_loadu_si128(p as *const __m128i);
                     let mask = _mm_set1_epi8(0x0F);
                     (
-                        _mm512_mul_ps(
-                            d,
-                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask))),
-                        ),
-                        _mm512_mul_ps(
-                            d,
-                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-                                _mm_srli_epi16(v, 4),
-                                mask,
-                            ))),
-                        ),
+                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask))),
+                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                            _mm_srli_epi16(v, 4),
+                            mask,
+                        ))),
                     )
                 } else {
                     (
-                        _mm512_mul_ps(
-                            d,
-                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                p as *const __m128i,
-                            ))),
-                        ),
-                        _mm512_mul_ps(
-                            d,
-                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                p.add(16) as *const __m128i
-                            ))),
-                        ),
+                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                            p as *const __m128i,
+                        ))),
+                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                            p.add(16) as *const __m128i
+                        ))),
                     )
                 };
-                for m in 0..4 {
+                let (w0, w1) = (_mm512_mul_ps(scale, w0), _mm512_mul_ps(scale, w1));
+                for m in 0..R {
                     let xb = xp[m].add(b * BLOCK);
                     acc[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[m]);
                     acc[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb.add(16)), acc[m]);
@@ -521,19 +522,22 @@ mod avx512 {
     }
 
     /// # Safety
-    /// As `dot_blocks`, for each of the four activation rows.
+    /// As `dot_blocks`, for each of the `R` activation rows.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn dot4(row: Row<'_>, x: [&[f32]; 4], sums: [&[f32]; 4]) -> [f32; 4] {
+    pub(super) unsafe fn dot_rows<const R: usize>(
+        row: Row<'_>,
+        x: [&[f32]; R],
+        sums: [&[f32]; R],
+    ) -> [f32; R] {
         // SAFETY: the caller's contract.
-        let products = unsafe {
+        let mut out = unsafe {
             match row.format {
-                Format::Q8_0 => dot4_blocks::<false>(row, x),
-                Format::Q4_0 | Format::Q4_1 => dot4_blocks::<true>(row, x),
+                Format::Q8_0 => rows_blocks::<false, R>(row, x),
+                Format::Q4_0 | Format::Q4_1 => rows_blocks::<true, R>(row, x),
             }
         };
-        let mut out = [0f32; 4];
-        for m in 0..4 {
-            out[m] = products[m] + super::avx2::offsets(row, sums[m]);
+        for (o, s) in out.iter_mut().zip(sums) {
+            *o += super::avx2::offsets(row, s);
         }
         out
     }

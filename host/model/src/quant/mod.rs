@@ -28,6 +28,17 @@ pub use blocks::Format;
 /// handing them to the pool costs more than it saves.
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 18;
 
+/// From this many activation rows on, weights are expanded to f32 tiles and
+/// multiplied by a blocked GEMM; below it, the fused kernels win.
+const GEMM_MIN_ROWS: usize = 16;
+
+/// Weight rows expanded per GEMM tile: `GEMM_TILE × cols` floats stay in
+/// the L2 cache for the usual widths.
+const GEMM_TILE: usize = 64;
+
+/// Activation rows multiplied together with one pass over a weight row.
+const TILE: usize = 8;
+
 /// Output rows per task when a product is split across threads.
 const ROWS_PER_TASK: usize = 64;
 
@@ -106,19 +117,19 @@ impl QuantMatrix {
             for j in 0..n {
                 let row = self.row(first + j);
                 let mut i = 0;
-                // Four activation rows at a time share each expanded block.
-                while i + 4 <= m {
-                    let Some(dots) = kern.dot4(
+                // Eight activation rows at a time share each expanded block.
+                while i + TILE <= m {
+                    let Some(dots) = kern.dot_rows::<TILE>(
                         row,
-                        [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)],
-                        [srow(i), srow(i + 1), srow(i + 2), srow(i + 3)],
+                        std::array::from_fn(|t| xrow(i + t)),
+                        std::array::from_fn(|t| srow(i + t)),
                     ) else {
                         break;
                     };
                     for (t, v) in dots.into_iter().enumerate() {
                         out_rows[(i + t) * n + j] = v;
                     }
-                    i += 4;
+                    i += TILE;
                 }
                 if m - i > 1 {
                     // No four-row kernel here: expand the row once, reuse it.
@@ -132,6 +143,10 @@ impl QuantMatrix {
                 }
             }
         };
+        if m >= GEMM_MIN_ROWS {
+            self.matmul_gemm(kern, x, m, out);
+            return;
+        }
         if m == 1 {
             if self.rows * self.cols < PARALLEL_MIN_WEIGHTS || rayon::current_num_threads() == 1 {
                 work(0, out);
@@ -162,6 +177,85 @@ impl QuantMatrix {
                     .copy_from_slice(&buf[i * n..(i + 1) * n]);
             }
         }
+    }
+
+    /// Many activation rows (a prefill): expand `GEMM_TILE` weight rows at a
+    /// time to f32 (they stay in cache) and multiply them with every
+    /// activation row through the `gemm` crate's blocked kernels, which
+    /// reach a large share of the FMA units' peak. Tiles are split across
+    /// rayon's threads; each writes its own columns of `out`.
+    fn matmul_gemm(&self, kern: kernels::Kernels, x: &[f32], m: usize, out: &mut [f32]) {
+        struct Out(*mut f32);
+        // SAFETY: tasks write disjoint columns of the output (see below).
+        unsafe impl Send for Out {}
+        unsafe impl Sync for Out {}
+        let dst = Out(out.as_mut_ptr());
+        let (rows, cols) = (self.rows, self.cols);
+        let tiles: Vec<usize> = (0..rows).step_by(GEMM_TILE).collect();
+        let run = |first: usize| {
+            let n = GEMM_TILE.min(rows - first);
+            let mut w = vec![0f32; n * cols];
+            for (j, dst_row) in w.chunks_exact_mut(cols).enumerate() {
+                kern.expand(self.row(first + j), dst_row);
+            }
+            let dst = &dst;
+            // SAFETY: `x` is `m × cols`, `w` is `n × cols` read as its
+            // transpose (`cols × n`), and the destination is columns
+            // `[first, first + n)` of the `m × rows` output, which no other
+            // tile writes.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    cols,
+                    dst.0.add(first),
+                    1,
+                    rows as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    cols as isize,
+                    w.as_ptr(),
+                    cols as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        if rayon::current_num_threads() == 1 {
+            tiles.into_iter().for_each(run);
+        } else {
+            tiles.into_par_iter().for_each(run);
+        }
+    }
+
+    /// The matrices stacked row-wise (`[Σ rows, cols]`), when they share a
+    /// format and a width: one product then serves several projections.
+    pub fn stack(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.format != first.format || p.cols != first.cols)
+        {
+            return None;
+        }
+        let mut blocks = blocks::Split::default();
+        for p in parts {
+            blocks.quants.extend_from_slice(&p.blocks.quants);
+            blocks.scales.extend_from_slice(&p.blocks.scales);
+            blocks.mins.extend_from_slice(&p.blocks.mins);
+        }
+        Some(QuantMatrix {
+            format: first.format,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            blocks,
+        })
     }
 
     pub fn rows(&self) -> usize {

@@ -50,7 +50,13 @@ fn dequantization_matches_candles() {
 #[test]
 fn products_are_exact_up_to_f32_rounding() {
     for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-        for (m, rows, cols) in [(1, 70, 64), (1, 300, 1024), (3, 70, 96), (9, 130, 576)] {
+        for (m, rows, cols) in [
+            (1, 70, 64),
+            (1, 300, 1024),
+            (3, 70, 96),
+            (9, 130, 576),
+            (33, 150, 192),
+        ] {
             let q = QTensor::quantize(&weights(rows, cols), dtype).unwrap();
             let mat = QuantMatrix::from_qtensor(&q).unwrap().unwrap();
             let w = mat.dequantize();
