@@ -60,6 +60,52 @@ impl Linear {
         }
     }
 
+    /// The layers stacked into one, `[Σ out, in]`, so one product computes
+    /// them all (the query, key and value projections; the gate and up
+    /// projections). `None` when they cannot share a product: candle's
+    /// quantized weights, mixed kinds or widths.
+    pub fn stack(parts: &[&Linear]) -> Result<Option<Linear>> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        if parts.iter().any(|p| p.in_features != first.in_features) {
+            return Ok(None);
+        }
+        let bias = match parts.iter().find_map(|p| p.bias.as_ref()) {
+            Some(any) => {
+                let mut bs = Vec::with_capacity(parts.len());
+                for p in parts {
+                    bs.push(match &p.bias {
+                        Some(b) => b.clone(),
+                        None => Tensor::zeros(p.out_features, any.dtype(), any.device())?,
+                    });
+                }
+                Some(Tensor::cat(&bs, 0)?)
+            }
+            None => None,
+        };
+        let dense: Option<Vec<&Tensor>> = parts
+            .iter()
+            .map(|p| match &p.weight {
+                Weight::Dense(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        if let Some(ws) = dense {
+            return Linear::dense(Tensor::cat(&ws, 0)?, bias).map(Some);
+        }
+        let quantized: Option<Vec<&QuantMatrix>> = parts
+            .iter()
+            .map(|p| match &p.weight {
+                Weight::CpuQuantized(w) => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect();
+        Ok(quantized
+            .and_then(|qs| QuantMatrix::stack(&qs))
+            .map(|m| Linear::cpu_quantized(Arc::new(m), bias)))
+    }
+
     pub fn out_features(&self) -> usize {
         self.out_features
     }

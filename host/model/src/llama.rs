@@ -205,15 +205,54 @@ impl RmsNorm {
     }
 }
 
+/// Projections that read the same input, as one product when the weights
+/// can be stacked (fewer, larger products: less overhead per token and
+/// better work splitting across threads), else one product each.
+enum Projections {
+    Stacked { fused: Linear, widths: Vec<usize> },
+    Separate(Vec<Linear>),
+}
+
+impl Projections {
+    fn new(parts: Vec<Linear>) -> std::result::Result<Self, candle_core::Error> {
+        let refs: Vec<&Linear> = parts.iter().collect();
+        Ok(match Linear::stack(&refs)? {
+            Some(fused) => Projections::Stacked {
+                widths: parts.iter().map(Linear::out_features).collect(),
+                fused,
+            },
+            None => Projections::Separate(parts),
+        })
+    }
+
+    /// Each projection of `x`, in order.
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Projections::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Projections::Stacked { fused, widths } => {
+                let all = fused.forward(x)?;
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        let part = all.narrow(1, at, w)?.contiguous();
+                        at += w;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 struct Layer {
     attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Query, key, value.
+    qkv: Projections,
     o: Linear,
     mlp_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// Gate, up.
+    gate_up: Projections,
     down: Linear,
 }
 
@@ -275,15 +314,25 @@ impl Llama {
                     )),
                 )
             };
+            let stack = |parts| {
+                Projections::new(parts).map_err(|source| ModelError::Candle {
+                    path: ckpt.path().to_owned(),
+                    source,
+                })
+            };
             layers.push(Layer {
                 attn_norm: norm(hf("input_layernorm.weight"), gg("attn_norm.weight"))?,
-                q: lin("self_attn.q_proj", "attn_q", heads * hd, d)?,
-                k: lin("self_attn.k_proj", "attn_k", kv_heads * hd, d)?,
-                v: lin("self_attn.v_proj", "attn_v", kv_heads * hd, d)?,
+                qkv: stack(vec![
+                    lin("self_attn.q_proj", "attn_q", heads * hd, d)?,
+                    lin("self_attn.k_proj", "attn_k", kv_heads * hd, d)?,
+                    lin("self_attn.v_proj", "attn_v", kv_heads * hd, d)?,
+                ])?,
                 o: lin("self_attn.o_proj", "attn_output", d, heads * hd)?,
                 mlp_norm: norm(hf("post_attention_layernorm.weight"), gg("ffn_norm.weight"))?,
-                gate: lin("mlp.gate_proj", "ffn_gate", cfg.intermediate_size, d)?,
-                up: lin("mlp.up_proj", "ffn_up", cfg.intermediate_size, d)?,
+                gate_up: stack(vec![
+                    lin("mlp.gate_proj", "ffn_gate", cfg.intermediate_size, d)?,
+                    lin("mlp.up_proj", "ffn_up", cfg.intermediate_size, d)?,
+                ])?,
                 down: lin("mlp.down_proj", "ffn_down", d, cfg.intermediate_size)?,
             });
         }
@@ -439,9 +488,11 @@ impl CausalLm for Llama {
             .collect::<Result<Vec<_>>>()?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
-            let q = layer.q.forward(&h)?;
-            let k = layer.k.forward(&h)?;
-            let v = layer.v.forward(&h)?;
+            let [q, k, v]: [Tensor; 3] = layer
+                .qkv
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
             let mut outs = Vec::with_capacity(batch.len());
             let mut offset = 0;
             for (seq, (cos, sin)) in batch.iter_mut().zip(&tables) {
@@ -464,8 +515,12 @@ impl CausalLm for Llama {
             };
             x = (x + layer.o.forward(&attn)?)?;
             let h = layer.mlp_norm.forward(&x)?;
-            let gated =
-                (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            let [gate, up]: [Tensor; 2] = layer
+                .gate_up
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("two projections".into()))?;
+            let gated = (candle_nn::ops::silu(&gate)? * up)?;
             x = (x + layer.down.forward(&gated)?)?;
         }
         let mut last = Vec::with_capacity(batch.len());
