@@ -92,16 +92,12 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         logprobs: None,
         ..GenerateRequest::new(prompt)
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
     let mut write_error = None;
     let completion = engine
         .generate(&request, &mut BuiltinSampler, &mut |delta| {
             if !args.json
                 && write_error.is_none()
-                && let Err(e) = out
-                    .write_all(delta.text.as_bytes())
-                    .and_then(|()| out.flush())
+                && let Err(e) = write_stdout(&delta.text)
             {
                 write_error = Some(e);
             }
@@ -110,6 +106,8 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     if let Some(e) = write_error {
         return Err(e).context("cannot write to stdout");
     }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
     if args.json {
         let json = serde_json::json!({
             "model": engine.name,
@@ -140,4 +138,10 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         completion.finish_reason
     );
     Ok(())
+}
+
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }

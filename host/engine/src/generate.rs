@@ -194,11 +194,28 @@ impl Engine {
     }
 
     /// Generate one sequence, calling `on_delta` as text is produced.
+    ///
+    /// Runs on a thread of rayon's pool: the model's kernels split their
+    /// work with rayon, and a split started from a pool thread runs inline
+    /// instead of being handed to the pool and waited for (a futex round
+    /// trip per matmul, measured at ~10% of a decode step).
     pub fn generate(
         &self,
         req: &GenerateRequest,
         sampler: &mut dyn Sampler,
-        on_delta: &mut dyn FnMut(&Delta),
+        on_delta: &mut (dyn FnMut(&Delta) + Send),
+    ) -> Result<Completion, GenerateError> {
+        if rayon::current_thread_index().is_some() {
+            return self.generate_here(req, sampler, on_delta);
+        }
+        rayon::scope(|_| self.generate_here(req, sampler, on_delta))
+    }
+
+    fn generate_here(
+        &self,
+        req: &GenerateRequest,
+        sampler: &mut dyn Sampler,
+        on_delta: &mut (dyn FnMut(&Delta) + Send),
     ) -> Result<Completion, GenerateError> {
         req.params
             .validate()
