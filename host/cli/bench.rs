@@ -16,6 +16,8 @@ use crate::Cli;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Prefill and decode speed of a model, beside llama.cpp's llama-bench.
+    Model(crate::bench_model::ModelBenchArgs),
     /// Plugin host overheads: instantiation, a sampler step over a
     /// DeepSeek-sized logits handle, reward throughput against CPython.
     Plugins(PluginBenchArgs),
@@ -43,6 +45,7 @@ const VOCAB: usize = 129_280;
 pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Plugins(args) => plugins(cli, args),
+        BenchCommand::Model(args) => crate::bench_model::run(args),
     }
 }
 

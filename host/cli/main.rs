@@ -1,6 +1,7 @@
 //! `deepwasm`: the command line.
 
 mod bench;
+mod bench_model;
 mod generate;
 mod model;
 mod plugin;
