@@ -272,3 +272,59 @@ fn bad_requests_are_refused_before_generating() {
         .unwrap_err();
     assert!(err.to_string().contains("10000000"), "{err}");
 }
+
+/// With activations kept in f32, the default model computes the function its
+/// GGUF weights define: at every step of a float64 reference's greedy
+/// continuation (the weights dequantized by the `gguf` package, the decoder
+/// in numpy; scripts/reference/smollm2-f64.py), the model's logits for the
+/// reference's 16 best tokens agree to 2e-4 (3.7e-5 measured) and its best token
+/// is the reference's wherever the reference's margin is not a near-tie.
+#[test]
+fn logits_match_an_exact_float64_forward_pass() {
+    let text =
+        std::fs::read_to_string(crate::util::fixture("../goldens/smollm2_f64.json")).unwrap();
+    let goldens: Value = serde_json::from_str(&text).unwrap();
+    let model = default_model().model.as_ref();
+    let (mut worst, mut judged) = (0f64, 0);
+    for case in goldens["cases"].as_array().unwrap() {
+        let mut cache = model.new_cache();
+        let mut feed: Vec<u32> = case["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
+            let logits: Vec<f32> = model
+                .forward(&mut [deepwasm_model::SeqInput {
+                    tokens: &feed,
+                    cache: &mut cache,
+                }])
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (id, want) in step["top_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(step["top_logits"].as_array().unwrap())
+            {
+                let got = logits[id.as_u64().unwrap() as usize] as f64;
+                worst = worst.max((got - want.as_f64().unwrap()).abs());
+            }
+            let token = step["token"].as_u64().unwrap() as u32;
+            if step["margin"].as_f64().unwrap() > 1e-3 {
+                assert_eq!(deepwasm_plugins::argmax(&logits).token, token, "step {i}");
+                judged += 1;
+            }
+            feed = vec![token];
+        }
+    }
+    assert!(
+        worst < 2e-4,
+        "logits differ from the float64 reference by up to {worst}"
+    );
+    assert!(judged >= 30, "only {judged} steps judged");
+}
