@@ -37,6 +37,9 @@ pub struct PluginBenchArgs {
     /// Iterations of each timed loop.
     #[arg(long, default_value_t = 2_000)]
     iterations: usize,
+    /// Samples per reward call.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
 }
 
 /// The DeepSeek-V3/R1 vocabulary: logits per step.
@@ -185,8 +188,9 @@ fn reward_throughput(
     let reward = RewardPlugin::new(plugin, Sandbox::new(Limits::for_world(World::Reward)))?;
     println!();
     println!(
-        "R1 format reward, {} samples of ~{avg_len} characters, batches of 64:",
-        samples.len()
+        "R1 format reward, {} samples of ~{avg_len} characters, batches of {}:",
+        samples.len(),
+        args.batch
     );
     println!();
     println!("| scorer | samples/s | scored 1.0 |");
@@ -200,7 +204,7 @@ fn reward_throughput(
         let mut ones = 0;
         for _ in 0..3 {
             let start = Instant::now();
-            let scores = reward.score_parallel(&samples, "{}", threads, 64);
+            let scores = reward.score_parallel(&samples, "{}", threads, args.batch);
             best = best.min(start.elapsed());
             ones = scores
                 .iter()

@@ -30,7 +30,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Samples per plugin call.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     batch: usize,
 }
 

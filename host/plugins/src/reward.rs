@@ -9,21 +9,9 @@ use crate::host::Wasi;
 use crate::plugin::{LoadError, Plugin, World};
 use crate::sandbox::Sandbox;
 
-/// One completion to score; mirrors the WIT `sample` record.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Sample {
-    pub prompt: String,
-    pub completion: String,
-    #[serde(default)]
-    pub completion_tokens: Vec<u32>,
-    /// The other fields of the dataset row, as a JSON object.
-    #[serde(default = "empty_object")]
-    pub extra: String,
-}
-
-fn empty_object() -> String {
-    "{}".to_owned()
-}
+/// One completion to score: the WIT `sample` record itself, so a batch is
+/// handed to the plugin without copying its strings first.
+pub use crate::bindings::scorer::Sample;
 
 /// A sample's score: a number, `None` when the reward does not apply, or why
 /// there is none.
@@ -153,17 +141,8 @@ impl RewardPlugin {
             .limits
             .call_deadline
             .saturating_mul(n.try_into().unwrap_or(u32::MAX));
-        let wit: Vec<scorer::Sample> = samples
-            .iter()
-            .map(|s| scorer::Sample {
-                prompt: s.prompt.clone(),
-                completion: s.completion.clone(),
-                completion_tokens: s.completion_tokens.clone(),
-                extra: s.extra.clone(),
-            })
-            .collect();
         let result = session.call(deadline.max(Duration::from_millis(1)), n, |store, _| {
-            guest.call_score(store, &wit, config)
+            guest.call_score(store, samples, config)
         })?;
         let scores = result.map_err(|e| PluginError::guest(name, e))?;
         if scores.len() != samples.len() {
