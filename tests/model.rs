@@ -15,6 +15,7 @@ fn f32_opts() -> LoadOptions {
     LoadOptions {
         device: Device::Cpu,
         dtype: Some(DType::F32),
+        ..LoadOptions::default()
     }
 }
 

@@ -44,3 +44,7 @@ mod model;
 /// Generation on the default model: llama.cpp's greedy tokens, seeds,
 /// streaming, stop rules, logprobs, the CLI.
 mod generate;
+
+/// DeepSeek-V3/R1 and V2: tiny checkpoints of the real shapes against
+/// mlx-lm, the latent cache against the expanded one, FP8 dequantization.
+mod deepseek;

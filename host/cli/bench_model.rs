@@ -86,12 +86,19 @@ fn measure(args: &ModelBenchArgs) -> anyhow::Result<serde_json::Value> {
         pp.push(args.prompt as f64 / p.as_secs_f64());
         tg.push(args.decode as f64 / t.as_secs_f64());
     }
+    let profile: serde_json::Map<String, serde_json::Value> = model
+        .profile()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::json!(v.as_secs_f64())))
+        .collect();
     Ok(serde_json::json!({
         "name": loaded.name,
         "load_s": load_time.as_secs_f64(),
         "pp": median(pp),
         "tg": median(tg),
         "peak_rss_mib": peak_rss_mib(),
+        "kv_bytes_per_token": model.info().kv_bytes_per_token,
+        "profile": profile,
     }))
 }
 
@@ -103,6 +110,7 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     let path = args.model.path()?;
     println!("model: {}", path.display());
     println!();
+    let mut notes = Vec::new();
     println!(
         "| engine | threads | prefill pp{} (tok/s) | decode tg{} (tok/s) | load (s) | peak RSS (MiB) |",
         args.prompt, args.decode
@@ -113,6 +121,7 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
         // take their thread count from RAYON_NUM_THREADS, once.
         let out = Command::new(std::env::current_exe()?)
             .args(["bench", "model", "--child", "--device", &args.model.device])
+            .args(["--mla-cache", &args.model.mla_cache])
             .arg("--model")
             .arg(&path)
             .args([
@@ -139,6 +148,24 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
             r["load_s"].as_f64().unwrap_or(0.0),
             r["peak_rss_mib"].as_f64().unwrap_or(0.0)
         );
+        let p = &r["profile"];
+        if let Some(forward) = p["forward"].as_f64().filter(|f| *f > 0.0) {
+            let share = |k: &str| 100.0 * p[k].as_f64().unwrap_or(0.0) / forward;
+            notes.push(format!(
+                "{threads} thread(s): attention {:.0}% and mixture-of-experts {:.0}% of forward time",
+                share("attention"),
+                share("moe")
+            ));
+        }
+        if threads == args.threads[0] {
+            notes.push(format!(
+                "attention cache: {} bytes per token ({} cache)",
+                r["kv_bytes_per_token"], args.model.mla_cache
+            ));
+        }
+    }
+    for n in notes {
+        println!("\n{n}");
     }
 
     let llama_bench = args.llama_bench.clone().or_else(default_llama_bench);

@@ -18,6 +18,10 @@ pub struct ModelArgs {
     /// Where to run: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// What DeepSeek models cache per token: the compressed `latent` (with
+    /// the up-projection absorbed), or `expanded` per-head keys and values.
+    #[arg(long, default_value = "latent", value_parser = ["latent", "expanded"])]
+    pub mla_cache: String,
 }
 
 /// `$DEEPWASM_CACHE/models`, default `~/.cache/deepwasm/models`: where
@@ -68,7 +72,12 @@ impl ModelArgs {
         let path = self.path()?;
         let opts = LoadOptions {
             device: self.device()?,
-            dtype: None,
+            mla_cache: if self.mla_cache == "expanded" {
+                deepwasm_model::deepseek::MlaCache::Expanded
+            } else {
+                deepwasm_model::deepseek::MlaCache::Latent
+            },
+            ..LoadOptions::default()
         };
         deepwasm_model::load(&path, &opts)
             .with_context(|| format!("cannot load the model {}", path.display()))

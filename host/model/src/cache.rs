@@ -50,18 +50,29 @@ impl KvCache {
             .sum()
     }
 
+    /// Positions the buffers have room for.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Forget positions from `len` on (for example to retry a step).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }
 
-    /// Append `k` and `v` (`[kv_heads, new, head_dim]`) to layer `layer` and
-    /// return all of that layer's keys and values so far, `[kv_heads, len, head_dim]`.
+    /// Append `k` (`[heads, new, dim]`) and `v` (`[v_heads, new, v_dim]`) to
+    /// layer `layer` and return all of that layer's keys and values so far.
     ///
     /// Every layer appends the same number of positions per step; the step's
     /// length is committed with `advance` after the last layer.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (heads, new, dim) = k.dims3()?;
+        // Keys and values may differ in heads and width (a latent cache keeps
+        // the latent as "keys" and the rotary key as "values").
+        let (v_heads, v_new, v_dim) = v.dims3()?;
+        if v_new != new {
+            candle_core::bail!("appending {new} keys but {v_new} values");
+        }
         let need = self.len + new;
         let entry = &mut self.layers[layer];
         let grow = match entry {
@@ -71,7 +82,7 @@ impl KvCache {
         if grow {
             let capacity = need.div_ceil(GROWTH_STEP) * GROWTH_STEP;
             let k_buf = Tensor::zeros((heads, capacity, dim), k.dtype(), k.device())?;
-            let v_buf = Tensor::zeros((heads, capacity, dim), v.dtype(), v.device())?;
+            let v_buf = Tensor::zeros((v_heads, capacity, v_dim), v.dtype(), v.device())?;
             if let Some(old) = entry.as_ref()
                 && self.len > 0
             {

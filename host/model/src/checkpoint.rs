@@ -186,8 +186,13 @@ impl Checkpoint {
             Source::Safetensors(st) => {
                 let view = st.get(&name.hf).map_err(|_| self.missing(name))?;
                 self.check_shape(name, view.shape(), shape)?;
-                st.load(&name.hf, &self.device)
-                    .map_err(|e| self.format_error(name, e))?
+                let t = st
+                    .load(&name.hf, &self.device)
+                    .map_err(|e| self.format_error(name, e))?;
+                if t.dtype() == DType::F8E4M3 {
+                    return self.dequantize_fp8(name, &t, shape);
+                }
+                t
             }
         };
         t.to_dtype(self.dtype)
@@ -214,6 +219,62 @@ impl Checkpoint {
         Ok(crate::linear::Embedding::Dense(
             self.dense(name, &[vocab, dim])?,
         ))
+    }
+
+    /// An FP8 (e4m3) weight with DeepSeek-V3's block scales: `<name>_scale_inv`
+    /// holds one f32 per 128×128 block and the weight is `fp8 · scale_inv`.
+    ///
+    /// Dequantizing at load keeps one kernel path for every checkpoint at the
+    /// price of memory: each weight grows from 1 byte to the compute dtype's
+    /// 2 (bf16 on GPUs) or 4 (f32 on the CPU) — DeepSeek-V3's 671 B
+    /// parameters take ~1.34 TB in bf16 instead of ~671 GB in FP8.
+    fn dequantize_fp8(
+        &self,
+        name: &TensorName,
+        t: &Tensor,
+        shape: &[usize],
+    ) -> Result<Tensor, ModelError> {
+        let Source::Safetensors(st) = &self.source else {
+            unreachable!("FP8 tensors come from safetensors")
+        };
+        let scale_name = format!("{}_scale_inv", name.hf);
+        let err = |e| self.format_error(name, e);
+        let scale = st
+            .load(&scale_name, &self.device)
+            .map_err(|_| ModelError::MissingTensor {
+                name: scale_name.clone(),
+                path: self.path.clone(),
+            })?;
+        let &[rows, cols] = shape else {
+            return Err(ModelError::Format {
+                path: self.path.clone(),
+                reason: format!("FP8 tensor `{}` is not a matrix", name.hf),
+            });
+        };
+        const BLOCK: usize = 128;
+        let (sr, sc) = (rows.div_ceil(BLOCK), cols.div_ceil(BLOCK));
+        if scale.dims() != [sr, sc] {
+            return Err(ModelError::WrongShape {
+                name: scale_name,
+                path: self.path.clone(),
+                expected: vec![sr, sc],
+                actual: scale.dims().to_vec(),
+            });
+        }
+        // Each scale covers a 128×128 block: broadcast it over its block,
+        // then crop the padding of the last row and column of blocks.
+        let scale = scale
+            .to_dtype(DType::F32)
+            .and_then(|s| s.reshape((sr, 1, sc, 1)))
+            .and_then(|s| s.broadcast_as((sr, BLOCK, sc, BLOCK)))
+            .and_then(|s| s.reshape((sr * BLOCK, sc * BLOCK)))
+            .and_then(|s| s.narrow(0, 0, rows))
+            .and_then(|s| s.narrow(1, 0, cols))
+            .map_err(err)?;
+        t.to_dtype(DType::F32)
+            .and_then(|w| w * scale)
+            .and_then(|w| w.to_dtype(self.dtype))
+            .map_err(err)
     }
 
     /// The dense tensor if present, `None` if the checkpoint lacks it.

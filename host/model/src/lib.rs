@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod chat;
 pub mod checkpoint;
+pub mod deepseek;
 pub mod linear;
 pub mod llama;
 pub mod loader;
@@ -54,6 +55,31 @@ pub trait CausalLm: Send + Sync {
     /// appending them to their caches. Returns the logits after each
     /// sequence's last token, `[batch.len(), vocab_size]`, in f32.
     fn forward(&self, batch: &mut [SeqInput<'_>]) -> candle_core::Result<candle_core::Tensor>;
+
+    /// Time spent in named parts of the forward pass since the model was
+    /// loaded (for benchmarks: where the time goes), if the model keeps it.
+    fn profile(&self) -> Vec<(&'static str, std::time::Duration)> {
+        Vec::new()
+    }
+}
+
+/// Accumulated wall time, cheap to update from any thread.
+#[derive(Debug, Default)]
+pub struct Timer(std::sync::atomic::AtomicU64);
+
+impl Timer {
+    /// Run `f`, adding its duration.
+    pub fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = f();
+        let ns = start.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+        self.0.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        out
+    }
+
+    pub fn total(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// Why a model could not be loaded.

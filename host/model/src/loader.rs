@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 
 use crate::checkpoint::Checkpoint;
+use crate::deepseek::{DeepSeek, DeepSeekConfig, MlaCache};
 use crate::llama::{Llama, LlamaConfig, RopeStyle, default_dtype};
 use crate::{CausalLm, ChatTemplate, ModelError, Tokenizer};
 
 /// The architectures this build can load, by their config.json `model_type`
 /// (GGUF `general.architecture` in parentheses where it differs).
-pub const SUPPORTED: &str = "llama, mistral, qwen2";
+pub const SUPPORTED: &str = "llama, mistral, qwen2, deepseek_v2, deepseek_v3";
 
 /// How to load a model.
 #[derive(Clone, Debug)]
@@ -23,6 +24,8 @@ pub struct LoadOptions {
     /// Dtype of dense weights and activations; `None` picks the device's
     /// default (f32 on CPU, bf16 on CUDA). GGUF models compute in f32.
     pub dtype: Option<DType>,
+    /// What DeepSeek models keep in their attention cache.
+    pub mla_cache: MlaCache,
 }
 
 impl Default for LoadOptions {
@@ -30,6 +33,7 @@ impl Default for LoadOptions {
         LoadOptions {
             device: Device::Cpu,
             dtype: None,
+            mla_cache: MlaCache::Latent,
         }
     }
 }
@@ -171,6 +175,15 @@ fn load_hf_dir(
                 })?;
             let ckpt = Checkpoint::open_safetensors(dir, &opts.device, dtype)?;
             Arc::new(Llama::load(cfg, &ckpt, RopeStyle::Half)?)
+        }
+        "deepseek_v2" | "deepseek_v3" => {
+            let cfg: DeepSeekConfig =
+                serde_json::from_value(json).map_err(|e| ModelError::Config {
+                    path: config_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let ckpt = Checkpoint::open_safetensors(dir, &opts.device, dtype)?;
+            Arc::new(DeepSeek::load(cfg, &ckpt, opts.mla_cache)?)
         }
         other => {
             return Err(ModelError::UnknownArchitecture {
