@@ -5,8 +5,15 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Args;
 use deepwasm_engine::sampling::SamplingParams;
-use deepwasm_engine::{BuiltinSampler, Engine, GenerateRequest, Prompt};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deepwasm_engine::{
+    BuiltinSampler, Engine, GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt,
+    Sampler, sampler_limits,
+};
 use deepwasm_model::ChatMessage;
+use deepwasm_plugins::{Capabilities, Grants, SamplerPlugin, Sandbox};
 
 use crate::model::ModelArgs;
 
@@ -54,9 +61,26 @@ pub struct GenerateArgs {
     /// of streaming text.
     #[arg(long)]
     json: bool,
+    /// A sampler plugin (`.wasm`) that steers every step.
+    #[arg(long, value_name = "FILE.wasm")]
+    sampler: Option<std::path::PathBuf>,
+    /// The sampler's JSON config.
+    #[arg(long, value_name = "JSON", default_value = "{}", requires = "sampler")]
+    sampler_config: String,
+    /// Milliseconds a step may wait for the sampler plugin.
+    #[arg(long, default_value_t = 25, requires = "sampler")]
+    step_budget_ms: u64,
+    /// What a missed step budget does: `fail` the request, or `fallback` to
+    /// the built-in sampler for that step (the request fails after
+    /// --max-misses of them).
+    #[arg(long, default_value = "fallback", value_parser = ["fail", "fallback"], requires = "sampler")]
+    on_miss: String,
+    /// Missed steps tolerated under `--on-miss fallback`.
+    #[arg(long, default_value_t = 3, requires = "sampler")]
+    max_misses: u32,
 }
 
-pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
+pub fn run(cli: &crate::Cli, args: &GenerateArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let load_time = loaded.load_time;
     let engine = Engine::from(loaded);
@@ -92,9 +116,13 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         logprobs: None,
         ..GenerateRequest::new(prompt)
     };
+    let mut sampler: Box<dyn Sampler> = match &args.sampler {
+        None => Box::new(BuiltinSampler),
+        Some(path) => Box::new(plugin_sampler(cli, args, path, &engine)?),
+    };
     let mut write_error = None;
     let completion = engine
-        .generate(&request, &mut BuiltinSampler, &mut |delta| {
+        .generate(&request, sampler.as_mut(), &mut |delta| {
             if !args.json
                 && write_error.is_none()
                 && let Err(e) = write_stdout(&delta.text)
@@ -144,4 +172,42 @@ fn write_stdout(text: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()
+}
+
+/// Load the sampler plugin with the model's tokenizer as its `tokenizer`.
+fn plugin_sampler(
+    cli: &crate::Cli,
+    args: &GenerateArgs,
+    path: &std::path::Path,
+    engine: &Engine,
+) -> anyhow::Result<PluginSampler> {
+    serde_json::from_str::<serde_json::Value>(&args.sampler_config)
+        .context("--sampler-config is not valid JSON")?;
+    let plugin = cli
+        .engine()?
+        .load_file(path, &Grants::default())
+        .with_context(|| format!("cannot load the sampler {}", path.display()))?;
+    let budget = Duration::from_millis(args.step_budget_ms);
+    let policy = match args.on_miss.as_str() {
+        "fail" => MissPolicy::Fail,
+        _ => MissPolicy::Fallback {
+            max_misses: args.max_misses,
+        },
+    };
+    let tokenizer = ModelTokenizer::new(
+        engine.tokenizer.clone(),
+        &engine.name,
+        engine.model.info().vocab_size,
+    );
+    let sandbox = Sandbox::new(sampler_limits(budget, policy)).with_caps(Capabilities {
+        tokenizer: Some(Arc::new(tokenizer)),
+        ..Capabilities::default()
+    });
+    let sampler = SamplerPlugin::new(plugin, sandbox)?;
+    Ok(PluginSampler::new(
+        sampler,
+        &args.sampler_config,
+        budget,
+        policy,
+    ))
 }

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Plugin(cmd) => plugin::run(&cli, cmd),
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(&cli, args),
         Command::Score(args) => score::run(&cli, args),
         Command::Bench(cmd) => bench::run(&cli, cmd),
     };

@@ -243,6 +243,7 @@ impl Engine {
             )));
         }
 
+        sampler.begin(&prompt, &req.params)?;
         let mut cache = self.model.new_cache();
         let mut history = TokenHistory::new(&prompt);
         let mut rng = SequenceRng::new(req.params.seed.unwrap_or_else(random_seed));

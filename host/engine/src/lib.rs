@@ -3,11 +3,15 @@
 //! streaming) and the built-in sampling pipeline plugins plug into.
 
 pub mod generate;
+pub mod plugin_sampler;
 pub mod sampler;
 pub mod sampling;
 pub mod stop;
 
 pub use generate::{
     Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Prompt, Timings, Usage,
+};
+pub use plugin_sampler::{
+    DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, sampler_limits,
 };
 pub use sampler::{BuiltinSampler, Sampler, SamplerError};

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::sampling::SamplingParams;
+
 pub use deepwasm_plugins::{Decision, Prepared, SampleSpec};
 
 /// Why a sampler could not decide.
@@ -25,6 +27,12 @@ pub struct SamplerError {
 pub trait Sampler: Send {
     /// A name for errors and logs.
     fn name(&self) -> &str;
+
+    /// Called once before the first step with the prompt's tokens and the
+    /// request's parameters.
+    fn begin(&mut self, _prompt: &[u32], _params: &SamplingParams) -> Result<(), SamplerError> {
+        Ok(())
+    }
 
     /// Phase one of step `step`; `new_tokens` were appended since the last
     /// call (empty at step 0).
