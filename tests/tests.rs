@@ -48,3 +48,7 @@ mod generate;
 /// DeepSeek-V3/R1 and V2: tiny checkpoints of the real shapes against
 /// mlx-lm, the latent cache against the expanded one, FP8 dequantization.
 mod deepseek;
+
+/// Sampler plugins steering generation on the real model: bans, plugins
+/// that sample themselves, budgets and miss policies, traps.
+mod steering;

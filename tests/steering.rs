@@ -1,0 +1,355 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deepwasm_engine::sampling::SamplingParams;
+use deepwasm_engine::{
+    Completion, GenerateError, GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt,
+    sampler_limits,
+};
+use deepwasm_plugins::{Capabilities, SamplerPlugin, Sandbox};
+
+use crate::util::{artifacts, default_model, plugin};
+
+/// A sampler plugin on the default model, with the model's tokenizer.
+fn sampler_plugin(path: &str, budget: Duration, policy: MissPolicy) -> SamplerPlugin {
+    let engine = default_model();
+    let tokenizer = ModelTokenizer::new(
+        engine.tokenizer.clone(),
+        &engine.name,
+        engine.model.info().vocab_size,
+    );
+    let sandbox = Sandbox::new(sampler_limits(budget, policy)).with_caps(Capabilities {
+        tokenizer: Some(Arc::new(tokenizer)),
+        ..Capabilities::default()
+    });
+    SamplerPlugin::new(plugin(path), sandbox).unwrap()
+}
+
+fn greedy(text: &str, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        max_tokens,
+        params: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        ..GenerateRequest::new(Prompt::Text {
+            text: text.into(),
+            add_special_tokens: true,
+        })
+    }
+}
+
+fn run(
+    req: &GenerateRequest,
+    sampler: &SamplerPlugin,
+    config: &str,
+    policy: MissPolicy,
+) -> Result<Completion, GenerateError> {
+    let mut s = PluginSampler::new(sampler.clone(), config, Duration::from_millis(25), policy);
+    default_model().generate(req, &mut s, &mut |_| {})
+}
+
+#[test]
+fn a_word_ban_keeps_a_word_out_of_real_output() {
+    let req = greedy("The capital of France is", 12);
+    let free = default_model()
+        .generate(&req, &mut deepwasm_engine::BuiltinSampler, &mut |_| {})
+        .unwrap();
+    assert!(free.text.contains("Paris"), "{:?}", free.text);
+    let ban = sampler_plugin(
+        artifacts::WORD_BAN,
+        Duration::from_millis(25),
+        MissPolicy::Fail,
+    );
+    let c = run(&req, &ban, r#"{"words": ["paris"]}"#, MissPolicy::Fail).unwrap();
+    assert!(!c.text.to_lowercase().contains("paris"), "{:?}", c.text);
+    assert_eq!(c.tokens.len(), 12);
+}
+
+#[test]
+fn a_plugin_that_samples_itself_is_reproducible() {
+    let req = greedy("Once upon a time", 16);
+    let top_k = sampler_plugin(
+        artifacts::TOP_K,
+        Duration::from_millis(25),
+        MissPolicy::Fail,
+    );
+    let cfg = r#"{"k": 8, "temperature": 1.0, "seed": 5}"#;
+    let a = run(&req, &top_k, cfg, MissPolicy::Fail).unwrap();
+    let b = run(&req, &top_k, cfg, MissPolicy::Fail).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    // The instance was reused for the second request: setup ran once.
+    assert!(top_k.idle_instances() >= 1);
+}
+
+#[test]
+fn a_looping_sampler_fails_its_request_fast_under_the_fail_policy() {
+    let hostile = sampler_plugin(
+        artifacts::HOSTILE_SAMPLER,
+        Duration::from_millis(25),
+        MissPolicy::Fail,
+    );
+    let start = Instant::now();
+    let err = run(
+        &greedy("Hello", 8),
+        &hostile,
+        r#"{"mode": "loop-prepare"}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap_err();
+    let msg = format!("{err}");
+    assert!(
+        msg.contains("hostile-sampler") && msg.contains("25 ms"),
+        "{msg}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    // The next request on the same plugin works.
+    let ok = run(
+        &greedy("Hello", 4),
+        &hostile,
+        r#"{"mode": "ok"}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap();
+    assert_eq!(ok.tokens.len(), 4);
+}
+
+#[test]
+fn a_slow_sampler_falls_back_then_stops_at_its_deadline() {
+    let policy = MissPolicy::Fallback { max_misses: 3 };
+    let hostile = sampler_plugin(
+        artifacts::HOSTILE_SAMPLER,
+        Duration::from_millis(25),
+        policy,
+    );
+    let err = run(
+        &greedy("Hello", 8),
+        &hostile,
+        r#"{"mode": "loop-prepare"}"#,
+        policy,
+    )
+    .unwrap_err();
+    // The first step was sampled by the built-in sampler; the plugin's call
+    // then ran into its hard deadline (8 budgets) and ended the request.
+    let chain = error_chain(&err);
+    assert!(
+        chain.contains("missing its step budget") && chain.contains("deadline of 200 ms"),
+        "{chain}"
+    );
+}
+
+#[test]
+fn a_trapping_sampler_ends_only_its_own_request() {
+    let hostile = sampler_plugin(
+        artifacts::HOSTILE_SAMPLER,
+        Duration::from_millis(25),
+        MissPolicy::Fail,
+    );
+    let err = run(
+        &greedy("Hello", 8),
+        &hostile,
+        r#"{"mode": "trap-prepare"}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap_err();
+    assert!(
+        error_chain(&err).contains("plugin `hostile-sampler` trapped"),
+        "{}",
+        error_chain(&err)
+    );
+    let err = run(
+        &greedy("Hello", 8),
+        &hostile,
+        r#"{"mode": "bad-token"}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap_err();
+    assert!(
+        error_chain(&err).contains("outside the vocabulary"),
+        "{}",
+        error_chain(&err)
+    );
+    let ok = run(
+        &greedy("Hello", 4),
+        &hostile,
+        r#"{"mode": "ok"}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap();
+    assert_eq!(ok.tokens.len(), 4);
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn sampled(text: &str, max_tokens: usize, seed: u64) -> GenerateRequest {
+    GenerateRequest {
+        params: SamplingParams {
+            temperature: 0.8,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        },
+        ..greedy(text, max_tokens)
+    }
+}
+
+/// Every output of the JSON-schema sampler (llguidance compiled into the
+/// plugin) parses and validates against its schema, on prompts the model
+/// would otherwise answer in prose.
+#[test]
+fn json_schema_outputs_always_validate() {
+    let budget = Duration::from_millis(200);
+    let json = sampler_plugin(artifacts::JSON_SCHEMA, budget, MissPolicy::Fail);
+    let cases = [
+        (
+            "Describe a person.",
+            serde_json::json!({"type": "object", "properties": {
+                "name": {"type": "string", "maxLength": 12},
+                "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                "required": ["name", "age"], "additionalProperties": false}),
+        ),
+        (
+            "List some numbers.",
+            serde_json::json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 999},
+                "minItems": 2, "maxItems": 4}),
+        ),
+        (
+            "Pick a colour.",
+            serde_json::json!({"type": "object", "properties": {
+                "color": {"enum": ["red", "green", "blue"]}, "bright": {"type": "boolean"}},
+                "required": ["color", "bright"], "additionalProperties": false}),
+        ),
+        (
+            "Tell me about a city.",
+            serde_json::json!({"type": "object", "properties": {
+                "city": {"type": "string", "maxLength": 16},
+                "country": {"type": "string", "maxLength": 16},
+                "big": {"type": "boolean"}},
+                "required": ["city", "country", "big"], "additionalProperties": false}),
+        ),
+    ];
+    for (i, (prompt, schema)) in cases.iter().enumerate() {
+        let config = serde_json::json!({ "schema": schema }).to_string();
+        let mut s = PluginSampler::new(json.clone(), &config, budget, MissPolicy::Fail);
+        let c = default_model()
+            .generate(&sampled(prompt, 96, i as u64), &mut s, &mut |_| {})
+            .unwrap();
+        assert_eq!(
+            c.finish_reason,
+            deepwasm_engine::FinishReason::Stop,
+            "{prompt}: {:?}",
+            c.text
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&c.text).unwrap_or_else(|e| panic!("{prompt}: {e}: {:?}", c.text));
+        let validator = jsonschema::validator_for(schema).unwrap();
+        assert!(
+            validator.is_valid(&value),
+            "{prompt}: {value} does not match {schema}"
+        );
+    }
+}
+
+#[test]
+fn regex_outputs_match_the_whole_pattern() {
+    let budget = Duration::from_millis(200);
+    let re = sampler_plugin(artifacts::REGEX, budget, MissPolicy::Fail);
+    let pattern = "[0-9]{3}-[0-9]{4}";
+    for seed in 0..3 {
+        let config = serde_json::json!({ "pattern": pattern }).to_string();
+        let mut s = PluginSampler::new(re.clone(), &config, budget, MissPolicy::Fail);
+        let c = default_model()
+            .generate(
+                &sampled("My phone number is", 32, seed),
+                &mut s,
+                &mut |_| {},
+            )
+            .unwrap();
+        let t = c.text.as_bytes();
+        assert!(
+            t.len() == 8
+                && t[3] == b'-'
+                && t.iter()
+                    .enumerate()
+                    .all(|(i, b)| i == 3 || b.is_ascii_digit()),
+            "{:?}",
+            c.text
+        );
+    }
+}
+
+#[test]
+fn a_bad_schema_is_refused_with_the_reason() {
+    let json = sampler_plugin(
+        artifacts::JSON_SCHEMA,
+        Duration::from_millis(200),
+        MissPolicy::Fail,
+    );
+    let err = run(
+        &greedy("x", 4),
+        &json,
+        r#"{"schema": {"type": "strin"}}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap_err();
+    let chain = error_chain(&err);
+    assert!(
+        chain.contains("invalid input") && chain.contains("strin"),
+        "{chain}"
+    );
+}
+
+/// The think budget closes the reasoning within budget + 1 tokens of its
+/// first token, and the closing tokens it forces go through the model in
+/// one forward pass.
+#[test]
+fn a_think_budget_closes_reasoning_in_one_forced_pass() {
+    let engine = default_model();
+    let think = sampler_plugin(
+        artifacts::THINK_BUDGET,
+        Duration::from_millis(25),
+        MissPolicy::Fail,
+    );
+    let budget = 6;
+    let config = serde_json::json!({ "budget": budget }).to_string();
+    let mut s = PluginSampler::new(think, &config, Duration::from_millis(25), MissPolicy::Fail);
+    let req = GenerateRequest {
+        ignore_eos: true,
+        ..greedy("Question: what is 12 times 12? Think first.\n<think>\n", 24)
+    };
+    let c = engine.generate(&req, &mut s, &mut |_| {}).unwrap();
+    let close = engine.tokenizer.encode("</think>", false).unwrap();
+    let forced: Vec<u32> = close
+        .iter()
+        .copied()
+        .chain(engine.tokenizer.encode("\n\n", false).unwrap())
+        .collect();
+    let at = c
+        .tokens
+        .windows(forced.len())
+        .position(|w| w == forced.as_slice())
+        .unwrap_or_else(|| panic!("no forced close in {:?}", c.text));
+    assert!(
+        at <= budget,
+        "the close starts at token {at}, after a budget of {budget}: {:?}",
+        c.text
+    );
+    assert!(c.text.contains("</think>"), "{:?}", c.text);
+    // One forward pass per step, the forced run being one step.
+    assert_eq!(
+        c.timings.forward_passes,
+        c.tokens.len() - (forced.len() - 1)
+    );
+}
