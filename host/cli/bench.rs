@@ -18,6 +18,9 @@ use crate::Cli;
 pub enum BenchCommand {
     /// Prefill and decode speed of a model, beside llama.cpp's llama-bench.
     Model(crate::bench_model::ModelBenchArgs),
+    /// What a sampler plugin costs per step: masks over DeepSeek's
+    /// vocabulary, decode speed with and without plugins.
+    Sampler(crate::bench_sampler::SamplerBenchArgs),
     /// Plugin host overheads: instantiation, a sampler step over a
     /// DeepSeek-sized logits handle, reward throughput against CPython.
     Plugins(PluginBenchArgs),
@@ -49,6 +52,7 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Plugins(args) => plugins(cli, args),
         BenchCommand::Model(args) => crate::bench_model::run(args),
+        BenchCommand::Sampler(args) => crate::bench_sampler::run(cli, args),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_model;
+mod bench_sampler;
 mod generate;
 mod model;
 mod plugin;
