@@ -6,10 +6,12 @@ pub mod generate;
 pub mod plugin_sampler;
 pub mod sampler;
 pub mod sampling;
+mod sequence;
 pub mod stop;
 
 pub use generate::{
-    Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Prompt, Timings, Usage,
+    BatchItem, Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Prompt, Timings,
+    Usage,
 };
 pub use plugin_sampler::{
     DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, sampler_limits,

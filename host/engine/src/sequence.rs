@@ -1,0 +1,280 @@
+//! One sequence's generation state: what to feed the model next, and what
+//! to do with the logits that come back. The loops in `generate.rs` drive
+//! any number of these through shared forward passes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deepwasm_model::{CausalLm, Detokenizer, KvCache, SeqInput};
+
+use crate::generate::{Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Timings, Usage};
+use crate::sampler::{Decision, Prepared, SampleSpec, Sampler, SamplerError};
+use crate::sampling::{self, SamplingParams, SequenceRng, TokenHistory};
+use crate::stop::StopMatcher;
+
+/// A sequence being generated.
+pub(crate) struct Sequence<'e, 'r> {
+    req: &'r GenerateRequest,
+    pub(crate) sampler: &'r mut dyn Sampler,
+    pub(crate) cache: KvCache,
+    history: TokenHistory,
+    rng: SequenceRng,
+    detok: Detokenizer<'e>,
+    stops: StopMatcher,
+    eos: &'e [u32],
+    vocab: u32,
+    max_tokens: usize,
+    out: Completion,
+    /// Tokens the next forward pass appends.
+    pub(crate) feed: Vec<u32>,
+    /// Tokens appended since the sampler's last `prepare`.
+    new_tokens: Vec<u32>,
+    pub(crate) step: u32,
+    pub(crate) done: bool,
+    hit_stop_string: bool,
+}
+
+impl<'e, 'r> Sequence<'e, 'r> {
+    /// Check the request, render and tokenize its prompt, and start its
+    /// sampler.
+    pub(crate) fn start(
+        engine: &'e Engine,
+        req: &'r GenerateRequest,
+        sampler: &'r mut dyn Sampler,
+        seed: u64,
+    ) -> Result<Self, GenerateError> {
+        req.params.validate().map_err(|e| GenerateError::Invalid(e.to_string()))?;
+        let (_, prompt) = engine.render_prompt(&req.prompt)?;
+        if prompt.is_empty() {
+            return Err(GenerateError::Invalid("the prompt has no tokens".into()));
+        }
+        let info = engine.model.info();
+        let context = info.max_context;
+        if prompt.len() >= context {
+            return Err(GenerateError::PromptTooLong {
+                prompt: prompt.len(),
+                context,
+            });
+        }
+        let vocab = info.vocab_size as u32;
+        req.params
+            .validate_vocab(info.vocab_size)
+            .map_err(|e| GenerateError::Invalid(e.to_string()))?;
+        if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
+            return Err(GenerateError::Invalid(format!("prompt token {bad} is outside the vocabulary of {vocab}")));
+        }
+        sampler.begin(&prompt, &req.params)?;
+        let max_tokens = req.max_tokens.min(context - prompt.len());
+        Ok(Sequence {
+            req,
+            sampler,
+            cache: engine.model.new_cache(),
+            history: TokenHistory::new(&prompt),
+            rng: SequenceRng::new(seed),
+            detok: engine.tokenizer.detokenizer(true),
+            stops: StopMatcher::new(&req.stop),
+            eos: if req.ignore_eos { &[] } else { engine.tokenizer.eos() },
+            vocab,
+            max_tokens,
+            out: Completion {
+                text: String::new(),
+                tokens: Vec::new(),
+                prompt_tokens: prompt.clone(),
+                finish_reason: FinishReason::Length,
+                usage: Usage {
+                    prompt_tokens: prompt.len(),
+                    completion_tokens: 0,
+                },
+                logprobs: req.logprobs.map(|_| Vec::new()),
+                timings: Timings::default(),
+            },
+            feed: prompt,
+            new_tokens: Vec::new(),
+            step: 0,
+            done: max_tokens == 0,
+            hit_stop_string: false,
+        })
+    }
+
+    /// Phase two: given the step's raw logits and the sampler's phase-one
+    /// answer, append the step's tokens. `elapsed` is the step's share of
+    /// the forward pass, for the timings.
+    pub(crate) fn advance(
+        &mut self,
+        logits: Vec<f32>,
+        prepared: Prepared,
+        elapsed: Duration,
+        on_delta: &mut (dyn FnMut(&Delta) + Send),
+    ) -> Result<(), GenerateError> {
+        let started = Instant::now();
+        let logits = Arc::new(logits);
+        let decision = match prepared {
+            Prepared::Decided(d) => d,
+            Prepared::NeedLogits => self.sampler.decide(self.step, &logits)?,
+        };
+        let chosen = match decision {
+            Decision::Pick(t) => vec![t],
+            Decision::Sample(spec) => vec![self.sample(&logits, &spec)?],
+            Decision::Force(tokens) if tokens.is_empty() => {
+                return Err(self.invalid("forced an empty list of tokens"));
+            }
+            Decision::Force(tokens) => tokens,
+            Decision::Stop => {
+                self.out.finish_reason = FinishReason::SamplerStop;
+                self.done = true;
+                return Ok(());
+            }
+        };
+        if let Some(bad) = chosen.iter().find(|&&t| t >= self.vocab) {
+            return Err(self.invalid(&format!("chose token {bad}, outside the vocabulary of {}", self.vocab)));
+        }
+        let mut delta = Delta::default();
+        let mut appended = Vec::with_capacity(chosen.len());
+        for (i, &token) in chosen.iter().enumerate() {
+            appended.push(token);
+            self.out.tokens.push(token);
+            self.history.push_output(token);
+            if let Some(n) = self.req.logprobs {
+                // Only the first token of a forced run has the model's scores
+                // for its position.
+                let lp = (i == 0).then(|| sampling::logprobs(&logits, token, n));
+                delta.logprobs.push(lp.clone());
+                if let Some(all) = self.out.logprobs.as_mut() {
+                    all.push(lp);
+                }
+            }
+            delta.tokens.push(token);
+            if self.eos.contains(&token) {
+                self.finish_with(FinishReason::Stop);
+                break;
+            }
+            let released = self.stops.push(&self.detok.push(token));
+            delta.text.push_str(&released.text);
+            if released.stopped {
+                self.hit_stop_string = true;
+                self.finish_with(FinishReason::Stop);
+                break;
+            }
+            if self.out.tokens.len() >= self.max_tokens {
+                self.finish_with(FinishReason::Length);
+                break;
+            }
+        }
+        self.out.text.push_str(&delta.text);
+        on_delta(&delta);
+        let spent = elapsed + started.elapsed();
+        if self.step == 0 {
+            self.out.timings.prefill = spent;
+        } else {
+            self.out.timings.decode += spent;
+        }
+        self.out.timings.forward_passes += 1;
+        self.feed.clone_from(&appended);
+        self.new_tokens = appended;
+        self.step += 1;
+        Ok(())
+    }
+
+    fn finish_with(&mut self, reason: FinishReason) {
+        self.out.finish_reason = reason;
+        self.done = true;
+    }
+
+    /// The finished completion, with text held back for an incomplete
+    /// character or a possible stop string released.
+    pub(crate) fn finish(mut self, on_delta: &mut (dyn FnMut(&Delta) + Send)) -> Completion {
+        if !self.hit_stop_string {
+            let rest = self.stops.push(&self.detok.finish());
+            let mut tail = rest.text;
+            if !rest.stopped {
+                tail.push_str(&self.stops.finish());
+            }
+            if !tail.is_empty() {
+                self.out.text.push_str(&tail);
+                on_delta(&Delta {
+                    text: tail,
+                    ..Delta::default()
+                });
+            }
+        }
+        self.out.usage.completion_tokens = self.out.tokens.len();
+        self.out
+    }
+
+    /// The built-in sampler's pick under `spec`.
+    fn sample(&mut self, raw: &[f32], spec: &SampleSpec) -> Result<u32, GenerateError> {
+        let params: SamplingParams = match &spec.params {
+            Some(p) => self.req.params.with_overrides(p),
+            None => self.req.params.clone(),
+        };
+        let mut logits = raw.to_vec();
+        sampling::process_logits(&mut logits, &params, &self.history);
+        if spec.allow.is_some() || spec.deny.is_some() {
+            sampling::apply_mask(&mut logits, spec.allow.as_ref(), spec.deny.as_ref())
+                .map_err(|e| self.invalid(&e.to_string()))?;
+        }
+        if !spec.bias.is_empty() {
+            sampling::apply_bias(&mut logits, &spec.bias);
+        }
+        Ok(sampling::sample(&logits, &params, &mut self.rng))
+    }
+
+    fn invalid(&self, message: &str) -> GenerateError {
+        GenerateError::Sampler(SamplerError {
+            sampler: self.sampler.name().to_owned(),
+            message: message.to_owned(),
+            source: None,
+        })
+    }
+}
+
+/// Run one forward pass over every sequence of `seqs` and, beside it on
+/// another thread, each one's `prepare` (inline when every sampler's is
+/// trivial). Returns the logits, one row per sequence, and the answers.
+pub(crate) fn forward_and_prepare<'e, 'r>(
+    model: &dyn CausalLm,
+    seqs: &mut [Sequence<'e, 'r>],
+) -> (candle_core::Result<Vec<Vec<f32>>>, Vec<Result<Prepared, SamplerError>>) {
+    let mut inputs = Vec::with_capacity(seqs.len());
+    let mut preparers = Vec::with_capacity(seqs.len());
+    for seq in seqs.iter_mut() {
+        let Sequence {
+            sampler,
+            new_tokens,
+            step,
+            feed,
+            cache,
+            ..
+        } = seq;
+        inputs.push(SeqInput { tokens: feed, cache });
+        preparers.push((sampler, *step, &**new_tokens));
+    }
+    let forward = |inputs: &mut [SeqInput<'_>]| model.forward(inputs).and_then(|l| l.to_vec2::<f32>());
+    fn prepare_all(preparers: Vec<(&mut &mut dyn Sampler, u32, &[u32])>) -> Vec<Result<Prepared, SamplerError>> {
+        preparers
+            .into_iter()
+            .map(|(sampler, step, new)| sampler.prepare(step, new))
+            .collect()
+    }
+    let n = preparers.len();
+    if preparers.iter().all(|(s, _, _)| s.prepare_is_trivial()) {
+        let prepared = prepare_all(preparers);
+        return (forward(&mut inputs), prepared);
+    }
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| prepare_all(preparers));
+        let logits = forward(&mut inputs);
+        let prepared = handle.join().unwrap_or_else(|_| {
+            (0..n)
+                .map(|_| {
+                    Err(SamplerError {
+                        sampler: "sampler".into(),
+                        message: "its prepare step panicked".into(),
+                        source: None,
+                    })
+                })
+                .collect()
+        });
+        (logits, prepared)
+    })
+}
