@@ -3,7 +3,9 @@
 //!
 //! Config: none (ignored).
 //!
-//! For each sample in order, by its completion:
+//! For each sample in order, by its completion, or by its `extra` when that
+//! holds the trigger word (e.g. `{"hostile": "TRAP"}`, so a dataset row can
+//! make the reward fail on whatever the model wrote):
 //! - contains `LOOP`: loops forever (a counter kept opaque to the optimiser);
 //! - else contains `TRAP`: panics (prints to stderr, then aborts: a trap);
 //! - else contains `OOM`: allocates and touches 1 MiB blocks forever, keeping
@@ -38,11 +40,12 @@ impl Guest for HostileReward {
     fn score(samples: Vec<Sample>, _config: String) -> Result<Vec<Option<f64>>, Error> {
         let mut scores = Vec::with_capacity(samples.len());
         for s in &samples {
-            if s.completion.contains("LOOP") {
+            let has = |word: &str| s.completion.contains(word) || s.extra.contains(word);
+            if has("LOOP") {
                 spin();
-            } else if s.completion.contains("TRAP") {
+            } else if has("TRAP") {
                 panic!("hostile-reward: deliberate panic");
-            } else if s.completion.contains("OOM") {
+            } else if has("OOM") {
                 hoard();
             }
             scores.push(Some(1.0));
