@@ -52,3 +52,7 @@ mod deepseek;
 /// Sampler plugins steering generation on the real model: bans, plugins
 /// that sample themselves, budgets and miss policies, traps.
 mod steering;
+
+/// GRPO rollouts on the real model: groups, advantages, reproducibility, a
+/// failing reward confined to its samples.
+mod rollout;

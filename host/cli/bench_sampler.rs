@@ -15,12 +15,12 @@ use anyhow::{Context, bail};
 use clap::Args;
 use deepwasm_engine::sampling::SamplingParams;
 use deepwasm_engine::{
-    BuiltinSampler, Engine, GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt, Sampler,
-    sampler_limits,
+    BuiltinSampler, Engine, GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt,
+    Sampler, sampler_limits,
 };
 use deepwasm_plugins::{
-    Capabilities, Decision, Grants, Prepared, SampleSpec, SamplerPlugin, Sandbox, SamplingParams as WitParams,
-    TokenSet, for_each_run,
+    Capabilities, Decision, Grants, Prepared, SampleSpec, SamplerPlugin,
+    SamplingParams as WitParams, Sandbox, TokenSet, for_each_run,
 };
 
 use crate::Cli;
@@ -82,16 +82,26 @@ pub fn run(cli: &Cli, args: &SamplerBenchArgs) -> anyhow::Result<()> {
     let json_path = args.plugins.join("json-schema.wasm");
     let plugin = engine
         .load_file(&json_path, &Grants::default())
-        .with_context(|| format!("cannot load {} (build the plugins with `cargo plugins`)", json_path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot load {} (build the plugins with `cargo plugins`)",
+                json_path.display()
+            )
+        })?;
 
     // Part one: masks over DeepSeek-R1's vocabulary.
     let dir = model_cache().join("deepseek-r1-tokenizer");
-    let r1 = Arc::new(deepwasm_model::Tokenizer::from_hf_dir(&dir).context("the DeepSeek-R1 tokenizer (run scripts/setup)")?);
+    let r1 = Arc::new(
+        deepwasm_model::Tokenizer::from_hf_dir(&dir)
+            .context("the DeepSeek-R1 tokenizer (run scripts/setup)")?,
+    );
     let access = ModelTokenizer::new(r1.clone(), "deepseek-r1", DEEPSEEK_LOGITS);
-    let sandbox = Sandbox::new(sampler_limits(Duration::from_secs(1), MissPolicy::Fail)).with_caps(Capabilities {
-        tokenizer: Some(Arc::new(access)),
-        ..Capabilities::default()
-    });
+    let sandbox = Sandbox::new(sampler_limits(Duration::from_secs(1), MissPolicy::Fail)).with_caps(
+        Capabilities {
+            tokenizer: Some(Arc::new(access)),
+            ..Capabilities::default()
+        },
+    );
     let sampler = SamplerPlugin::new(plugin.clone(), sandbox)?;
     let start = Instant::now();
     sampler.warm_up()?;
@@ -120,10 +130,15 @@ pub fn run(cli: &Cli, args: &SamplerBenchArgs) -> anyhow::Result<()> {
             match prepared {
                 Prepared::Decided(Decision::Force(tokens)) => {
                     forced.push(dt);
-                    pos += tokens.iter().map(|&t| r1.token_bytes(t).map_or(0, <[u8]>::len)).sum::<usize>();
+                    pos += tokens
+                        .iter()
+                        .map(|&t| r1.token_bytes(t).map_or(0, <[u8]>::len))
+                        .sum::<usize>();
                     new = tokens;
                 }
-                Prepared::Decided(Decision::Sample(SampleSpec { allow: Some(set), .. })) => {
+                Prepared::Decided(Decision::Sample(SampleSpec {
+                    allow: Some(set), ..
+                })) => {
                     if pos == DOC.len() {
                         break; // only end-of-sequence tokens are left
                     }
@@ -133,9 +148,15 @@ pub fn run(cli: &Cli, args: &SamplerBenchArgs) -> anyhow::Result<()> {
                     let rest = &DOC[pos..];
                     let t = (1..=rest.len().min(64))
                         .rev()
-                        .filter_map(|n| std::str::from_utf8(&rest[..n]).ok().and_then(|s| r1.token_id(&r1_piece(s))))
+                        .filter_map(|n| {
+                            std::str::from_utf8(&rest[..n])
+                                .ok()
+                                .and_then(|s| r1.token_id(&r1_piece(s)))
+                        })
                         .find(|&t| allowed(&set, t))
-                        .with_context(|| format!("no allowed token at {:?}", String::from_utf8_lossy(rest)))?;
+                        .with_context(|| {
+                            format!("no allowed token at {:?}", String::from_utf8_lossy(rest))
+                        })?;
                     pos += r1.token_bytes(t).map_or(0, <[u8]>::len);
                     new = vec![t];
                 }
@@ -146,21 +167,48 @@ pub fn run(cli: &Cli, args: &SamplerBenchArgs) -> anyhow::Result<()> {
     masks.sort();
     forced.sort();
     opens.sort();
-    println!("JSON-schema plugin (llguidance in Wasm), DeepSeek-R1 vocabulary, {DEEPSEEK_LOGITS} logits:");
+    println!(
+        "JSON-schema plugin (llguidance in Wasm), DeepSeek-R1 vocabulary, {DEEPSEEK_LOGITS} logits:"
+    );
     println!();
     println!("| what | median | p90 | p99 | n |");
     println!("|---|---|---|---|---|");
-    println!("| setup (token trie + parser factory), once per instance | {:.0} ms | | | 1 |", setup.as_secs_f64() * 1e3);
-    println!("| open (schema compile, cached after the first) | {} | {} | {} | {} |", us(quantile(&opens, 0.5)), us(quantile(&opens, 0.9)), us(quantile(&opens, 0.99)), opens.len());
-    println!("| prepare answering a mask | {} | {} | {} | {} |", us(quantile(&masks, 0.5)), us(quantile(&masks, 0.9)), us(quantile(&masks, 0.99)), masks.len());
+    println!(
+        "| setup (token trie + parser factory), once per instance | {:.0} ms | | | 1 |",
+        setup.as_secs_f64() * 1e3
+    );
+    println!(
+        "| open (schema compile, cached after the first) | {} | {} | {} | {} |",
+        us(quantile(&opens, 0.5)),
+        us(quantile(&opens, 0.9)),
+        us(quantile(&opens, 0.99)),
+        opens.len()
+    );
+    println!(
+        "| prepare answering a mask | {} | {} | {} | {} |",
+        us(quantile(&masks, 0.5)),
+        us(quantile(&masks, 0.9)),
+        us(quantile(&masks, 0.99)),
+        masks.len()
+    );
     if !forced.is_empty() {
-        println!("| prepare answering forced tokens | {} | {} | {} | {} |", us(quantile(&forced, 0.5)), us(quantile(&forced, 0.9)), us(quantile(&forced, 0.99)), forced.len());
+        println!(
+            "| prepare answering forced tokens | {} | {} | {} | {} |",
+            us(quantile(&forced, 0.5)),
+            us(quantile(&forced, 0.9)),
+            us(quantile(&forced, 0.99)),
+            forced.len()
+        );
     }
 
     // Part two: throughput on the default model.
     let loaded = args.model.load()?;
     let model = Engine::from(loaded);
-    let tokenizer = ModelTokenizer::new(model.tokenizer.clone(), &model.name, model.model.info().vocab_size);
+    let tokenizer = ModelTokenizer::new(
+        model.tokenizer.clone(),
+        &model.name,
+        model.model.info().vocab_size,
+    );
     let budget = deepwasm_engine::DEFAULT_STEP_BUDGET;
     let policy = MissPolicy::Fail;
     let make = |path: &str| -> anyhow::Result<SamplerPlugin> {
@@ -204,18 +252,38 @@ pub fn run(cli: &Cli, args: &SamplerBenchArgs) -> anyhow::Result<()> {
     let (mut base, mut deferring, mut constrained) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repetitions.max(1) {
         base.push(rate(Box::new(BuiltinSampler))?);
-        deferring.push(rate(Box::new(PluginSampler::new(defer.clone(), r#"{"words": []}"#, budget, policy)))?);
-        constrained.push(rate(Box::new(PluginSampler::new(json.clone(), &numbers, budget, policy)))?);
+        deferring.push(rate(Box::new(PluginSampler::new(
+            defer.clone(),
+            r#"{"words": []}"#,
+            budget,
+            policy,
+        )))?);
+        constrained.push(rate(Box::new(PluginSampler::new(
+            json.clone(),
+            &numbers,
+            budget,
+            policy,
+        )))?);
     }
     let (base, deferring, constrained) = (median(base), median(deferring), median(constrained));
     println!();
-    println!("Decoding {} tokens on {} (threads: RAYON_NUM_THREADS or all cores):", args.tokens, model.name);
+    println!(
+        "Decoding {} tokens on {} (threads: RAYON_NUM_THREADS or all cores):",
+        args.tokens, model.name
+    );
     println!();
     println!("| sampler | decode tok/s | ratio to built-in |");
     println!("|---|---|---|");
     println!("| built-in | {base:.1} | 1.000 |");
-    println!("| plugin that defers every step (word-ban, no words) | {deferring:.1} | {:.3} |", deferring / base);
-    println!("| JSON-schema plugin, {}-integer array | {constrained:.1} | {:.3} |", args.tokens, constrained / base);
+    println!(
+        "| plugin that defers every step (word-ban, no words) | {deferring:.1} | {:.3} |",
+        deferring / base
+    );
+    println!(
+        "| JSON-schema plugin, {}-integer array | {constrained:.1} | {:.3} |",
+        args.tokens,
+        constrained / base
+    );
     Ok(())
 }
 
@@ -227,7 +295,9 @@ fn r1_piece(s: &str) -> String {
 
 fn byte_char(b: u8) -> char {
     // Printable ASCII and Latin-1 stay; the others are shifted past 255.
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     if printable(b) {
         return b as char;
     }

@@ -78,6 +78,24 @@ pub struct GenerateArgs {
     /// Missed steps tolerated under `--on-miss fallback`.
     #[arg(long, default_value_t = 3, requires = "sampler")]
     max_misses: u32,
+    /// Generate this many completions, each with its own seed (derived from
+    /// --seed), decoded together.
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["sampler", "best_of"])]
+    n: usize,
+    /// Generate this many completions and print the best by the weighted sum
+    /// of the --reward plugins (ties: the first).
+    #[arg(long, requires = "rewards", conflicts_with = "sampler")]
+    best_of: Option<usize>,
+    /// A reward plugin for --best-of, with its weight (default 1); repeatable.
+    #[arg(long = "reward", value_name = "FILE.wasm[:WEIGHT]")]
+    rewards: Vec<String>,
+    /// JSON config for the reward named NAME.
+    #[arg(long = "reward-config", value_name = "NAME=JSON")]
+    reward_configs: Vec<String>,
+    /// JSON object of fields the rewards get as `extra` (a ground-truth
+    /// `answer`, say).
+    #[arg(long, default_value = "{}")]
+    extra: String,
 }
 
 pub fn run(cli: &crate::Cli, args: &GenerateArgs) -> anyhow::Result<()> {
@@ -116,6 +134,9 @@ pub fn run(cli: &crate::Cli, args: &GenerateArgs) -> anyhow::Result<()> {
         logprobs: None,
         ..GenerateRequest::new(prompt)
     };
+    if args.n > 1 || args.best_of.is_some() {
+        return several(cli, args, &engine, &request);
+    }
     let mut sampler: Box<dyn Sampler> = match &args.sampler {
         None => Box::new(BuiltinSampler),
         Some(path) => Box::new(plugin_sampler(cli, args, path, &engine)?),
@@ -210,4 +231,86 @@ fn plugin_sampler(
         budget,
         policy,
     ))
+}
+
+/// `--n` and `--best-of`: several completions with their own seeds.
+fn several(
+    cli: &crate::Cli,
+    args: &GenerateArgs,
+    engine: &Engine,
+    request: &GenerateRequest,
+) -> anyhow::Result<()> {
+    let k = args.best_of.unwrap_or(args.n);
+    if k == 0 {
+        anyhow::bail!("--n and --best-of must be at least 1");
+    }
+    let seed = args.seed.unwrap_or(0);
+    let completions = engine
+        .generate_n(request, k, seed)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .context("generation failed")?;
+    let seeds = deepwasm_engine::rewards::completion_seeds(seed, k);
+    let mut out = std::io::stdout().lock();
+    let Some(_) = args.best_of else {
+        for (i, c) in completions.iter().enumerate() {
+            if args.json {
+                let json = serde_json::json!({
+                    "index": i, "seed": seeds[i], "text": c.text, "tokens": c.tokens,
+                    "finish_reason": c.finish_reason, "usage": c.usage,
+                });
+                writeln!(out, "{json}")?;
+            } else {
+                writeln!(out, "--- completion {i} (seed {})\n{}", seeds[i], c.text)?;
+            }
+        }
+        return Ok(());
+    };
+    let extra: serde_json::Value =
+        serde_json::from_str(&args.extra).context("--extra is not valid JSON")?;
+    if !extra.is_object() {
+        anyhow::bail!("--extra must be a JSON object");
+    }
+    let rewards = crate::score::load_rewards(cli, &args.rewards, &args.reward_configs)?;
+    let (prompt_text, _) = engine.render_prompt(&request.prompt)?;
+    let samples: Vec<_> = completions
+        .iter()
+        .map(|c| {
+            deepwasm_engine::rewards::sample_of(
+                prompt_text.as_deref().unwrap_or(""),
+                c,
+                &args.extra,
+            )
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let scored = deepwasm_engine::rewards::score_samples(&rewards, &samples, threads, 256);
+    let best = deepwasm_engine::rewards::best_index(&scored).expect("at least one completion");
+    let c = &completions[best];
+    if args.json {
+        let candidates: Vec<serde_json::Value> = scored
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (fields, _) = crate::score::rewards_json(s);
+                let mut v = serde_json::Map::new();
+                v.insert("index".into(), serde_json::json!(i));
+                v.insert("seed".into(), serde_json::json!(seeds[i]));
+                v.extend(fields);
+                serde_json::Value::Object(v)
+            })
+            .collect();
+        let json = serde_json::json!({
+            "best": best, "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
+            "usage": c.usage, "candidates": candidates,
+        });
+        writeln!(out, "{json}")?;
+    } else {
+        writeln!(out, "{}", c.text)?;
+        eprintln!(
+            "[best of {k}: completion {best} (seed {}), total {:?}]",
+            seeds[best], scored[best].total
+        );
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@ mod bench_sampler;
 mod generate;
 mod model;
 mod plugin;
+mod rollout;
 mod score;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Generate a completion on a model.
     Generate(generate::GenerateArgs),
+    /// GRPO rollouts: groups of completions per prompt, scored by reward
+    /// plugins, with group advantages, as JSONL.
+    Rollout(rollout::RolloutArgs),
     /// Score samples with reward plugins (no model needed).
     Score(score::ScoreArgs),
     /// Run benchmarks against their peers.
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Plugin(cmd) => plugin::run(&cli, cmd),
         Command::Generate(args) => generate::run(&cli, args),
         Command::Score(args) => score::run(&cli, args),
+        Command::Rollout(args) => rollout::run(&cli, args),
         Command::Bench(cmd) => bench::run(&cli, cmd),
     };
     match result {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use deepwasm_engine::rewards::{Scored, WeightedReward, score_samples};
 use deepwasm_plugins::{Grants, Limits, RewardPlugin, Sample, Sandbox, World};
 use serde_json::{Map, Value, json};
 
@@ -64,7 +65,7 @@ pub fn load_rewards(
     cli: &Cli,
     specs: &[String],
     configs: &[String],
-) -> anyhow::Result<Vec<(RewardSpec, RewardPlugin, String)>> {
+) -> anyhow::Result<Vec<WeightedReward>> {
     let engine = cli.engine()?;
     let mut config_by_name = BTreeMap::new();
     for c in configs {
@@ -75,10 +76,10 @@ pub fn load_rewards(
             .with_context(|| format!("the config for `{name}` is not valid JSON"))?;
         config_by_name.insert(name.to_owned(), json.to_owned());
     }
-    let mut rewards: Vec<(RewardSpec, RewardPlugin, String)> = Vec::new();
+    let mut rewards: Vec<WeightedReward> = Vec::new();
     for spec in specs {
         let mut spec = parse_reward_spec(spec)?;
-        if rewards.iter().any(|(s, _, _)| s.name == spec.name) {
+        if rewards.iter().any(|r| r.name == spec.name) {
             spec.name = format!("{}#{}", spec.name, rewards.len() + 1);
         }
         let plugin = engine
@@ -88,7 +89,12 @@ pub fn load_rewards(
         let config = config_by_name
             .remove(&spec.name)
             .unwrap_or_else(|| "{}".to_owned());
-        rewards.push((spec, reward, config));
+        rewards.push(WeightedReward {
+            name: spec.name,
+            reward,
+            weight: spec.weight,
+            config,
+        });
     }
     if let Some(name) = config_by_name.keys().next() {
         bail!("`--config {name}=...` names no reward given with --reward");
@@ -154,6 +160,36 @@ fn read_samples(path: &Path) -> anyhow::Result<Vec<Sample>> {
     Ok(samples)
 }
 
+/// A completion's rewards as JSON: `rewards` by name (`null` when a reward
+/// does not apply or failed), the weighted `total`, and `errors` by name
+/// when a reward failed on it. Returns the number of failures too.
+pub fn rewards_json(scored: &Scored) -> (Map<String, Value>, usize) {
+    let mut by_name = Map::new();
+    let mut errors = Map::new();
+    for (name, score) in &scored.rewards {
+        match score {
+            Ok(s) => {
+                by_name.insert(name.clone(), json!(s));
+            }
+            Err(e) => {
+                by_name.insert(name.clone(), Value::Null);
+                errors.insert(
+                    name.clone(),
+                    json!({"kind": e.kind(), "message": e.to_string()}),
+                );
+            }
+        }
+    }
+    let failed = errors.len();
+    let mut row = Map::new();
+    row.insert("rewards".into(), Value::Object(by_name));
+    row.insert("total".into(), json!(scored.total));
+    if !errors.is_empty() {
+        row.insert("errors".into(), Value::Object(errors));
+    }
+    (row, failed)
+}
+
 pub fn run(cli: &Cli, args: &ScoreArgs) -> anyhow::Result<()> {
     let rewards = load_rewards(cli, &args.rewards, &args.configs)?;
     let samples = read_samples(&args.input)?;
@@ -161,42 +197,19 @@ pub fn run(cli: &Cli, args: &ScoreArgs) -> anyhow::Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let start = Instant::now();
-    let scores: Vec<_> = rewards
-        .iter()
-        .map(|(_, reward, config)| reward.score_parallel(&samples, config, threads, args.batch))
-        .collect();
+    let scored = score_samples(&rewards, &samples, threads, args.batch);
     let elapsed = start.elapsed();
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut failed = 0usize;
-    for i in 0..samples.len() {
-        let mut by_name = Map::new();
-        let mut errors = Map::new();
-        let mut total = None::<f64>;
-        for ((spec, _, _), per_reward) in rewards.iter().zip(&scores) {
-            match &per_reward[i] {
-                Ok(score) => {
-                    by_name.insert(spec.name.clone(), json!(score));
-                    if let Some(s) = score {
-                        *total.get_or_insert(0.0) += spec.weight * s;
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    by_name.insert(spec.name.clone(), Value::Null);
-                    errors.insert(
-                        spec.name.clone(),
-                        json!({"kind": e.kind(), "message": e.to_string()}),
-                    );
-                }
-            }
-        }
-        let mut row = json!({"index": i, "rewards": by_name, "total": total});
-        if !errors.is_empty() {
-            row["errors"] = Value::Object(errors);
-        }
-        writeln!(out, "{row}")?;
+    for (i, s) in scored.iter().enumerate() {
+        let (fields, f) = rewards_json(s);
+        failed += f;
+        let mut row = Map::new();
+        row.insert("index".into(), json!(i));
+        row.extend(fields);
+        writeln!(out, "{}", Value::Object(row))?;
     }
     out.flush()?;
     eprintln!(

@@ -4,14 +4,15 @@
 
 pub mod generate;
 pub mod plugin_sampler;
+pub mod rewards;
 pub mod sampler;
 pub mod sampling;
 mod sequence;
 pub mod stop;
 
 pub use generate::{
-    BatchItem, Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Prompt, Timings,
-    Usage,
+    BatchItem, Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Prompt,
+    Timings, Usage,
 };
 pub use plugin_sampler::{
     DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, sampler_limits,
