@@ -215,16 +215,23 @@ impl Engine {
     /// work with rayon, and a split started from a pool thread runs inline
     /// instead of being handed to the pool and waited for (a futex round
     /// trip per matmul, measured at ~10% of a decode step).
-    pub fn generate_batch(&self, items: Vec<BatchItem<'_>>) -> Vec<Result<Completion, GenerateError>> {
+    pub fn generate_batch(
+        &self,
+        items: Vec<BatchItem<'_>>,
+    ) -> Vec<Result<Completion, GenerateError>> {
         if rayon::current_thread_index().is_some() {
             return self.generate_batch_here(items);
         }
         rayon::scope(|_| self.generate_batch_here(items))
     }
 
-    fn generate_batch_here(&self, items: Vec<BatchItem<'_>>) -> Vec<Result<Completion, GenerateError>> {
-        let mut results: Vec<Option<Result<Completion, GenerateError>>> = (0..items.len()).map(|_| None).collect();
-        let mut active: Vec<(usize, Sequence<'_, '_>, &mut (dyn FnMut(&Delta) + Send))> = Vec::new();
+    fn generate_batch_here(
+        &self,
+        items: Vec<BatchItem<'_>>,
+    ) -> Vec<Result<Completion, GenerateError>> {
+        let mut results: Vec<Option<Result<Completion, GenerateError>>> =
+            (0..items.len()).map(|_| None).collect();
+        let mut active: Vec<(usize, Sequence<'_, '_>, &mut DeltaSink<'_>)> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             let seed = item.req.params.seed.unwrap_or_else(random_seed);
             match Sequence::start(self, item.req, item.sampler, seed) {
@@ -249,12 +256,16 @@ impl Engine {
                     // The model failed for the whole batch: every sequence in it ends.
                     let msg = e.to_string();
                     for (i, _) in meta {
-                        results[i] = Some(Err(GenerateError::Model(candle_core::Error::Msg(msg.clone()))));
+                        results[i] = Some(Err(GenerateError::Model(candle_core::Error::Msg(
+                            msg.clone(),
+                        ))));
                     }
                     break;
                 }
             };
-            for (((mut seq, (i, on_delta)), row), prepared) in seqs.into_iter().zip(meta).zip(logits).zip(prepared) {
+            for (((mut seq, (i, on_delta)), row), prepared) in
+                seqs.into_iter().zip(meta).zip(logits).zip(prepared)
+            {
                 let outcome = prepared
                     .map_err(GenerateError::from)
                     .and_then(|p| seq.advance(row, p, elapsed, on_delta));
@@ -267,10 +278,15 @@ impl Engine {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(GenerateError::Invalid("the sequence never ran".into()))))
+            .map(|r| {
+                r.unwrap_or_else(|| Err(GenerateError::Invalid("the sequence never ran".into())))
+            })
             .collect()
     }
 }
+
+/// Where a sequence's streamed text goes.
+pub type DeltaSink<'a> = dyn FnMut(&Delta) + Send + 'a;
 
 /// One sequence of a batch: its request, its sampler and where its text goes.
 pub struct BatchItem<'r> {

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use deepwasm_model::{CausalLm, Detokenizer, KvCache, SeqInput};
 
-use crate::generate::{Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Timings, Usage};
+use crate::generate::{
+    Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Timings, Usage,
+};
 use crate::sampler::{Decision, Prepared, SampleSpec, Sampler, SamplerError};
 use crate::sampling::{self, SamplingParams, SequenceRng, TokenHistory};
 use crate::stop::StopMatcher;
@@ -43,7 +45,9 @@ impl<'e, 'r> Sequence<'e, 'r> {
         sampler: &'r mut dyn Sampler,
         seed: u64,
     ) -> Result<Self, GenerateError> {
-        req.params.validate().map_err(|e| GenerateError::Invalid(e.to_string()))?;
+        req.params
+            .validate()
+            .map_err(|e| GenerateError::Invalid(e.to_string()))?;
         let (_, prompt) = engine.render_prompt(&req.prompt)?;
         if prompt.is_empty() {
             return Err(GenerateError::Invalid("the prompt has no tokens".into()));
@@ -61,7 +65,9 @@ impl<'e, 'r> Sequence<'e, 'r> {
             .validate_vocab(info.vocab_size)
             .map_err(|e| GenerateError::Invalid(e.to_string()))?;
         if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
-            return Err(GenerateError::Invalid(format!("prompt token {bad} is outside the vocabulary of {vocab}")));
+            return Err(GenerateError::Invalid(format!(
+                "prompt token {bad} is outside the vocabulary of {vocab}"
+            )));
         }
         sampler.begin(&prompt, &req.params)?;
         let max_tokens = req.max_tokens.min(context - prompt.len());
@@ -73,7 +79,11 @@ impl<'e, 'r> Sequence<'e, 'r> {
             rng: SequenceRng::new(seed),
             detok: engine.tokenizer.detokenizer(true),
             stops: StopMatcher::new(&req.stop),
-            eos: if req.ignore_eos { &[] } else { engine.tokenizer.eos() },
+            eos: if req.ignore_eos {
+                &[]
+            } else {
+                engine.tokenizer.eos()
+            },
             vocab,
             max_tokens,
             out: Completion {
@@ -126,7 +136,10 @@ impl<'e, 'r> Sequence<'e, 'r> {
             }
         };
         if let Some(bad) = chosen.iter().find(|&&t| t >= self.vocab) {
-            return Err(self.invalid(&format!("chose token {bad}, outside the vocabulary of {}", self.vocab)));
+            return Err(self.invalid(&format!(
+                "chose token {bad}, outside the vocabulary of {}",
+                self.vocab
+            )));
         }
         let mut delta = Delta::default();
         let mut appended = Vec::with_capacity(chosen.len());
@@ -228,13 +241,20 @@ impl<'e, 'r> Sequence<'e, 'r> {
     }
 }
 
+/// Each sequence's logits row (or the model's failure), and its sampler's
+/// phase-one answer.
+type StepResults = (
+    candle_core::Result<Vec<Vec<f32>>>,
+    Vec<Result<Prepared, SamplerError>>,
+);
+
 /// Run one forward pass over every sequence of `seqs` and, beside it on
 /// another thread, each one's `prepare` (inline when every sampler's is
 /// trivial). Returns the logits, one row per sequence, and the answers.
 pub(crate) fn forward_and_prepare<'e, 'r>(
     model: &dyn CausalLm,
     seqs: &mut [Sequence<'e, 'r>],
-) -> (candle_core::Result<Vec<Vec<f32>>>, Vec<Result<Prepared, SamplerError>>) {
+) -> StepResults {
     let mut inputs = Vec::with_capacity(seqs.len());
     let mut preparers = Vec::with_capacity(seqs.len());
     for seq in seqs.iter_mut() {
@@ -246,11 +266,17 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
             cache,
             ..
         } = seq;
-        inputs.push(SeqInput { tokens: feed, cache });
+        inputs.push(SeqInput {
+            tokens: feed,
+            cache,
+        });
         preparers.push((sampler, *step, &**new_tokens));
     }
-    let forward = |inputs: &mut [SeqInput<'_>]| model.forward(inputs).and_then(|l| l.to_vec2::<f32>());
-    fn prepare_all(preparers: Vec<(&mut &mut dyn Sampler, u32, &[u32])>) -> Vec<Result<Prepared, SamplerError>> {
+    let forward =
+        |inputs: &mut [SeqInput<'_>]| model.forward(inputs).and_then(|l| l.to_vec2::<f32>());
+    fn prepare_all(
+        preparers: Vec<(&mut &mut dyn Sampler, u32, &[u32])>,
+    ) -> Vec<Result<Prepared, SamplerError>> {
         preparers
             .into_iter()
             .map(|(sampler, step, new)| sampler.prepare(step, new))
