@@ -334,19 +334,29 @@ fn logits_match_an_exact_float64_forward_pass() {
 #[test]
 fn batched_sequences_match_their_single_runs() {
     let engine = default_model();
-    let reqs: Vec<GenerateRequest> = [("The capital of France is", 12), ("1, 2, 3, 4,", 20), ("def add(a, b):", 7)]
-        .iter()
-        .map(|(p, n)| GenerateRequest {
-            ignore_eos: true,
-            ..greedy(text_prompt(p), *n)
-        })
-        .collect();
+    let reqs: Vec<GenerateRequest> = [
+        ("The capital of France is", 12),
+        ("1, 2, 3, 4,", 20),
+        ("def add(a, b):", 7),
+    ]
+    .iter()
+    .map(|(p, n)| GenerateRequest {
+        ignore_eos: true,
+        ..greedy(text_prompt(p), *n)
+    })
+    .collect();
     let alone: Vec<Completion> = reqs.iter().map(|r| run(r).0).collect();
-    let mut samplers: Vec<deepwasm_engine::BuiltinSampler> = reqs.iter().map(|_| deepwasm_engine::BuiltinSampler).collect();
+    let mut samplers: Vec<deepwasm_engine::BuiltinSampler> = reqs
+        .iter()
+        .map(|_| deepwasm_engine::BuiltinSampler)
+        .collect();
     let mut sinks: Vec<String> = reqs.iter().map(|_| String::new()).collect();
-    let mut callbacks: Vec<Box<dyn FnMut(&Delta) + Send + '_>> = sinks
+    let mut callbacks: Vec<Box<deepwasm_engine::generate::DeltaSink<'_>>> = sinks
         .iter_mut()
-        .map(|s| Box::new(move |d: &Delta| s.push_str(&d.text)) as Box<dyn FnMut(&Delta) + Send>)
+        .map(|s| {
+            Box::new(move |d: &Delta| s.push_str(&d.text))
+                as Box<deepwasm_engine::generate::DeltaSink<'_>>
+        })
         .collect();
     let items = reqs
         .iter()
@@ -365,5 +375,11 @@ fn batched_sequences_match_their_single_runs() {
         assert_eq!(a.tokens, b.tokens);
         assert_eq!(&b.text, streamed);
     }
-    assert_eq!(together.iter().map(|c| c.as_ref().unwrap().tokens.len()).collect::<Vec<_>>(), [12, 20, 7]);
+    assert_eq!(
+        together
+            .iter()
+            .map(|c| c.as_ref().unwrap().tokens.len())
+            .collect::<Vec<_>>(),
+        [12, 20, 7]
+    );
 }

@@ -88,7 +88,7 @@ fn a_rollout_gives_groups_with_centred_advantages_and_repeats_exactly() {
         saw_spread |= advantages.iter().any(|a| a.abs() > 1e-3);
         for c in completions {
             let tokens = c["tokens"].as_array().unwrap().len();
-            assert!(tokens >= 1 && tokens <= 16);
+            assert!((1..=16).contains(&tokens));
             assert_eq!(c["logprobs"].as_array().unwrap().len(), tokens);
             assert!(
                 c["logprobs"]

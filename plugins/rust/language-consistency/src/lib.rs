@@ -20,6 +20,7 @@ use deepwasm_sdk::reward::{Guest, Sample};
 use deepwasm_sdk::types::Error;
 
 /// A writing system.
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Script {
     Latin,

@@ -20,7 +20,9 @@ use deepwasm_sdk::types::Error;
 /// How long a completion is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
+    /// Completion tokens (characters / 4 when a sample has none).
     Tokens,
+    /// Unicode characters.
     Chars,
 }
 
