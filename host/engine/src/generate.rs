@@ -3,13 +3,13 @@
 //! streamed as it is produced; several sequences share each forward pass.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deepwasm_model::{CausalLm, ChatMessage, ChatTemplate, LoadedModel, Tokenizer, ToolSpec};
 
+use crate::batcher::{Batcher, Job};
 use crate::sampler::Sampler;
 use crate::sampling::{SamplingParams, TokenLogprobs};
-use crate::sequence::{Sequence, forward_and_prepare};
 
 /// What to continue.
 #[derive(Clone, Debug)]
@@ -229,57 +229,31 @@ impl Engine {
         &self,
         items: Vec<BatchItem<'_>>,
     ) -> Vec<Result<Completion, GenerateError>> {
-        let mut results: Vec<Option<Result<Completion, GenerateError>>> =
-            (0..items.len()).map(|_| None).collect();
-        let mut active: Vec<(usize, Sequence<'_, '_>, &mut DeltaSink<'_>)> = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let seed = item.req.params.seed.unwrap_or_else(random_seed);
-            match Sequence::start(self, item.req, item.sampler, seed) {
-                Ok(seq) if seq.done => results[i] = Some(Ok(seq.finish(item.on_delta))),
-                Ok(seq) => active.push((i, seq, item.on_delta)),
-                Err(e) => results[i] = Some(Err(e)),
+        let n = items.len();
+        let results: Vec<std::sync::Mutex<Option<Result<Completion, GenerateError>>>> =
+            (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+        {
+            let mut batcher = Batcher::new(self, n);
+            for (i, item) in items.into_iter().enumerate() {
+                let slot = &results[i];
+                batcher.submit(Job {
+                    req: item.req.clone(),
+                    sampler: Box::new(item.sampler),
+                    sink: Box::new(item.on_delta),
+                    done: Box::new(move |r| {
+                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r)
+                    }),
+                    cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                });
             }
-        }
-        while !active.is_empty() {
-            let started = Instant::now();
-            let mut seqs: Vec<Sequence<'_, '_>> = Vec::with_capacity(active.len());
-            let mut meta = Vec::with_capacity(active.len());
-            for (i, seq, on_delta) in active.drain(..) {
-                seqs.push(seq);
-                meta.push((i, on_delta));
-            }
-            let (logits, prepared) = forward_and_prepare(self.model.as_ref(), &mut seqs);
-            let elapsed = started.elapsed();
-            let logits = match logits {
-                Ok(l) => l,
-                Err(e) => {
-                    // The model failed for the whole batch: every sequence in it ends.
-                    let msg = e.to_string();
-                    for (i, _) in meta {
-                        results[i] = Some(Err(GenerateError::Model(candle_core::Error::Msg(
-                            msg.clone(),
-                        ))));
-                    }
-                    break;
-                }
-            };
-            for (((mut seq, (i, on_delta)), row), prepared) in
-                seqs.into_iter().zip(meta).zip(logits).zip(prepared)
-            {
-                let outcome = prepared
-                    .map_err(GenerateError::from)
-                    .and_then(|p| seq.advance(row, p, elapsed, on_delta));
-                match outcome {
-                    Err(e) => results[i] = Some(Err(e)),
-                    Ok(()) if seq.done => results[i] = Some(Ok(seq.finish(on_delta))),
-                    Ok(()) => active.push((i, seq, on_delta)),
-                }
-            }
+            batcher.run_to_end();
         }
         results
             .into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| Err(GenerateError::Invalid("the sequence never ran".into())))
+                r.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(|| Err(GenerateError::Invalid("the sequence never ran".into())))
             })
             .collect()
     }
@@ -296,7 +270,7 @@ pub struct BatchItem<'r> {
 }
 
 /// A seed for a request that gave none.
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

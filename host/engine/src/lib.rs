@@ -2,6 +2,7 @@
 //! with the KV cache, two-phase sampler steps, stop rules, UTF-8-safe
 //! streaming) and the built-in sampling pipeline plugins plug into.
 
+pub mod batcher;
 pub mod generate;
 pub mod plugin_sampler;
 pub mod rewards;

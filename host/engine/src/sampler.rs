@@ -81,3 +81,26 @@ impl Sampler for BuiltinSampler {
         true
     }
 }
+
+/// A borrowed sampler is a sampler: lets callers lend theirs to a batch.
+impl<S: Sampler + ?Sized> Sampler for &mut S {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn begin(&mut self, prompt: &[u32], params: &SamplingParams) -> Result<(), SamplerError> {
+        (**self).begin(prompt, params)
+    }
+
+    fn prepare(&mut self, step: u32, new_tokens: &[u32]) -> Result<Prepared, SamplerError> {
+        (**self).prepare(step, new_tokens)
+    }
+
+    fn decide(&mut self, step: u32, logits: &Arc<Vec<f32>>) -> Result<Decision, SamplerError> {
+        (**self).decide(step, logits)
+    }
+
+    fn prepare_is_trivial(&self) -> bool {
+        (**self).prepare_is_trivial()
+    }
+}

@@ -16,8 +16,9 @@ use crate::stop::StopMatcher;
 
 /// A sequence being generated.
 pub(crate) struct Sequence<'e, 'r> {
-    req: &'r GenerateRequest,
-    pub(crate) sampler: &'r mut dyn Sampler,
+    params: SamplingParams,
+    logprobs: Option<usize>,
+    pub(crate) sampler: Box<dyn Sampler + 'r>,
     pub(crate) cache: KvCache,
     history: TokenHistory,
     rng: SequenceRng,
@@ -41,8 +42,8 @@ impl<'e, 'r> Sequence<'e, 'r> {
     /// sampler.
     pub(crate) fn start(
         engine: &'e Engine,
-        req: &'r GenerateRequest,
-        sampler: &'r mut dyn Sampler,
+        req: &GenerateRequest,
+        mut sampler: Box<dyn Sampler + 'r>,
         seed: u64,
     ) -> Result<Self, GenerateError> {
         req.params
@@ -72,7 +73,8 @@ impl<'e, 'r> Sequence<'e, 'r> {
         sampler.begin(&prompt, &req.params)?;
         let max_tokens = req.max_tokens.min(context - prompt.len());
         Ok(Sequence {
-            req,
+            params: req.params.clone(),
+            logprobs: req.logprobs,
             sampler,
             cache: engine.model.new_cache(),
             history: TokenHistory::new(&prompt),
@@ -147,7 +149,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
             appended.push(token);
             self.out.tokens.push(token);
             self.history.push_output(token);
-            if let Some(n) = self.req.logprobs {
+            if let Some(n) = self.logprobs {
                 // Only the first token of a forced run has the model's scores
                 // for its position.
                 let lp = (i == 0).then(|| sampling::logprobs(&logits, token, n));
@@ -217,8 +219,8 @@ impl<'e, 'r> Sequence<'e, 'r> {
     /// The built-in sampler's pick under `spec`.
     fn sample(&mut self, raw: &[f32], spec: &SampleSpec) -> Result<u32, GenerateError> {
         let params: SamplingParams = match &spec.params {
-            Some(p) => self.req.params.with_overrides(p),
-            None => self.req.params.clone(),
+            Some(p) => self.params.with_overrides(p),
+            None => self.params.clone(),
         };
         let mut logits = raw.to_vec();
         sampling::process_logits(&mut logits, &params, &self.history);
@@ -275,7 +277,7 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
     let forward =
         |inputs: &mut [SeqInput<'_>]| model.forward(inputs).and_then(|l| l.to_vec2::<f32>());
     fn prepare_all(
-        preparers: Vec<(&mut &mut dyn Sampler, u32, &[u32])>,
+        preparers: Vec<(&mut Box<dyn Sampler + '_>, u32, &[u32])>,
     ) -> Vec<Result<Prepared, SamplerError>> {
         preparers
             .into_iter()
