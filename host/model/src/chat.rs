@@ -190,6 +190,8 @@ const RESERVED: [&str; 4] = ["messages", "tools", "documents", "add_generation_p
 /// A compiled chat template, ready to render conversations from any thread.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The main template's Jinja source.
+    source: String,
     has_tool_use: bool,
     bos_token: Option<String>,
     eos_token: Option<String>,
@@ -221,6 +223,7 @@ impl ChatTemplate {
         add_template(&mut env, DEFAULT, source)?;
         let mut template = ChatTemplate {
             env,
+            source: source.to_owned(),
             has_tool_use: false,
             bos_token: bos_token.map(str::to_owned),
             eos_token: eos_token.map(str::to_owned),
@@ -238,6 +241,17 @@ impl ChatTemplate {
         self.has_tool_use = true;
         self.arguments = self.probe_tool_arguments();
         Ok(self)
+    }
+
+    /// The main template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether a separate template for conversations with tools was added
+    /// ([`with_tool_use`](Self::with_tool_use)).
+    pub fn has_tool_use(&self) -> bool {
+        self.has_tool_use
     }
 
     /// Override how tool-call arguments reach the template.

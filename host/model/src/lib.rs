@@ -14,6 +14,7 @@ pub mod llama;
 pub mod loader;
 pub mod quant;
 pub mod tokenizer;
+pub mod toolcall;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ pub use cache::KvCache;
 pub use chat::{ChatMessage, ChatTemplate, ToolCall, ToolSpec};
 pub use loader::{LoadOptions, LoadedModel, load};
 pub use tokenizer::{Detokenizer, SpecialKind, SpecialToken, Tokenizer};
+pub use toolcall::{CallConstraint, OutputSplitter, ParsedOutput, Piece, ToolCallFormat};
 
 /// What the engine needs to know about a model.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
