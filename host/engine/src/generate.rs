@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deepwasm_model::{CausalLm, ChatMessage, ChatTemplate, LoadedModel, Tokenizer, ToolSpec};
+use deepwasm_model::{
+    CausalLm, ChatMessage, ChatTemplate, LoadedModel, Tokenizer, ToolCallFormat, ToolSpec,
+};
 
 use crate::batcher::{Batcher, Job};
 use crate::sampler::Sampler;
@@ -127,6 +129,9 @@ pub enum GenerateError {
     Sampler(#[from] crate::sampler::SamplerError),
     #[error("the model failed: {0}")]
     Model(#[from] candle_core::Error),
+    /// The caller cancelled the request before it finished.
+    #[error("the request was cancelled")]
+    Cancelled,
 }
 
 /// A loaded model and what it takes to prompt it.
@@ -136,6 +141,13 @@ pub struct Engine {
     pub model: Arc<dyn CausalLm>,
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Option<Arc<ChatTemplate>>,
+    /// How the model writes tool calls.
+    pub tool_format: ToolCallFormat,
+    /// Whether the chat template describes `tools` itself; when it does not,
+    /// [`render_prompt`](Self::render_prompt) adds a system message that
+    /// does, and writes past calls and their results as text (see
+    /// [`ToolCallFormat::adapt_messages`]).
+    pub template_renders_tools: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -148,11 +160,18 @@ impl std::fmt::Debug for Engine {
 
 impl From<LoadedModel> for Engine {
     fn from(m: LoadedModel) -> Self {
+        let source = m.chat_template.as_ref().map(|t| t.source());
+        let tool_format = ToolCallFormat::detect(source, &m.tokenizer);
+        let template_renders_tools = m.chat_template.as_ref().is_some_and(|t| {
+            t.has_tool_use() || ToolCallFormat::template_renders_tools(t.source())
+        });
         Engine {
             name: m.name,
             model: m.model,
             tokenizer: m.tokenizer,
             chat_template: m.chat_template,
+            tool_format,
+            template_renders_tools,
         }
     }
 }
@@ -181,6 +200,21 @@ impl Engine {
                         self.name
                     ))
                 })?;
+                // Past calls and their results need adapting even when no
+                // tools are offered this turn.
+                let tool_history = messages
+                    .iter()
+                    .any(|m| !m.tool_calls.is_empty() || m.role == "tool");
+                let adapted;
+                let messages = if self.template_renders_tools || (tools.is_empty() && !tool_history)
+                {
+                    messages
+                } else {
+                    adapted = self
+                        .tool_format
+                        .adapt_messages(template.source(), messages, tools);
+                    &adapted
+                };
                 let text = template
                     .render(messages, tools, true)
                     .map_err(|e| GenerateError::Template(e.to_string()))?;
@@ -279,4 +313,59 @@ pub(crate) fn random_seed() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+/// Runs generation requests one at a time from the caller's view: the
+/// engine itself (the CLI), or a server's shared batch, where the request
+/// joins whatever else is decoding. Agents and other multi-turn callers
+/// generate through this, so they work the same in both places.
+pub trait Generator: Send + Sync {
+    /// The engine requests run on (its tokenizer, template and model info).
+    fn engine(&self) -> &Engine;
+
+    /// Generate `req` with `sampler`, streaming to `on_delta`. Setting
+    /// `cancelled` ends the sequence at the next step.
+    fn run(
+        &self,
+        req: GenerateRequest,
+        sampler: Box<dyn Sampler>,
+        on_delta: Box<dyn FnMut(&Delta) + Send>,
+        cancelled: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Completion, GenerateError>;
+}
+
+impl Generator for Engine {
+    fn engine(&self) -> &Engine {
+        self
+    }
+
+    fn run(
+        &self,
+        req: GenerateRequest,
+        sampler: Box<dyn Sampler>,
+        on_delta: Box<dyn FnMut(&Delta) + Send>,
+        cancelled: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Completion, GenerateError> {
+        let result = std::sync::Mutex::new(None);
+        let run = || {
+            let mut batcher = Batcher::new(self, 1);
+            batcher.submit(Job {
+                req,
+                sampler,
+                sink: on_delta,
+                done: Box::new(|r| *result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r)),
+                cancelled,
+            });
+            batcher.run_to_end();
+        };
+        if rayon::current_thread_index().is_some() {
+            run();
+        } else {
+            rayon::scope(|_| run());
+        }
+        result
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(Err(GenerateError::Cancelled))
+    }
 }

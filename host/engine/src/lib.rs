@@ -2,6 +2,7 @@
 //! with the KV cache, two-phase sampler steps, stop rules, UTF-8-safe
 //! streaming) and the built-in sampling pipeline plugins plug into.
 
+pub mod agent;
 pub mod batcher;
 pub mod generate;
 pub mod plugin_sampler;
@@ -12,8 +13,8 @@ mod sequence;
 pub mod stop;
 
 pub use generate::{
-    BatchItem, Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Prompt,
-    Timings, Usage,
+    BatchItem, Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Generator,
+    Prompt, Timings, Usage,
 };
 pub use plugin_sampler::{
     DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, sampler_limits,

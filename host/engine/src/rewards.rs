@@ -26,6 +26,39 @@ pub struct Scored {
     pub total: Option<f64>,
 }
 
+impl Scored {
+    /// As JSON: `rewards` by name (`null` when a reward does not apply or
+    /// failed), the weighted `total`, and `errors` by name (kind and
+    /// message) when a reward failed. Also returns the number of failures.
+    pub fn to_json(&self) -> (serde_json::Map<String, serde_json::Value>, usize) {
+        use serde_json::{Map, Value, json};
+        let mut by_name = Map::new();
+        let mut errors = Map::new();
+        for (name, score) in &self.rewards {
+            match score {
+                Ok(s) => {
+                    by_name.insert(name.clone(), json!(s));
+                }
+                Err(e) => {
+                    by_name.insert(name.clone(), Value::Null);
+                    errors.insert(
+                        name.clone(),
+                        json!({"kind": e.kind(), "message": e.to_string()}),
+                    );
+                }
+            }
+        }
+        let failed = errors.len();
+        let mut row = Map::new();
+        row.insert("rewards".into(), Value::Object(by_name));
+        row.insert("total".into(), json!(self.total));
+        if !errors.is_empty() {
+            row.insert("errors".into(), Value::Object(errors));
+        }
+        (row, failed)
+    }
+}
+
 /// Score `samples` with every reward (in batches, across `threads`), and
 /// total each sample's scores. A reward that fails on a sample leaves that
 /// sample without its score, recorded with the reason; other samples and

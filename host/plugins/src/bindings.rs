@@ -24,4 +24,4 @@ mod generated {
 
 pub use generated::Host_;
 pub use generated::deepwasm::plugin::{inference, kv, log, logits, tokenizer, tools, types};
-pub use generated::exports::deepwasm::plugin::{controller, scorer, tool_provider};
+pub use generated::exports::deepwasm::plugin::{controller, runner, scorer, tool_provider};

@@ -12,6 +12,7 @@
 //! No ambient authority: plugins see no files, environment, network or host
 //! stdio. What they can reach is what their [`Capabilities`] hold.
 
+mod agent;
 mod bindings;
 mod cache;
 mod engine;
@@ -24,6 +25,7 @@ mod sampler;
 mod sandbox;
 mod tool;
 
+pub use agent::{AgentAnswer, AgentControl, AgentPlugin, LogSink};
 pub use bindings::{inference, log, logits as logits_api, tokenizer, types};
 pub use cache::write_atomically;
 pub use engine::{CompileSource, EPOCH_TICK, EngineConfig, PluginEngine};

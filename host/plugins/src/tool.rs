@@ -3,7 +3,7 @@
 
 use crate::bindings::{tool_provider, types};
 use crate::error::PluginError;
-use crate::host::{CallOutput, Wasi};
+use crate::host::{CallOutput, Capabilities, Wasi};
 use crate::plugin::{LoadError, Plugin, World};
 use crate::sandbox::Sandbox;
 
@@ -55,6 +55,15 @@ impl ToolPlugin {
 
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
+    }
+
+    /// The same plugin, its calls made with `caps` (a tenant's kv store for
+    /// one agent run, say) instead of its sandbox's.
+    pub fn with_caps(&self, caps: Capabilities) -> ToolPlugin {
+        ToolPlugin {
+            sandbox: self.sandbox.clone().with_caps(caps),
+            ..self.clone()
+        }
     }
 
     /// The tools this plugin offers.

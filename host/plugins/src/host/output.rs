@@ -64,6 +64,8 @@ pub(crate) struct CallOutputs {
     log_bytes: usize,
     log_cap: usize,
     log_dropped: u64,
+    /// Sees each kept `log` message as it is written.
+    sink: Option<crate::agent::LogSink>,
 }
 
 impl CallOutputs {
@@ -76,6 +78,7 @@ impl CallOutputs {
             log_bytes: 0,
             log_cap: limits.log_bytes,
             log_dropped: 0,
+            sink: None,
         }
     }
 
@@ -96,7 +99,17 @@ impl CallOutputs {
             Level::Warn => tracing::warn!(target: "deepwasm::plugin", plugin, "{message}"),
             Level::Error => tracing::error!(target: "deepwasm::plugin", plugin, "{message}"),
         }
-        self.logs.push(LogLine { level, message });
+        let line = LogLine { level, message };
+        if let Some(sink) = &self.sink {
+            sink(&line);
+        }
+        self.logs.push(line);
+    }
+
+    /// Send every `log` message kept from now on to `sink` as well, as it
+    /// is written.
+    pub(crate) fn set_sink(&mut self, sink: Option<crate::agent::LogSink>) {
+        self.sink = sink;
     }
 
     /// Take what was written since the last call and reset the budgets.
