@@ -1,4 +1,7 @@
-//! `deepwasm plugin ...`
+//! `deepwasm plugin ...`: make, build and inspect plugins.
+
+mod build;
+mod new;
 
 use std::path::PathBuf;
 
@@ -10,6 +13,10 @@ use crate::Cli;
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
+    /// Create a working plugin skeleton with a README, for any language and world.
+    New(new::NewArgs),
+    /// Build a plugin written in Rust, Python, JavaScript or C into a component.
+    Build(build::BuildArgs),
     /// Show which world a component implements, and its imports and exports.
     Inspect {
         /// The component (`.wasm`).
@@ -22,6 +29,8 @@ pub enum PluginCommand {
 
 pub fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<()> {
     match cmd {
+        PluginCommand::New(args) => new::run(args),
+        PluginCommand::Build(args) => build::run(args),
         PluginCommand::Inspect { file, json } => {
             let engine = cli.engine()?;
             let plugin = engine

@@ -1,16 +1,24 @@
-//! Builds every guest plugin under `plugins/` from source for `wasm32-wasip2`,
-//! copies the components to `<target>/plugins/<name>.wasm`, and writes
-//! constants with their paths for the tests and benchmarks.
+//! Builds every guest plugin under `plugins/` from source, copies the
+//! components to `<target>/plugins/<name>.wasm`, and writes constants with
+//! their paths for the tests and benchmarks.
 //!
-//! The plugins are a workspace of their own (another target, another
-//! Cargo.lock), built by a nested cargo in a target directory of its own so
-//! it never waits on the lock of the build that runs this script.
+//! The Rust plugins (`plugins/rust/*`) are a workspace of their own (another
+//! target, another Cargo.lock), built for `wasm32-wasip2` by a nested cargo
+//! in a target directory of its own so it never waits on the lock of the
+//! build that runs this script. The Python, JavaScript and C plugins
+//! (`plugins/{python,js,c}/*`) are built by their own toolchains, which
+//! `scripts/setup` installs, through `deepwasm-guest-build` (as `deepwasm
+//! plugin build` builds them); their components are named
+//! `<lang>-<name>.wasm`. A missing toolchain fails the build, naming it.
 
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use deepwasm_guest_build::batch::{self, Batch};
+use deepwasm_guest_build::rust::CargoBuild;
+use deepwasm_guest_build::{Lang, Toolchains, script};
 
 fn main() {
     if let Err(e) = run() {
@@ -29,50 +37,10 @@ fn run() -> Result<(), String> {
         .ok_or("cannot find the workspace root")?
         .to_owned();
     let plugins = root.join("plugins");
+    let wit = root.join("wit");
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
-    let target_dir = cargo_target_dir(&out_dir)?;
-
-    for path in ["Cargo.toml", "Cargo.lock", ".cargo", "sdk", "rust"] {
-        println!("cargo:rerun-if-changed={}", plugins.join(path).display());
-    }
-    println!("cargo:rerun-if-changed={}", root.join("wit").display());
-
-    let names = rust_plugins(&plugins)?;
-    let wasm_target_dir = target_dir.join("wasm-plugins");
-    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&plugins)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
-        .arg(&wasm_target_dir);
-    for name in &names {
-        cmd.args(["-p", name]);
-    }
-    // The outer build's settings are for the host target, not for Wasm.
-    for (key, _) in env::vars() {
-        if key.starts_with("CARGO_ENCODED_RUSTFLAGS")
-            || key == "RUSTFLAGS"
-            || key == "CARGO_TARGET_DIR"
-            || key == "CARGO_BUILD_TARGET"
-            || key.starts_with("CARGO_PROFILE_")
-            || key.starts_with("CARGO_FEATURE_")
-            || key == "RUSTC_WORKSPACE_WRAPPER"
-        {
-            cmd.env_remove(key);
-        }
-    }
-    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "`cargo build --release --target wasm32-wasip2` in {} failed ({status}); \
-             is the target installed? (`rustup target add wasm32-wasip2`)",
-            plugins.display()
-        ));
-    }
+    let target_dir = script::target_dir(&out_dir).ok_or("unexpected OUT_DIR layout")?;
+    script::rerun_if_changed(&plugins, &["sdk", "rust", "python", "js", "c"], &wit);
 
     let dest = target_dir.join("plugins");
     fs::create_dir_all(&dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
@@ -80,24 +48,90 @@ fn run() -> Result<(), String> {
     let mut all = String::from(
         "/// Every plugin built from source, as (name, path).\npub const ALL: &[(&str, &str)] = &[\n",
     );
-    for name in &names {
-        let built = wasm_target_dir
-            .join("wasm32-wasip2/release")
-            .join(format!("{}.wasm", name.replace('-', "_")));
-        let copy = dest.join(format!("{name}.wasm"));
-        fs::copy(&built, &copy)
-            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), copy.display()))?;
+    let mut add = |name: &str, doc: String, path: &Path| {
         let ident = name.replace('-', "_").to_uppercase();
-        let path = copy.display().to_string();
-        writeln!(consts, "/// `plugins/rust/{name}`, built for wasm32-wasip2.\npub const {ident}: &str = {path:?};").unwrap();
+        let path = path.display().to_string();
+        writeln!(consts, "/// {doc}\npub const {ident}: &str = {path:?};").unwrap();
         writeln!(all, "    ({name:?}, {ident}),").unwrap();
+    };
+
+    // Rust: one nested cargo for the whole guest workspace.
+    let names = rust_plugins(&plugins)?;
+    let cargo = PathBuf::from(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let built = CargoBuild {
+        cargo: &cargo,
+        dir: &plugins,
+        target_dir: Some(&target_dir.join("wasm-plugins")),
+        packages: &names,
+    }
+    .run()
+    .map_err(|e| e.to_string())?;
+    for name in &names {
+        let component = built
+            .iter()
+            .find(|b| b.package_dir.ends_with(Path::new("rust").join(name)))
+            .ok_or_else(|| format!("cargo built no component for plugins/rust/{name}"))?;
+        let copy = dest.join(format!("{name}.wasm"));
+        fs::copy(&component.wasm, &copy).map_err(|e| {
+            format!(
+                "cannot copy {} to {}: {e}",
+                component.wasm.display(),
+                copy.display()
+            )
+        })?;
+        add(
+            name,
+            format!("`plugins/rust/{name}`, built for wasm32-wasip2."),
+            &copy,
+        );
+    }
+
+    // The other languages, `NUM_JOBS` components at a time (componentize-py
+    // and componentize-js take seconds each, mostly on one core).
+    let mut jobs = Vec::new();
+    let mut shared = Vec::new();
+    for lang in [Lang::Python, Lang::Js, Lang::C] {
+        let dir = plugins.join(lang.name());
+        jobs.extend(batch::discover(lang, &dir, &format!("{lang}-")).map_err(|e| e.to_string())?);
+        // The helpers beside the plugin directories (`deepwasm_plugin.*`).
+        shared.push((lang, dir));
+    }
+    let parallel = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    batch::build_all(
+        &jobs,
+        &Toolchains::find(),
+        &Batch {
+            wit: &wit,
+            shared: &shared,
+            work_dir: &out_dir,
+            dest: &dest,
+            strict: true,
+            parallel,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    for job in &jobs {
+        let source = job.dir.strip_prefix(&root).unwrap_or(&job.dir);
+        add(
+            &job.name,
+            format!(
+                "`{}` ({} world), built with the {} toolchain.",
+                source.display(),
+                job.world,
+                job.lang
+            ),
+            &dest.join(format!("{}.wasm", job.name)),
+        );
     }
     all.push_str("];\n");
-    fs::write(out_dir.join("plugins.rs"), consts + &all).map_err(|e| e.to_string())?;
-    Ok(())
+    fs::write(out_dir.join("plugins.rs"), consts + &all).map_err(|e| e.to_string())
 }
 
-/// The crates under `plugins/rust/`, by directory name.
+/// The crates under `plugins/rust/`, by directory name (which is also the
+/// package name).
 fn rust_plugins(plugins: &Path) -> Result<Vec<String>, String> {
     let dir = plugins.join("rust");
     let mut names = Vec::new();
@@ -109,20 +143,4 @@ fn rust_plugins(plugins: &Path) -> Result<Vec<String>, String> {
     }
     names.sort();
     Ok(names)
-}
-
-/// The outer build's target directory: `OUT_DIR` is
-/// `<target>[/<triple>]/<profile>/build/<pkg>-<hash>/out`.
-fn cargo_target_dir(out_dir: &Path) -> Result<PathBuf, String> {
-    let profile_dir = out_dir
-        .ancestors()
-        .nth(3)
-        .ok_or("unexpected OUT_DIR layout")?;
-    let mut dir = profile_dir.parent().ok_or("unexpected OUT_DIR layout")?;
-    if let Ok(target) = env::var("TARGET")
-        && dir.file_name().is_some_and(|n| n == target.as_str())
-    {
-        dir = dir.parent().ok_or("unexpected OUT_DIR layout")?;
-    }
-    Ok(dir.to_owned())
 }
