@@ -53,6 +53,24 @@ mod deepseek;
 /// that sample themselves, budgets and miss policies, traps.
 mod steering;
 
+/// Agent runs on the default model: the ReAct agent answering with the
+/// calculator through constrained tool calls, grants, step, token, tool-call
+/// and time budgets, trapping tools, the kv store, `deepwasm agent run`.
+mod agents;
+
 /// GRPO rollouts on the real model: groups, advantages, reproducibility, a
 /// failing reward confined to its samples.
 mod rollout;
+
+/// The HTTP server end to end: the official `openai` Python SDK and a
+/// schemathesis fuzz pass against a real `deepwasm serve` on loopback.
+mod server;
+
+/// The same plugins written in Rust, Python, JavaScript and C: every
+/// language's build passes the same behavioural tests, with the same
+/// scores, sampler decisions and tool answers as the Rust build.
+mod polyglot;
+
+/// `deepwasm plugin new` skeletons in every language and world, built with
+/// `deepwasm plugin build`, loaded and run.
+mod skeletons;

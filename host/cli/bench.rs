@@ -24,6 +24,12 @@ pub enum BenchCommand {
     /// Plugin host overheads: instantiation, a sampler step over a
     /// DeepSeek-sized logits handle, reward throughput against CPython.
     Plugins(PluginBenchArgs),
+    /// The same reward and sampler built from Rust, C, JavaScript and
+    /// Python: size, compile, instantiate and per-call latency.
+    Languages(crate::bench_langs::LangBenchArgs),
+    /// Concurrent streaming clients against the HTTP API: aggregate
+    /// tokens/s and time to first token, with and without a sampler plugin.
+    Server(crate::bench_server::ServerBenchArgs),
 }
 
 #[derive(Args)]
@@ -53,6 +59,8 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Plugins(args) => plugins(cli, args),
         BenchCommand::Model(args) => crate::bench_model::run(args),
         BenchCommand::Sampler(args) => crate::bench_sampler::run(cli, args),
+        BenchCommand::Languages(args) => crate::bench_langs::run(args),
+        BenchCommand::Server(args) => crate::bench_server::run(cli, args),
     }
 }
 

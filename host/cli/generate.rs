@@ -292,7 +292,7 @@ fn several(
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let (fields, _) = crate::score::rewards_json(s);
+                let (fields, _) = s.to_json();
                 let mut v = serde_json::Map::new();
                 v.insert("index".into(), serde_json::json!(i));
                 v.insert("seed".into(), serde_json::json!(seeds[i]));

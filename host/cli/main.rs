@@ -1,13 +1,17 @@
 //! `deepwasm`: the command line.
 
+mod agent;
 mod bench;
+mod bench_langs;
 mod bench_model;
 mod bench_sampler;
+mod bench_server;
 mod generate;
 mod model;
 mod plugin;
 mod rollout;
 mod score;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +50,13 @@ enum Command {
     Rollout(rollout::RolloutArgs),
     /// Score samples with reward plugins (no model needed).
     Score(score::ScoreArgs),
+    /// Serve the OpenAI-compatible HTTP API and plugin management.
+    Serve(serve::ServeArgs),
+    /// Print the hash of an API key, as a tenants file stores it.
+    HashKey(serve::HashKeyArgs),
+    /// Run agent plugins on tasks, with the tool plugins they are granted.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
     /// Run benchmarks against their peers.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -78,6 +89,9 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(&cli, args),
         Command::Score(args) => score::run(&cli, args),
         Command::Rollout(args) => rollout::run(&cli, args),
+        Command::Serve(args) => serve::run(&cli, args),
+        Command::HashKey(args) => serve::hash_key(args),
+        Command::Agent(cmd) => agent::run(&cli, cmd),
         Command::Bench(cmd) => bench::run(&cli, cmd),
     };
     match result {

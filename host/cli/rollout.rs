@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Cli;
 use crate::model::ModelArgs;
-use crate::score::{load_rewards, rewards_json};
+use crate::score::load_rewards;
 
 #[derive(Args)]
 pub struct RolloutArgs {
@@ -200,7 +200,7 @@ pub fn run(cli: &Cli, args: &RolloutArgs) -> anyhow::Result<()> {
             let mut items = Vec::with_capacity(args.group_size);
             for (j, i) in group.clone().enumerate() {
                 let c = &done[i];
-                let (mut fields, failed) = rewards_json(&scored[i]);
+                let (mut fields, failed) = scored[i].to_json();
                 failures += failed;
                 completions += 1;
                 tokens += c.tokens.len();

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use deepwasm_engine::rewards::{Scored, WeightedReward, score_samples};
+use deepwasm_engine::rewards::{WeightedReward, score_samples};
 use deepwasm_plugins::{Grants, Limits, RewardPlugin, Sample, Sandbox, World};
 use serde_json::{Map, Value, json};
 
@@ -160,36 +160,6 @@ fn read_samples(path: &Path) -> anyhow::Result<Vec<Sample>> {
     Ok(samples)
 }
 
-/// A completion's rewards as JSON: `rewards` by name (`null` when a reward
-/// does not apply or failed), the weighted `total`, and `errors` by name
-/// when a reward failed on it. Returns the number of failures too.
-pub fn rewards_json(scored: &Scored) -> (Map<String, Value>, usize) {
-    let mut by_name = Map::new();
-    let mut errors = Map::new();
-    for (name, score) in &scored.rewards {
-        match score {
-            Ok(s) => {
-                by_name.insert(name.clone(), json!(s));
-            }
-            Err(e) => {
-                by_name.insert(name.clone(), Value::Null);
-                errors.insert(
-                    name.clone(),
-                    json!({"kind": e.kind(), "message": e.to_string()}),
-                );
-            }
-        }
-    }
-    let failed = errors.len();
-    let mut row = Map::new();
-    row.insert("rewards".into(), Value::Object(by_name));
-    row.insert("total".into(), json!(scored.total));
-    if !errors.is_empty() {
-        row.insert("errors".into(), Value::Object(errors));
-    }
-    (row, failed)
-}
-
 pub fn run(cli: &Cli, args: &ScoreArgs) -> anyhow::Result<()> {
     let rewards = load_rewards(cli, &args.rewards, &args.configs)?;
     let samples = read_samples(&args.input)?;
@@ -204,7 +174,7 @@ pub fn run(cli: &Cli, args: &ScoreArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut failed = 0usize;
     for (i, s) in scored.iter().enumerate() {
-        let (fields, f) = rewards_json(s);
+        let (fields, f) = s.to_json();
         failed += f;
         let mut row = Map::new();
         row.insert("index".into(), json!(i));

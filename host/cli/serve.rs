@@ -1,0 +1,117 @@
+//! `deepwasm serve`: the HTTP API on a model.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use deepwasm_engine::Engine;
+use deepwasm_server::tenants::Tenants;
+
+use crate::model::ModelArgs;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8000", env = "DEEPWASM_ADDR")]
+    addr: SocketAddr,
+    /// The tenants file (TOML: tenants, API key hashes, limits, grants).
+    /// Without one, the server has one tenant, needs no key, and listens on
+    /// loopback only.
+    #[arg(long, value_name = "FILE")]
+    tenants: Option<PathBuf>,
+    /// Where tenants' plugins are stored [default: $DEEPWASM_CACHE/store or
+    /// ~/.cache/deepwasm/store].
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Most sequences decoded together in one forward pass.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+}
+
+#[derive(Args)]
+pub struct HashKeyArgs {
+    /// The API key to hash (read from stdin when absent).
+    key: Option<String>,
+}
+
+pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
+    let tenants = match &args.tenants {
+        Some(path) => Tenants::load(path)?,
+        None => {
+            if !args.addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "without --tenants the server has no API keys, so it listens on loopback only; \
+                     {} is not a loopback address (write a tenants file to serve others)",
+                    args.addr
+                );
+            }
+            Tenants::single()
+        }
+    };
+    let store_dir = args.store.clone().unwrap_or_else(|| {
+        crate::model::model_cache()
+            .parent()
+            .map_or_else(|| PathBuf::from("store"), |p| p.join("store"))
+    });
+    let loaded = args.model.load()?;
+    eprintln!(
+        "loaded {} in {:.2} s",
+        loaded.name,
+        loaded.load_time.as_secs_f64()
+    );
+    let engine = Engine::from(loaded);
+    let config = deepwasm_server::Config {
+        store_dir,
+        max_body_bytes: args.max_body_bytes,
+        max_batch: args.max_batch,
+    };
+    let state = deepwasm_server::AppState::new(engine, tenants, cli.engine()?, config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("deepwasm-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.addr))?;
+        let addr = listener.local_addr()?;
+        if state.tenants.is_open() {
+            eprintln!(
+                "serving {} on http://{addr} for one tenant without API keys (loopback only; pass --tenants FILE for keys and limits)",
+                state.model_id()
+            );
+        } else {
+            eprintln!(
+                "serving {} on http://{addr} for {} tenant(s)",
+                state.model_id(),
+                state.tenants.all().len()
+            );
+        }
+        deepwasm_server::serve_on(state, listener).await
+    })
+}
+
+pub fn hash_key(args: &HashKeyArgs) -> anyhow::Result<()> {
+    let key = match &args.key {
+        Some(k) => k.clone(),
+        None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_line(&mut s)
+                .context("cannot read the key from stdin")?;
+            s.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if key.is_empty() {
+        anyhow::bail!("the key is empty");
+    }
+    println!("{}", deepwasm_server::tenants::hash_key(&key));
+    Ok(())
+}

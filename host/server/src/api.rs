@@ -1,0 +1,405 @@
+//! Request bodies of the API, their parsing and their validation.
+//!
+//! Unknown fields are refused (a misspelt `max_token` would otherwise be
+//! silently ignored); the fields OpenAI clients send that do not change
+//! anything here (`user`, `store`, `metadata`, ...) are accepted.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// A JSON body parsed into `T`; errors say where in the body it went wrong.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.starts_with("application/json") || v.contains("+json"));
+        if !json_type {
+            return Err(ApiError::invalid(
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A body that could not be read: too large (413) or cut short (400).
+pub fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!("the request body is too large: {}", e.body_text()))
+    } else {
+        ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
+    }
+}
+
+/// Parse JSON, naming the path of a wrong field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut path = e.path().to_string();
+        let mut inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            // A field of a flattened struct (the sampling parameters) loses
+            // its path; parsing that struct alone finds it.
+            let de = &mut serde_json::Deserializer::from_slice(bytes);
+            if let Err(e) = serde_path_to_error::deserialize::<_, Sampling>(de) {
+                let p = e.path().to_string();
+                if p != "." && !p.is_empty() {
+                    path = p;
+                    inner = e.into_inner();
+                }
+            }
+        }
+        if path == "." || path.is_empty() {
+            ApiError::invalid(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::invalid_param(&path, format!("invalid JSON body at `{path}`: {inner}"))
+        }
+    })
+}
+
+/// `stop`: one string or a list of them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Message content: a string, or a list of parts of which only text ones
+/// are understood.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCall {
+    pub name: String,
+    /// A JSON object, as text.
+    pub arguments: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function() -> String {
+    "function".into()
+}
+
+/// A message of the conversation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<InToolCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    /// Accepted and ignored (OpenAI's assistant refusals).
+    #[serde(default)]
+    pub refusal: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+    #[serde(default)]
+    pub continuous_usage_stats: bool,
+}
+
+/// `sampler`: a plugin of the tenant's steering every step.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerRef {
+    /// The plugin's id or name.
+    pub plugin: String,
+    /// Its config: a JSON value (sent to the plugin as JSON text).
+    #[serde(default)]
+    pub config: Option<Value>,
+    /// Milliseconds a step may wait for it (default 25).
+    #[serde(default)]
+    pub step_budget_ms: Option<u64>,
+    /// `fail` or `fallback` (default) when it misses the budget.
+    #[serde(default)]
+    pub on_miss: Option<String>,
+}
+
+/// One entry of `rewards`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardRef {
+    pub plugin: String,
+    #[serde(default)]
+    pub weight: Option<f64>,
+    #[serde(default)]
+    pub config: Option<Value>,
+}
+
+/// The generation parameters chat and completions share.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Sampling {
+    #[serde(default)]
+    pub n: Option<usize>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stop: OneOrMany,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    // Extensions.
+    #[serde(default)]
+    pub sampler: Option<SamplerRef>,
+    #[serde(default)]
+    pub rewards: Option<Vec<RewardRef>>,
+    #[serde(default)]
+    pub best_of: Option<usize>,
+    /// Fields the rewards get as `extra` (a ground-truth `answer`).
+    #[serde(default)]
+    pub extra: Option<serde_json::Map<String, Value>>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<InMessage>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<usize>,
+    #[serde(default)]
+    pub tools: Option<Vec<ToolDef>>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    /// Whether a template may keep earlier reasoning (accepted, unused).
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub store: Option<bool>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub service_tier: Option<String>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+    /// Fields nobody knows: refused by [`check_unknown`].
+    #[serde(flatten)]
+    pub unknown: serde_json::Map<String, Value>,
+}
+
+/// `prompt` of `POST /v1/completions`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/completions`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptInput,
+    #[serde(default)]
+    pub echo: bool,
+    #[serde(default)]
+    pub logprobs: Option<usize>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+    /// Fields nobody knows: refused by [`check_unknown`].
+    #[serde(flatten)]
+    pub unknown: serde_json::Map<String, Value>,
+}
+
+/// `POST /v1/rewards/score`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    pub rewards: Vec<RewardRef>,
+    pub samples: Vec<ScoreSample>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreSample {
+    #[serde(default)]
+    pub prompt: String,
+    pub completion: String,
+    #[serde(default)]
+    pub completion_tokens: Option<Vec<u32>>,
+    #[serde(default)]
+    pub extra: Option<serde_json::Map<String, Value>>,
+}
+
+/// One prompt of a rollout.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPrompt {
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub messages: Option<Vec<InMessage>>,
+    /// What the rewards get as `extra`; echoed back.
+    #[serde(default)]
+    pub extra: Option<serde_json::Map<String, Value>>,
+}
+
+/// `POST /v1/rollouts`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompts: Vec<RolloutPrompt>,
+    #[serde(default)]
+    pub group_size: Option<usize>,
+    #[serde(default)]
+    pub rewards: Vec<RewardRef>,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// `ndjson` or `sse` (default: from `Accept`, else NDJSON).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// Refuse fields this server does not know, naming them.
+pub fn check_unknown(unknown: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    match unknown.keys().next() {
+        None => Ok(()),
+        Some(k) => Err(ApiError::invalid_param(k, format!("unknown field `{k}`"))),
+    }
+}

@@ -1,0 +1,501 @@
+//! The smaller endpoints: health, metrics, the OpenAPI description, models,
+//! usage, reward scoring and rollouts; and the authentication layer.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use deepwasm_engine::rewards::{completion_seeds, group_advantages, sample_of};
+use deepwasm_engine::sampling::SamplingParams;
+use deepwasm_engine::{BuiltinSampler, Completion, GenerateRequest, Prompt};
+use deepwasm_plugins::Sample;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use crate::AppState;
+use crate::api::{ApiJson, RolloutRequest, ScoreRequest};
+use crate::error::ApiError;
+use crate::runner::Event;
+use crate::tenants::Tenant;
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+pub async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let stats = &st.runner.stats;
+    axum::Json(json!({
+        "status": "ok",
+        "model": st.model_id(),
+        "batch": {
+            "running": stats.running.load(Ordering::Relaxed),
+            "waiting": stats.waiting.load(Ordering::Relaxed),
+        },
+    }))
+    .into_response()
+}
+
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+fn model_json(st: &AppState) -> Value {
+    let info = st.engine.model.info();
+    json!({
+        "id": st.model_id(),
+        "object": "model",
+        "created": st.started,
+        "owned_by": "deepwasm",
+        "architecture": info.architecture,
+        "context_length": info.max_context,
+        "vocab_size": info.vocab_size,
+    })
+}
+
+pub async fn models(State(st): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"object": "list", "data": [model_json(&st)]})).into_response()
+}
+
+pub async fn model(
+    State(st): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    st.check_model(&model)?;
+    Ok(axum::Json(model_json(&st)).into_response())
+}
+
+pub async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
+    let u = tenant.meter.usage();
+    axum::Json(json!({
+        "object": "usage",
+        "tenant": tenant.name,
+        "requests": tenant.requests.load(Ordering::Relaxed),
+        "prompt_tokens": tenant.prompt_tokens.load(Ordering::Relaxed),
+        "completion_tokens": tenant.completion_tokens.load(Ordering::Relaxed),
+        "plugin_calls": u.calls,
+        "plugin_fuel": u.fuel,
+        "plugin_wall_ms": u.wall_us as f64 / 1000.0,
+        "plugin_limit_hits": u.limit_hits,
+    }))
+    .into_response()
+}
+
+/// Authenticate `/v1` requests and count every request in the metrics.
+pub async fn authenticate(
+    State(st): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let tenant = match st.tenants.authenticate(auth.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            st.metrics
+                .request("unknown", &endpoint, e.status.as_u16(), started.elapsed());
+            return e.into_response();
+        }
+    };
+    req.extensions_mut().insert(tenant.clone());
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    // The duration runs to the body's last byte (a stream's end), or to
+    // the moment the client went away.
+    let (parts, body) = response.into_parts();
+    let on_end = Box::new(move || {
+        st.metrics
+            .request(&tenant.name, &endpoint, status, started.elapsed())
+    });
+    Response::from_parts(
+        parts,
+        axum::body::Body::new(TimedBody {
+            inner: body,
+            on_end: Some(on_end),
+        }),
+    )
+}
+
+/// A response body that calls `on_end` once: at its end, or when dropped
+/// before it.
+struct TimedBody {
+    inner: axum::body::Body,
+    on_end: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl TimedBody {
+    fn end(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ---------------------------------------------------------------- rewards
+
+fn extra_text(extra: Option<&Map<String, Value>>) -> String {
+    extra.map_or_else(|| "{}".to_owned(), |m| Value::Object(m.clone()).to_string())
+}
+
+/// Most samples one scoring request may carry.
+const MAX_SAMPLES: usize = 4096;
+
+pub async fn score(
+    State(st): State<Arc<AppState>>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    ApiJson(req): ApiJson<ScoreRequest>,
+) -> Result<Response, ApiError> {
+    if req.rewards.is_empty() {
+        return Err(ApiError::invalid_param(
+            "rewards",
+            "name at least one reward plugin",
+        ));
+    }
+    if req.samples.len() > MAX_SAMPLES {
+        return Err(ApiError::invalid_param(
+            "samples",
+            format!(
+                "at most {MAX_SAMPLES} samples per request, got {}",
+                req.samples.len()
+            ),
+        ));
+    }
+    let _admission = tenant.admit()?;
+    let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
+    let samples: Vec<Sample> = req
+        .samples
+        .iter()
+        .map(|s| Sample {
+            prompt: s.prompt.clone(),
+            completion: s.completion.clone(),
+            completion_tokens: s.completion_tokens.clone().unwrap_or_default(),
+            extra: extra_text(s.extra.as_ref()),
+        })
+        .collect();
+    let started = Instant::now();
+    let scored = crate::chat::score_async(rewards, samples).await?;
+    let data: Vec<Value> = scored
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut row = Map::new();
+            row.insert("index".into(), json!(i));
+            row.extend(s.to_json().0);
+            Value::Object(row)
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
+    .into_response())
+}
+
+/// Most completions one rollout may ask for.
+const MAX_ROLLOUT: usize = 4096;
+
+/// `POST /v1/rollouts`: groups of completions per prompt, scored, with
+/// group advantages, streamed one line (or event) per prompt as its group
+/// finishes, then a summary.
+pub async fn rollouts(
+    State(st): State<Arc<AppState>>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<RolloutRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(m) = &req.model {
+        st.check_model(m)?;
+    }
+    let g = req.group_size.unwrap_or(8);
+    if g == 0 || g > crate::chat::MAX_CHOICES {
+        return Err(ApiError::invalid_param(
+            "group_size",
+            format!("must be in 1..={}, got {g}", crate::chat::MAX_CHOICES),
+        ));
+    }
+    if req.prompts.is_empty() || req.prompts.len() * g > MAX_ROLLOUT {
+        return Err(ApiError::invalid_param(
+            "prompts",
+            format!("1 to {MAX_ROLLOUT} completions per rollout (prompts × group_size)"),
+        ));
+    }
+    let sse = match req.format.as_deref() {
+        Some("sse") => true,
+        Some("ndjson") => false,
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream")),
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "format",
+                format!("must be `ndjson` or `sse`, got `{other}`"),
+            ));
+        }
+    };
+    let params = SamplingParams {
+        temperature: req.temperature.unwrap_or(1.0),
+        top_p: req.top_p.unwrap_or(1.0),
+        ..SamplingParams::default()
+    };
+    params
+        .validate()
+        .map_err(|e| ApiError::invalid_param(&e.field.clone(), e.to_string()))?;
+    let max_tokens = req.max_tokens.unwrap_or(256);
+    if max_tokens == 0 {
+        return Err(ApiError::invalid_param("max_tokens", "must be at least 1"));
+    }
+    let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
+    let admission = tenant.admit()?;
+    let mut prompts = Vec::new();
+    for (i, p) in req.prompts.iter().enumerate() {
+        let prompt = match (&p.prompt, &p.messages) {
+            (Some(text), None) => Prompt::Text {
+                text: text.clone(),
+                add_special_tokens: true,
+            },
+            (None, Some(messages)) => Prompt::Chat {
+                messages: crate::chat::chat_messages(messages)?,
+                tools: Vec::new(),
+            },
+            _ => {
+                return Err(ApiError::invalid_param(
+                    &format!("prompts[{i}]"),
+                    "give `prompt` (text) or `messages` (a chat), one of them",
+                ));
+            }
+        };
+        let (text, ids) = st.engine.render_prompt(&prompt)?;
+        if ids.len() >= st.engine.model.info().max_context {
+            return Err(ApiError::invalid_param(
+                &format!("prompts[{i}]"),
+                "the prompt fills the model's context",
+            ));
+        }
+        prompts.push((
+            text.unwrap_or_default(),
+            ids,
+            extra_text(p.extra.as_ref()),
+            p.extra.clone(),
+        ));
+    }
+    let seed = req.seed.unwrap_or(0);
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for (i, (_, ids, _, _)) in prompts.iter().enumerate() {
+        for (j, s) in completion_seeds(seed.wrapping_add(i as u64), g)
+            .into_iter()
+            .enumerate()
+        {
+            let req = GenerateRequest {
+                max_tokens,
+                params: SamplingParams {
+                    seed: Some(s),
+                    ..params.clone()
+                },
+                logprobs: Some(0),
+                ..GenerateRequest::new(Prompt::Tokens(ids.clone()))
+            };
+            st.runner
+                .submit(
+                    i * g + j,
+                    req,
+                    Box::new(BuiltinSampler),
+                    tx.clone(),
+                    cancelled.clone(),
+                )
+                .map_err(ApiError::from)?;
+        }
+    }
+    drop(tx);
+    let (out_tx, out_rx) = mpsc::channel::<Result<bytes::Bytes, Infallible>>(16);
+    let frame = move |v: &Value| {
+        if sse {
+            bytes::Bytes::from(format!("data: {v}\n\n"))
+        } else {
+            bytes::Bytes::from(format!("{v}\n"))
+        }
+    };
+    tokio::spawn(async move {
+        let _admission = admission;
+        struct Cancel(Arc<AtomicBool>);
+        impl Drop for Cancel {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _cancel = Cancel(cancelled);
+        let started = Instant::now();
+        let mut groups: Vec<Vec<Option<Completion>>> =
+            (0..prompts.len()).map(|_| vec![None; g]).collect();
+        let mut left_in: Vec<usize> = vec![g; prompts.len()];
+        let (mut completions, mut tokens, mut reward_sum, mut scored_n) =
+            (0usize, 0usize, 0f64, 0usize);
+        let mut prompt_tokens = 0usize;
+        let mut left = prompts.len();
+        while left > 0 {
+            let event = match rx.recv().await {
+                Some(e) => e,
+                None => {
+                    let e = ApiError::internal("generation stopped before the rollout was done");
+                    let _ = out_tx.send(Ok(frame(&e.body()))).await;
+                    return;
+                }
+            };
+            let (index, completion) = match event {
+                Event::Delta(..) => continue,
+                Event::Done(_, Err(e)) => {
+                    let _ = out_tx.send(Ok(frame(&ApiError::from(e).body()))).await;
+                    return;
+                }
+                Event::Done(index, Ok(c)) => (index, c),
+            };
+            let (pi, j) = (index / g, index % g);
+            groups[pi][j] = Some(completion);
+            left_in[pi] -= 1;
+            if left_in[pi] > 0 {
+                continue;
+            }
+            left -= 1;
+            let group: Vec<Completion> = groups[pi].iter_mut().filter_map(Option::take).collect();
+            let (text, ids, extra, extra_fields) = &prompts[pi];
+            prompt_tokens += ids.len();
+            let samples: Vec<Sample> = group.iter().map(|c| sample_of(text, c, extra)).collect();
+            let scored = match crate::chat::score_async(rewards.clone(), samples).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = out_tx.send(Ok(frame(&e.body()))).await;
+                    return;
+                }
+            };
+            let totals: Vec<Option<f64>> = scored.iter().map(|s| s.total).collect();
+            let advantages = group_advantages(&totals);
+            let seeds = completion_seeds(seed.wrapping_add(pi as u64), g);
+            let mut items = Vec::with_capacity(g);
+            for (j, c) in group.iter().enumerate() {
+                completions += 1;
+                tokens += c.tokens.len();
+                if let Some(t) = totals[j] {
+                    reward_sum += t;
+                    scored_n += 1;
+                }
+                let logprobs: Vec<Option<f32>> = c
+                    .logprobs
+                    .iter()
+                    .flatten()
+                    .map(|lp| lp.as_ref().map(|l| l.logprob))
+                    .collect();
+                let mut item = Map::new();
+                item.insert("seed".into(), json!(seeds[j]));
+                item.insert("text".into(), json!(c.text));
+                item.insert("tokens".into(), json!(c.tokens));
+                item.insert("logprobs".into(), json!(logprobs));
+                item.insert("finish_reason".into(), json!(c.finish_reason));
+                item.extend(scored[j].to_json().0);
+                item.insert("advantage".into(), json!(advantages[j]));
+                items.push(Value::Object(item));
+            }
+            let present: Vec<f64> = totals.iter().flatten().copied().collect();
+            let mean =
+                (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
+            let mut line = Map::new();
+            line.insert("index".into(), json!(pi));
+            line.insert("prompt".into(), json!(text));
+            line.insert("prompt_tokens".into(), json!(ids));
+            if let Some(fields) = extra_fields {
+                line.insert("extra".into(), Value::Object(fields.clone()));
+            }
+            line.insert("mean_reward".into(), json!(mean));
+            line.insert("completions".into(), Value::Array(items));
+            if out_tx.send(Ok(frame(&Value::Object(line)))).await.is_err() {
+                return;
+            }
+        }
+        tenant.record_tokens(prompt_tokens as u64, tokens as u64);
+        let secs = started.elapsed().as_secs_f64();
+        let summary = json!({"summary": {
+            "prompts": prompts.len(),
+            "completions": completions,
+            "completion_tokens": tokens,
+            "mean_reward": (scored_n > 0).then(|| reward_sum / scored_n as f64),
+            "seconds": secs,
+            "tokens_per_second": tokens as f64 / secs.max(1e-9),
+        }});
+        let _ = out_tx.send(Ok(frame(&summary))).await;
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .unwrap_or_else(|_| ApiError::internal("cannot build the response").into_response()))
+}

@@ -1,0 +1,338 @@
+//! deepwasm's HTTP server: the OpenAI-compatible API over the model, with
+//! tenants' plugins steering and scoring generation, and plugin management.
+//!
+//! Every request's sequences join one continuous batch on the model's thread
+//! ([`runner`]); handlers only parse, queue and stream. Each tenant has its
+//! own plugins, plugin instances, meters and quotas ([`tenants`]); a plugin
+//! instance never serves two tenants.
+
+pub mod agents;
+pub mod api;
+mod chat;
+pub mod error;
+mod handlers;
+pub mod metrics;
+mod output;
+mod plugins;
+pub mod runner;
+pub mod store;
+pub mod tenants;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use deepwasm_engine::{Engine, MissPolicy, ModelTokenizer, sampler_limits};
+use deepwasm_plugins::{
+    Capabilities, Plugin, PluginEngine, RewardPlugin, SamplerPlugin, Sandbox, World,
+};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::runner::Runner;
+use crate::store::{Store, Stored};
+use crate::tenants::{Tenant, Tenants};
+
+/// How the server is set up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where tenants' plugins are stored.
+    pub store_dir: PathBuf,
+    /// Largest JSON request body, bytes.
+    pub max_body_bytes: usize,
+    /// Largest sequences decoded together.
+    pub max_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store_dir: PathBuf::from("deepwasm-plugins"),
+            max_body_bytes: 8 << 20,
+            max_batch: 32,
+        }
+    }
+}
+
+type SamplerKey = (String, String, u64, MissPolicyKey);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum MissPolicyKey {
+    Fail,
+    Fallback(u32),
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub runner: Runner,
+    pub engine: Arc<Engine>,
+    pub tenants: Arc<Tenants>,
+    pub store: Store,
+    pub plugins: PluginEngine,
+    pub metrics: Metrics,
+    pub config: Config,
+    /// Unix seconds the server started (the model's `created`).
+    pub started: u64,
+    tokenizer: Arc<ModelTokenizer>,
+    /// The built-in JSON-schema sampler behind `response_format`.
+    json_schema: Plugin,
+    /// Pooled sampler instances, per tenant, plugin and step budget.
+    samplers: Mutex<HashMap<SamplerKey, SamplerPlugin>>,
+    rewards: Mutex<HashMap<(String, String), RewardPlugin>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("model", &self.engine.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Start the model's thread, open the plugin store and load the
+    /// built-in plugins.
+    pub fn new(
+        engine: Engine,
+        tenants: Tenants,
+        plugins: PluginEngine,
+        config: Config,
+    ) -> anyhow::Result<Arc<Self>> {
+        let tenants = Arc::new(tenants);
+        let engine = Arc::new(engine);
+        let grants: Vec<_> = tenants
+            .all()
+            .iter()
+            .map(|t| (t.name.clone(), t.grants.clone()))
+            .collect();
+        let store = Store::open(&config.store_dir, plugins.clone(), &grants)?;
+        let json_schema = plugins
+            .load(
+                "json-schema",
+                deepwasm_builtins::JSON_SCHEMA,
+                &deepwasm_plugins::Grants::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot load the built-in JSON-schema sampler: {e}"))?;
+        let runner = Runner::start(engine.clone(), config.max_batch)?;
+        let metrics = Metrics::new(tenants.clone(), runner.stats.clone());
+        let tokenizer = Arc::new(ModelTokenizer::new(
+            engine.tokenizer.clone(),
+            &engine.name,
+            engine.model.info().vocab_size,
+        ));
+        Ok(Arc::new(AppState {
+            runner,
+            engine,
+            tenants,
+            store,
+            plugins,
+            metrics,
+            config,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            tokenizer,
+            json_schema,
+            samplers: Mutex::new(HashMap::new()),
+            rewards: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The model's name as the API shows it.
+    pub fn model_id(&self) -> &str {
+        &self.engine.name
+    }
+
+    /// Check a request's `model`.
+    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if model == self.model_id() {
+            Ok(())
+        } else {
+            Err(ApiError::model_not_found(model, self.model_id()))
+        }
+    }
+
+    /// A tenant's sampler, pooled per tenant, plugin and budget: built-in
+    /// (`json-schema`) when `stored` is `None`.
+    pub(crate) fn sampler(
+        &self,
+        tenant: &Tenant,
+        stored: Option<&Stored>,
+        budget: Duration,
+        policy: MissPolicy,
+    ) -> Result<SamplerPlugin, ApiError> {
+        let plugin = match stored {
+            Some(s) => s.plugin.clone(),
+            None => self.json_schema.clone(),
+        };
+        let key = (
+            tenant.name.clone(),
+            plugin.id().to_owned(),
+            budget.as_micros() as u64,
+            match policy {
+                MissPolicy::Fail => MissPolicyKey::Fail,
+                MissPolicy::Fallback { max_misses } => MissPolicyKey::Fallback(max_misses),
+            },
+        );
+        let mut cache = self.samplers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cache.get(&key) {
+            return Ok(s.clone());
+        }
+        let mut limits = sampler_limits(budget, policy);
+        if let Some(m) = tenant.limits.plugin_memory_mib {
+            limits.memory_bytes = m * deepwasm_plugins::MIB;
+        }
+        let sandbox = Sandbox::new(limits)
+            .with_caps(Capabilities {
+                tokenizer: Some(self.tokenizer.clone()),
+                ..Capabilities::default()
+            })
+            .with_meter(tenant.meter.clone());
+        let sampler = SamplerPlugin::new(plugin, sandbox)
+            .map_err(|e| ApiError::invalid_param("sampler.plugin", e.to_string()))?;
+        cache.insert(key, sampler.clone());
+        Ok(sampler)
+    }
+
+    /// A tenant's reward plugin, under the tenant's reward limits.
+    pub(crate) fn reward(
+        &self,
+        tenant: &Tenant,
+        stored: &Stored,
+    ) -> Result<RewardPlugin, ApiError> {
+        let key = (tenant.name.clone(), stored.record.id.clone());
+        let mut cache = self.rewards.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = cache.get(&key) {
+            return Ok(r.clone());
+        }
+        let sandbox =
+            Sandbox::new(tenant.plugin_limits(World::Reward)).with_meter(tenant.meter.clone());
+        let reward = RewardPlugin::new(stored.plugin.clone(), sandbox)
+            .map_err(|e| ApiError::invalid_param("rewards", e.to_string()))?;
+        cache.insert(key, reward.clone());
+        Ok(reward)
+    }
+
+    /// Forget the pooled instances of a deleted plugin.
+    pub(crate) fn forget(&self, tenant: &str, id: &str) {
+        self.samplers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !(k.0 == tenant && k.1 == id));
+        self.rewards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !(k.0 == tenant && k.1 == id));
+    }
+}
+
+/// The API's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.config.max_body_bytes;
+    // Components may be larger than JSON bodies: their own cap is the
+    // tenant's `max_plugin_bytes`.
+    let max_plugin = state
+        .tenants
+        .all()
+        .iter()
+        .map(|t| t.limits.max_plugin_bytes)
+        .max()
+        .unwrap_or(max_body);
+    let api = Router::new()
+        .route("/v1/models", get(handlers::models))
+        .route("/v1/models/{model}", get(handlers::model))
+        .route("/v1/usage", get(handlers::usage))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(chat::completions))
+        .route("/v1/rewards/score", post(handlers::score))
+        .route("/v1/rollouts", post(handlers::rollouts))
+        .route("/v1/agents/{plugin}/runs", post(agents::run))
+        .route(
+            "/v1/plugins",
+            post(plugins::upload)
+                .get(plugins::list)
+                .layer(DefaultBodyLimit::max(max_plugin.max(max_body))),
+        )
+        .route(
+            "/v1/plugins/{id}",
+            get(plugins::get).delete(plugins::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            handlers::authenticate,
+        ));
+    Router::new()
+        .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(handlers::openapi))
+        .merge(api)
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Serve on `addr` until Ctrl-C or SIGTERM; in-flight streams finish first.
+pub async fn serve(state: Arc<AppState>, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    serve_on(state, listener).await
+}
+
+/// Serve on a bound listener.
+pub async fn serve_on(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    let app = router(state);
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    // Requests still running this long after the signal are cut off: a
+    // generation without `max_tokens` may run for minutes.
+    let deadline = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = async { server.await } => served.map_err(|e| anyhow::anyhow!("the server failed: {e}")),
+        () = deadline => {
+            tracing::warn!("requests were still running {SHUTDOWN_GRACE:?} after the signal; stopped them");
+            Ok(())
+        }
+    }
+}
+
+/// How long requests may finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

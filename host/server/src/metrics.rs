@@ -1,0 +1,194 @@
+//! `/metrics` in the Prometheus text format: requests, tokens, latencies,
+//! plugin work and limit hits, per tenant, and the state of the batch.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::runner::RunnerStats;
+use crate::tenants::Tenants;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    ttft: Family<Labels, Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new(tenants: Arc<Tenants>, runner: Arc<RunnerStats>) -> Self {
+        let mut registry = Registry::with_prefix("deepwasm");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests answered, by tenant, endpoint and status",
+            requests.clone(),
+        );
+        let latency = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a request (for streams: to the last byte), by tenant and endpoint",
+            latency.clone(),
+        );
+        let ttft = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from a generation request to its first streamed token, by tenant",
+            ttft.clone(),
+        );
+        registry.register_collector(Box::new(Live { tenants, runner }));
+        Metrics {
+            registry,
+            requests,
+            latency,
+            ttft,
+        }
+    }
+
+    /// Count a request answered.
+    pub fn request(&self, tenant: &str, endpoint: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&vec![
+                ("tenant", tenant.to_owned()),
+                ("endpoint", endpoint.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![
+                ("tenant", tenant.to_owned()),
+                ("endpoint", endpoint.to_owned()),
+            ])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Record a time to first token.
+    pub fn first_token(&self, tenant: &str, took: Duration) {
+        self.ttft
+            .get_or_create(&vec![("tenant", tenant.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("cannot encode the metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Values read at scrape time: tenants' token and plugin counters, the batch.
+struct Live {
+    tenants: Arc<Tenants>,
+    runner: Arc<RunnerStats>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tenants = self.tenants.all();
+        type Reading = fn(&crate::tenants::Tenant) -> u64;
+        let counters: [(&str, &str, Reading); 6] = [
+            ("prompt_tokens", "Prompt tokens processed, by tenant", |t| {
+                t.prompt_tokens.load(Ordering::Relaxed)
+            }),
+            ("completion_tokens", "Tokens generated, by tenant", |t| {
+                t.completion_tokens.load(Ordering::Relaxed)
+            }),
+            (
+                "plugin_calls",
+                "Calls into plugins (instantiations included), by tenant",
+                |t| t.meter.usage().calls,
+            ),
+            ("plugin_fuel", "Fuel burned by plugins, by tenant", |t| {
+                t.meter.usage().fuel
+            }),
+            (
+                "plugin_wall_microseconds",
+                "Wall time inside plugins, by tenant",
+                |t| t.meter.usage().wall_us,
+            ),
+            (
+                "plugin_limit_hits",
+                "Plugin calls stopped by a limit (deadline, fuel, memory, stack, tables), by tenant",
+                |t| t.meter.usage().limit_hits,
+            ),
+        ];
+        for (name, help, read) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for t in tenants {
+                let labels = [("tenant", t.name.as_str())];
+                ConstCounter::new(read(t)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, i64); 2] = [
+            (
+                "batch_running",
+                "Sequences decoding in the batch now",
+                self.runner.running.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "batch_waiting",
+                "Sequences waiting for a place in the batch",
+                self.runner.waiting.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let steps = ConstCounter::new(self.runner.steps.load(Ordering::Relaxed));
+        steps.encode(encoder.encode_descriptor(
+            "forward_passes",
+            "Forward passes run by the batch",
+            None,
+            steps.metric_type(),
+        )?)?;
+        let seq_steps = ConstCounter::new(self.runner.sequence_steps.load(Ordering::Relaxed));
+        seq_steps.encode(encoder.encode_descriptor(
+            "sequence_steps",
+            "Sequence-steps decoded (divided by forward_passes: the mean batch size)",
+            None,
+            seq_steps.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+//! A choice's generated text as the API shows it: content, reasoning and
+//! tool calls, split as the text streams.
+
+use deepwasm_model::{OutputSplitter, Piece, ToolCall, ToolCallFormat};
+
+/// A piece of a choice's output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    Content(String),
+    Reasoning(String),
+    ToolCall(ToolCall),
+}
+
+/// How a chat reply is split: which tool-call format to look for (none
+/// when the request has no tools), and whether the prompt opened `<think>`.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    pub tools: Option<ToolCallFormat>,
+    pub reasoning_opened: bool,
+}
+
+/// Splits one choice's text, keeping what it has shown.
+#[derive(Debug)]
+pub struct ChoiceOutput {
+    splitter: Option<OutputSplitter>,
+    pub content: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl ChoiceOutput {
+    /// The output of choice `index` of response `id` (call ids are unique
+    /// across responses and choices).
+    pub fn new(split: Split, id: &str, index: usize) -> Self {
+        let splitter = match split.tools {
+            Some(format) => OutputSplitter::new(format, split.reasoning_opened),
+            None => OutputSplitter::reasoning_only(split.reasoning_opened),
+        };
+        let suffix = id.rsplit('-').next().unwrap_or(id);
+        ChoiceOutput {
+            splitter: Some(splitter.with_id_prefix(format!("call_{suffix}_{index}_"))),
+            content: String::new(),
+            reasoning: String::new(),
+            tool_calls: Vec::new(),
+        }
+    }
+
+    /// Split a whole text at once.
+    pub fn whole(split: Split, id: &str, index: usize, text: &str) -> Self {
+        let mut out = Self::new(split, id, index);
+        out.push(text);
+        out.finish();
+        out
+    }
+
+    /// Feed new text; returns the parts that may be shown now.
+    pub fn push(&mut self, text: &str) -> Vec<Part> {
+        match self.splitter.as_mut() {
+            Some(s) if !text.is_empty() => {
+                let pieces = s.push(text);
+                self.keep(pieces)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The end of the text: whatever was held back, and the tool calls.
+    pub fn finish(&mut self) -> Vec<Part> {
+        let Some(splitter) = self.splitter.take() else {
+            return Vec::new();
+        };
+        let (pieces, calls) = splitter.finish();
+        let mut parts = self.keep(pieces);
+        self.tool_calls.extend(calls.iter().cloned());
+        parts.extend(calls.into_iter().map(Part::ToolCall));
+        parts
+    }
+
+    fn keep(&mut self, pieces: Vec<Piece>) -> Vec<Part> {
+        pieces
+            .into_iter()
+            .map(|p| match p {
+                Piece::Content(t) => {
+                    self.content.push_str(&t);
+                    Part::Content(t)
+                }
+                Piece::Reasoning(t) => {
+                    self.reasoning.push_str(&t);
+                    Part::Reasoning(t)
+                }
+            })
+            .collect()
+    }
+}

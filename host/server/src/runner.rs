@@ -1,0 +1,182 @@
+//! The model's thread: every request's sequences join one continuous batch,
+//! so concurrent clients share each forward pass instead of queueing behind
+//! each other, and the async executor never waits on the model.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use deepwasm_engine::batcher::{Batcher, Job};
+use deepwasm_engine::{
+    Completion, Delta, Engine, GenerateError, GenerateRequest, Generator, Sampler,
+};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What a submitted sequence reports, tagged with the index the caller gave
+/// it (a choice of a request with `n` > 1).
+#[derive(Debug)]
+pub enum Event {
+    Delta(usize, Delta),
+    Done(usize, Result<Completion, GenerateError>),
+}
+
+/// Counters of the batch, for `/metrics` and benchmarks.
+#[derive(Debug, Default)]
+pub struct RunnerStats {
+    /// Sequences in the batch now.
+    pub running: AtomicUsize,
+    /// Sequences waiting for a place.
+    pub waiting: AtomicUsize,
+    /// Forward passes run.
+    pub steps: AtomicU64,
+    /// Sum over steps of the sequences in each (mean batch = this / steps).
+    pub sequence_steps: AtomicU64,
+    /// Steps that panicked (the batch of that step failed; the server went on).
+    pub panics: AtomicU64,
+}
+
+type Submit = Job<'static>;
+
+/// Hands requests to the model's thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    engine: Arc<Engine>,
+    jobs: mpsc::Sender<Submit>,
+    pub stats: Arc<RunnerStats>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("engine", &self.engine.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// Start the model's thread; at most `max_batch` sequences decode
+    /// together, the rest wait in arrival order.
+    pub fn start(engine: Arc<Engine>, max_batch: usize) -> std::io::Result<Runner> {
+        let (tx, rx) = mpsc::channel::<Submit>();
+        let stats = Arc::new(RunnerStats::default());
+        let thread_engine = engine.clone();
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("deepwasm-model".into())
+            .spawn(move || run(&thread_engine, max_batch, rx, &thread_stats))?;
+        Ok(Runner {
+            engine,
+            jobs: tx,
+            stats,
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Queue one sequence. Its deltas and its end arrive on `events` under
+    /// `index`; if `events` is closed (the client went away) or `cancelled`
+    /// is set, the sequence leaves the batch at the next step. If the
+    /// sequence is lost without an end (a failure of the model's thread),
+    /// `events` closes without its `Done`.
+    pub fn submit(
+        &self,
+        index: usize,
+        req: GenerateRequest,
+        sampler: Box<dyn Sampler>,
+        events: UnboundedSender<Event>,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<(), GenerateError> {
+        let sink_events = events.clone();
+        let sink_cancelled = cancelled.clone();
+        let job = Job {
+            req,
+            sampler,
+            sink: Box::new(move |d: &Delta| {
+                if sink_events.send(Event::Delta(index, d.clone())).is_err() {
+                    sink_cancelled.store(true, Ordering::Relaxed);
+                }
+            }),
+            done: Box::new(move |r| {
+                let _ = events.send(Event::Done(index, r));
+            }),
+            cancelled,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| GenerateError::Invalid("the model's thread has stopped".into()))
+    }
+}
+
+/// The thread: wait for work outside rayon's pool, then step the batch on
+/// one of its threads until it drains (the kernels split their work from
+/// there without a handoff).
+fn run(engine: &Engine, max_batch: usize, jobs: mpsc::Receiver<Submit>, stats: &RunnerStats) {
+    // Only this thread and the rayon worker it blocks on touch the
+    // receiver; the mutex makes it shareable with that worker.
+    let jobs = Mutex::new(jobs);
+    let recv = || jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+    while let Ok(first) = recv() {
+        let mut pending = Some(first);
+        rayon::scope(|_| {
+            let mut batcher = Batcher::new(engine, max_batch);
+            loop {
+                if let Some(job) = pending.take() {
+                    batcher.submit(job);
+                }
+                while let Ok(job) = jobs.lock().unwrap_or_else(|e| e.into_inner()).try_recv() {
+                    batcher.submit(job);
+                }
+                if batcher.is_idle() {
+                    break;
+                }
+                let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| batcher.step()));
+                stats.running.store(batcher.running(), Ordering::Relaxed);
+                stats.waiting.store(batcher.waiting(), Ordering::Relaxed);
+                if stepped.is_err() {
+                    // The batch's state cannot be trusted: drop it. Every
+                    // sequence in it ends without a `Done`, which its
+                    // request answers as a server error; the thread goes on.
+                    stats.panics.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("a decoding step panicked; its batch was dropped");
+                    batcher = Batcher::new(engine, max_batch);
+                    continue;
+                }
+                stats.steps.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .sequence_steps
+                    .fetch_add(batcher.running() as u64, Ordering::Relaxed);
+            }
+        });
+        stats.running.store(0, Ordering::Relaxed);
+        stats.waiting.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Blocking generation through the shared batch, for callers on their own
+/// threads (agent runs).
+impl Generator for Runner {
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn run(
+        &self,
+        req: GenerateRequest,
+        sampler: Box<dyn Sampler>,
+        mut on_delta: Box<dyn FnMut(&Delta) + Send>,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<Completion, GenerateError> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.submit(0, req, sampler, tx, cancelled)?;
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Delta(_, d) => on_delta(&d),
+                Event::Done(_, r) => return r,
+            }
+        }
+        Err(GenerateError::Cancelled)
+    }
+}

@@ -1,0 +1,416 @@
+//! Tenants: who may call the server, what their plugins may use, and how
+//! much of the server they may take.
+//!
+//! The tenants file (TOML) names each tenant, the SHA-256 hashes of its API
+//! keys (never the keys), its limits and its grants:
+//!
+//! ```toml
+//! [[tenant]]
+//! name = "acme"
+//! api_keys = ["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+//!
+//! [tenant.limits]
+//! plugin_memory_mib = 256       # per plugin instance
+//! call_deadline_ms = 1000       # per plugin call (sampler steps keep their budget)
+//! fuel = 200000000              # per reward sample
+//! max_plugins = 16
+//! max_plugin_bytes = 67108864
+//! max_concurrent_requests = 8
+//! tokens_per_minute = 100000    # prompt + completion tokens
+//! kv_bytes = 1048576            # the kv store tools may be granted
+//!
+//! [tenant.grants]
+//! interfaces = ["tokenizer", "logits", "log", "kv", "inference", "tools"]
+//! tools = ["calculator"]        # tool plugins (by name) agents may call
+//! ```
+//!
+//! `deepwasm hash-key KEY` prints the hash to put in `api_keys`.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deepwasm_plugins::{Grants, HostInterface, Limits, MIB, MemoryKv, Meter, World};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+/// The hash of an API key as the tenants file stores it.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<TenantConfig>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantConfig {
+    name: String,
+    api_keys: Vec<String>,
+    #[serde(default)]
+    limits: TenantLimits,
+    #[serde(default)]
+    grants: GrantsConfig,
+}
+
+/// What a tenant may take. Unset fields keep the defaults documented here.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// Linear memory per plugin instance, MiB (default: each world's).
+    pub plugin_memory_mib: Option<u64>,
+    /// Wall time per plugin call, ms (default: each world's; a sampler's
+    /// step budget is separate).
+    pub call_deadline_ms: Option<u64>,
+    /// Fuel per reward sample (default 200 M).
+    pub fuel: Option<u64>,
+    /// Plugins stored at once (default 32).
+    pub max_plugins: usize,
+    /// Bytes of one plugin component (default 64 MiB).
+    pub max_plugin_bytes: usize,
+    /// Requests served at once (default 8).
+    pub max_concurrent_requests: usize,
+    /// Prompt and completion tokens per rolling minute (default: no limit).
+    pub tokens_per_minute: Option<u64>,
+    /// Bytes of the key-value store tools may use (default 1 MiB).
+    pub kv_bytes: usize,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        TenantLimits {
+            plugin_memory_mib: None,
+            call_deadline_ms: None,
+            fuel: None,
+            max_plugins: 32,
+            max_plugin_bytes: 64 << 20,
+            max_concurrent_requests: 8,
+            tokens_per_minute: None,
+            kv_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GrantsConfig {
+    interfaces: Option<Vec<HostInterface>>,
+    #[serde(default)]
+    tools: Vec<String>,
+}
+
+/// Tokens spent in the last minute.
+#[derive(Default)]
+struct Window {
+    spent: VecDeque<(Instant, u64)>,
+    total: u64,
+}
+
+/// A tenant, with its counters.
+pub struct Tenant {
+    pub name: String,
+    key_hashes: Vec<String>,
+    pub limits: TenantLimits,
+    pub grants: Grants,
+    /// Tool plugins (by name) this tenant's agents may call.
+    pub tools: Vec<String>,
+    /// Plugin work, shared by every plugin of the tenant.
+    pub meter: Arc<Meter>,
+    pub kv: Arc<MemoryKv>,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub requests: AtomicU64,
+    concurrency: Arc<Semaphore>,
+    window: Mutex<Window>,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds a tenant's place among its concurrent requests.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Tenant {
+    fn new(
+        name: String,
+        key_hashes: Vec<String>,
+        limits: TenantLimits,
+        grants: Grants,
+        tools: Vec<String>,
+    ) -> Self {
+        Tenant {
+            concurrency: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
+            kv: Arc::new(MemoryKv::new(limits.kv_bytes)),
+            name,
+            key_hashes,
+            limits,
+            grants,
+            tools,
+            meter: Arc::new(Meter::default()),
+            prompt_tokens: AtomicU64::new(0),
+            completion_tokens: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            window: Mutex::new(Window::default()),
+        }
+    }
+
+    /// Admit a request: a free place among the concurrent ones and tokens
+    /// left in the minute, or a 429 saying when to come back.
+    pub fn admit(&self) -> Result<Admission, ApiError> {
+        if let Some(limit) = self.limits.tokens_per_minute {
+            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            expire(&mut w);
+            if w.total >= limit {
+                let oldest = w.spent.front().map_or(Instant::now(), |(t, _)| *t);
+                let wait = (oldest + MINUTE).saturating_duration_since(Instant::now());
+                return Err(ApiError::rate_limited(
+                    format!(
+                        "tenant `{}` used {} of its {limit} tokens per minute",
+                        self.name, w.total
+                    ),
+                    wait.as_secs() + 1,
+                ));
+            }
+        }
+        let permit = self.concurrency.clone().try_acquire_owned().map_err(|_| {
+            ApiError::rate_limited(
+                format!(
+                    "tenant `{}` already has {} requests running, its limit",
+                    self.name, self.limits.max_concurrent_requests
+                ),
+                1,
+            )
+        })?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(Admission { _permit: permit })
+    }
+
+    /// Count tokens a request used.
+    pub fn record_tokens(&self, prompt: u64, completion: u64) {
+        self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion, Ordering::Relaxed);
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        expire(&mut w);
+        w.spent.push_back((Instant::now(), prompt + completion));
+        w.total += prompt + completion;
+    }
+
+    /// The limits of this tenant's plugins of `world`: the world's defaults,
+    /// narrowed (or, for memory and deadline, set) by the tenant's.
+    pub fn plugin_limits(&self, world: World) -> Limits {
+        let mut limits = Limits::for_world(world);
+        if let Some(m) = self.limits.plugin_memory_mib {
+            limits.memory_bytes = m * MIB;
+        }
+        if let Some(ms) = self.limits.call_deadline_ms
+            && world != World::Sampler
+        {
+            limits.call_deadline = Duration::from_millis(ms);
+        }
+        if let Some(f) = self.limits.fuel
+            && world == World::Reward
+        {
+            limits.fuel = Some(f);
+        }
+        limits
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn expire(w: &mut Window) {
+    let now = Instant::now();
+    while let Some(&(t, n)) = w.spent.front() {
+        if now.duration_since(t) < MINUTE {
+            break;
+        }
+        w.spent.pop_front();
+        w.total -= n;
+    }
+}
+
+/// Every tenant, found by API key.
+pub struct Tenants {
+    list: Vec<Arc<Tenant>>,
+    by_hash: HashMap<String, Arc<Tenant>>,
+    /// No tenants file: one tenant, no keys (served on loopback only).
+    open: bool,
+}
+
+impl Tenants {
+    /// One tenant, `default`, who needs no key.
+    pub fn single() -> Self {
+        let t = Arc::new(Tenant::new(
+            "default".into(),
+            Vec::new(),
+            TenantLimits {
+                max_concurrent_requests: 64,
+                ..TenantLimits::default()
+            },
+            Grants::default(),
+            vec!["*".into()],
+        ));
+        Tenants {
+            list: vec![t],
+            by_hash: HashMap::new(),
+            open: true,
+        }
+    }
+
+    /// Read a tenants file; errors name the file and what was wrong.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let file: TenantsFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if file.tenants.is_empty() {
+            anyhow::bail!("{}: no [[tenant]] entries", path.display());
+        }
+        let mut by_hash = HashMap::new();
+        let mut list = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for t in file.tenants {
+            if !names.insert(t.name.clone()) {
+                anyhow::bail!("{}: tenant `{}` is listed twice", path.display(), t.name);
+            }
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                anyhow::bail!(
+                    "{}: tenant name `{}` must be letters, digits, `-` and `_`",
+                    path.display(),
+                    t.name
+                );
+            }
+            for h in &t.api_keys {
+                let ok = h
+                    .strip_prefix("sha256:")
+                    .is_some_and(|x| x.len() == 64 && x.chars().all(|c| c.is_ascii_hexdigit()));
+                if !ok {
+                    anyhow::bail!(
+                        "{}: tenant `{}`: api key `{h}` is not `sha256:<64 hex digits>` (make one with `deepwasm hash-key`)",
+                        path.display(),
+                        t.name
+                    );
+                }
+            }
+            let grants = match t.grants.interfaces {
+                Some(list) => Grants {
+                    interfaces: list.into_iter().collect(),
+                },
+                None => Grants::default(),
+            };
+            let tenant = Arc::new(Tenant::new(
+                t.name,
+                t.api_keys.clone(),
+                t.limits,
+                grants,
+                t.grants.tools,
+            ));
+            for h in &t.api_keys {
+                if by_hash
+                    .insert(h.to_ascii_lowercase(), tenant.clone())
+                    .is_some()
+                {
+                    anyhow::bail!("{}: an api key is given to two tenants", path.display());
+                }
+            }
+            list.push(tenant);
+        }
+        Ok(Tenants {
+            list,
+            by_hash,
+            open: false,
+        })
+    }
+
+    /// Whether the server runs without keys (no tenants file).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    pub fn all(&self) -> &[Arc<Tenant>] {
+        &self.list
+    }
+
+    /// The tenant of an `Authorization: Bearer KEY` header.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Tenant>, ApiError> {
+        if self.open {
+            return Ok(self.list[0].clone());
+        }
+        let key = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("no API key: send `Authorization: Bearer <key>`")
+            })?;
+        self.by_hash
+            .get(&hash_key(key))
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("the API key is not known to this server"))
+    }
+
+    /// Whether `hash` is one of a tenant's key hashes (for tests).
+    pub fn knows(&self, tenant: &str, hash: &str) -> bool {
+        self.list
+            .iter()
+            .any(|t| t.name == tenant && t.key_hashes.iter().any(|h| h == hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_tenants_file_loads_and_its_keys_authenticate() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tenants.toml");
+        let tenants = Tenants::load(&path).unwrap();
+        assert_eq!(tenants.all().len(), 2);
+        let acme = tenants.authenticate(Some("Bearer acme-key")).unwrap();
+        assert_eq!(acme.name, "acme");
+        assert_eq!(acme.limits.max_concurrent_requests, 8);
+        let globex = tenants.authenticate(Some("Bearer globex-key")).unwrap();
+        assert_eq!(globex.name, "globex");
+        assert!(tenants.authenticate(Some("Bearer nobody")).is_err());
+        assert!(tenants.authenticate(None).is_err());
+    }
+
+    #[test]
+    fn a_bad_tenants_file_names_the_file_and_the_field() {
+        let dir = std::env::temp_dir().join(format!("deepwasm-tenants-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tenants.toml");
+        std::fs::write(
+            &path,
+            "[[tenant]]\nname = \"a\"\napi_keys = []\nlimitz = 3\n",
+        )
+        .unwrap();
+        let err = Tenants::load(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("tenants.toml") && err.contains("limitz"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
