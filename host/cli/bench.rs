@@ -64,6 +64,20 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Sampling parameters with nothing set: the request's defaults.
+pub(crate) fn no_params() -> SamplingParams {
+    SamplingParams {
+        temperature: None,
+        top_k: None,
+        top_p: None,
+        min_p: None,
+        repetition_penalty: None,
+        presence_penalty: None,
+        frequency_penalty: None,
+        seed: None,
+    }
+}
+
 /// Median and 99th percentile of `samples`.
 fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
@@ -122,16 +136,7 @@ fn plugins(cli: &Cli, args: &PluginBenchArgs) -> anyhow::Result<()> {
     // One sampler step over 129,280 logits: the plugin's query through the
     // handle, against the same query done natively.
     let logits = Arc::new(pseudo_random_logits(VOCAB));
-    let params = SamplingParams {
-        temperature: None,
-        top_k: None,
-        top_p: None,
-        min_p: None,
-        repetition_penalty: None,
-        presence_penalty: None,
-        frequency_penalty: None,
-        seed: None,
-    };
+    let params = no_params();
     for (query, native) in [
         (
             "top-k",

@@ -17,7 +17,7 @@ use clap::Args;
 use deepwasm_engine::{MissPolicy, ModelTokenizer, sampler_limits};
 use deepwasm_plugins::{
     Capabilities, EngineConfig, Grants, Limits, Plugin, PluginEngine, RewardPlugin, Sample,
-    SamplerPlugin, SamplingParams, Sandbox, World,
+    SamplerPlugin, Sandbox, World,
 };
 
 use crate::model::model_cache;
@@ -150,16 +150,7 @@ pub fn run(args: &LangBenchArgs) -> anyhow::Result<()> {
             extra: "{}".into(),
         })
         .collect();
-    let params = SamplingParams {
-        temperature: None,
-        top_k: None,
-        top_p: None,
-        min_p: None,
-        repetition_penalty: None,
-        presence_penalty: None,
-        frequency_penalty: None,
-        seed: None,
-    };
+    let params = crate::bench::no_params();
     let mut rows = Vec::new();
     let mut want_scores: Option<Vec<Option<f64>>> = None;
     for (lang, prefix) in LANGS {

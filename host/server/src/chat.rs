@@ -1004,20 +1004,12 @@ fn stream_chat(
     let mut rx = plan.submit(&st, &cancelled)?;
     let (tx, out_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let id = new_id("chatcmpl");
-    let created = now_secs();
-    let model = st.model_id().to_owned();
+    let chunks = Chunks::new(&id, "chat.completion.chunk", st.model_id(), include_usage);
     let started = Instant::now();
     tokio::spawn(async move {
         let _admission = admission;
         let _guard = CancelOnDrop(cancelled);
-        let chunk = |choices: Value, usage: Option<Value>| {
-            let mut v = json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                               "model": model, "system_fingerprint": null, "choices": choices});
-            if include_usage {
-                v["usage"] = usage.unwrap_or(Value::Null);
-            }
-            v
-        };
+        let chunk = |choices: Value, usage: Option<Value>| chunks.chunk(choices, usage);
         let total = plan.total();
         for i in 0..total {
             let first = chunk(
@@ -1293,20 +1285,12 @@ fn stream_completion(
     let mut rx = plan.submit(&st, &cancelled)?;
     let (tx, out_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let id = new_id("cmpl");
-    let created = now_secs();
-    let model = st.model_id().to_owned();
+    let chunks = Chunks::new(&id, "text_completion", st.model_id(), include_usage);
     let started = Instant::now();
     tokio::spawn(async move {
         let _admission = admission;
         let _guard = CancelOnDrop(cancelled);
-        let chunk = |choices: Value, usage: Option<Value>| {
-            let mut v = json!({"id": id, "object": "text_completion", "created": created,
-                               "model": model, "system_fingerprint": null, "choices": choices});
-            if include_usage {
-                v["usage"] = usage.unwrap_or(Value::Null);
-            }
-            v
-        };
+        let chunk = |choices: Value, usage: Option<Value>| chunks.chunk(choices, usage);
         let mut completion_tokens = 0usize;
         let mut left = plan.total();
         let mut first_token = true;
@@ -1374,6 +1358,32 @@ fn stream_completion(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The chunks of one streamed response: each its `choices` in the
+/// envelope they all share, with `usage` when the client asked for it.
+struct Chunks {
+    envelope: Value,
+    include_usage: bool,
+}
+
+impl Chunks {
+    fn new(id: &str, object: &str, model: &str, include_usage: bool) -> Self {
+        Chunks {
+            envelope: json!({"id": id, "object": object, "created": now_secs(),
+                             "model": model, "system_fingerprint": null}),
+            include_usage,
+        }
+    }
+
+    fn chunk(&self, choices: Value, usage: Option<Value>) -> Value {
+        let mut v = self.envelope.clone();
+        v["choices"] = choices;
+        if self.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        v
+    }
 }
 
 /// The end of a stream: the tokens recorded, the usage chunk if the client
