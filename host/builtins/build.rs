@@ -5,13 +5,11 @@
 //! copied into `OUT_DIR` because another build may rewrite that directory
 //! under this crate's feet.
 
-use std::env;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use deepwasm_guest_build::rust::CargoBuild;
-use deepwasm_guest_build::script;
+use deepwasm_guest_build::script::{self, Layout};
 
 /// The crates embedded, as (crate, constant).
 const BUILTINS: &[(&str, &str)] = &[("json-schema", "JSON_SCHEMA")];
@@ -24,27 +22,11 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
-    let root = manifest
-        .ancestors()
-        .nth(2)
-        .ok_or("cannot find the workspace root")?
-        .to_owned();
-    let plugins = root.join("plugins");
-    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
-    let target_dir = script::target_dir(&out_dir).ok_or("unexpected OUT_DIR layout")?;
-    script::rerun_if_changed(&plugins, &["sdk", "rust"], &root.join("wit"));
-
+    let layout = Layout::from_env()?;
+    script::rerun_if_changed(&layout.plugins, &["sdk", "rust"], &layout.wit);
     let names: Vec<String> = BUILTINS.iter().map(|(n, _)| n.to_string()).collect();
-    let cargo = PathBuf::from(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    let built = CargoBuild {
-        cargo: &cargo,
-        dir: &plugins,
-        target_dir: Some(&target_dir.join("wasm-plugins")),
-        packages: &names,
-    }
-    .run()
-    .map_err(|e| e.to_string())?;
+    let built = layout.build_rust(&names)?;
+    let out_dir = &layout.out_dir;
     let mut consts = String::new();
     for (name, ident) in BUILTINS {
         let from = &built

@@ -14,11 +14,11 @@
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use deepwasm_guest_build::batch::{self, Batch};
-use deepwasm_guest_build::rust::CargoBuild;
-use deepwasm_guest_build::{Lang, Toolchains, script};
+use deepwasm_guest_build::script::{self, Layout};
+use deepwasm_guest_build::{Lang, Toolchains};
 
 fn main() {
     if let Err(e) = run() {
@@ -30,17 +30,10 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
-    let root = manifest_dir
-        .ancestors()
-        .nth(2)
-        .ok_or("cannot find the workspace root")?
-        .to_owned();
-    let plugins = root.join("plugins");
-    let wit = root.join("wit");
-    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
-    let target_dir = script::target_dir(&out_dir).ok_or("unexpected OUT_DIR layout")?;
-    script::rerun_if_changed(&plugins, &["sdk", "rust", "python", "js", "c"], &wit);
+    let layout = Layout::from_env()?;
+    let (root, plugins, wit) = (&layout.root, &layout.plugins, &layout.wit);
+    let (out_dir, target_dir) = (&layout.out_dir, &layout.target_dir);
+    script::rerun_if_changed(plugins, &["sdk", "rust", "python", "js", "c"], wit);
 
     let dest = target_dir.join("plugins");
     fs::create_dir_all(&dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
@@ -56,16 +49,8 @@ fn run() -> Result<(), String> {
     };
 
     // Rust: one nested cargo for the whole guest workspace.
-    let names = rust_plugins(&plugins)?;
-    let cargo = PathBuf::from(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    let built = CargoBuild {
-        cargo: &cargo,
-        dir: &plugins,
-        target_dir: Some(&target_dir.join("wasm-plugins")),
-        packages: &names,
-    }
-    .run()
-    .map_err(|e| e.to_string())?;
+    let names = rust_plugins(plugins)?;
+    let built = layout.build_rust(&names)?;
     for name in &names {
         let component = built
             .iter()
@@ -104,9 +89,9 @@ fn run() -> Result<(), String> {
         &jobs,
         &Toolchains::find(),
         &Batch {
-            wit: &wit,
+            wit,
             shared: &shared,
-            work_dir: &out_dir,
+            work_dir: out_dir,
             dest: &dest,
             strict: true,
             parallel,
@@ -114,7 +99,7 @@ fn run() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     for job in &jobs {
-        let source = job.dir.strip_prefix(&root).unwrap_or(&job.dir);
+        let source = job.dir.strip_prefix(root).unwrap_or(&job.dir);
         add(
             &job.name,
             format!(
