@@ -79,10 +79,7 @@ impl AgentPlugin {
     /// per run.
     pub fn new(plugin: Plugin, sandbox: Sandbox) -> Result<Self, LoadError> {
         plugin.expect_world(World::Agent)?;
-        let indices = runner::GuestIndices::new(plugin.pre()).map_err(|e| LoadError::Link {
-            name: plugin.name().to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        let indices = plugin.indices(runner::GuestIndices::new)?;
         Ok(AgentPlugin {
             plugin,
             sandbox,

@@ -444,6 +444,18 @@ impl Plugin {
         }
     }
 
+    /// The export indices of this plugin's world, found by `find` (a
+    /// bindgen `GuestIndices::new`); a failure is a link error naming it.
+    pub(crate) fn indices<T>(
+        &self,
+        find: impl FnOnce(&InstancePre<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, LoadError> {
+        find(self.pre()).map_err(|e| LoadError::Link {
+            name: self.name().to_owned(),
+            reason: format!("{e:#}"),
+        })
+    }
+
     /// Instantiate once in `sandbox` and throw the instance away: proves the
     /// plugin starts (its initialisers run within the limits).
     pub fn try_instantiate(&self, sandbox: &Sandbox) -> Result<(), PluginError> {

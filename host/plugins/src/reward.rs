@@ -36,10 +36,7 @@ impl std::fmt::Debug for RewardPlugin {
 impl RewardPlugin {
     pub fn new(plugin: Plugin, sandbox: Sandbox) -> Result<Self, LoadError> {
         plugin.expect_world(World::Reward)?;
-        let indices = scorer::GuestIndices::new(plugin.pre()).map_err(|e| LoadError::Link {
-            name: plugin.name().to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        let indices = plugin.indices(scorer::GuestIndices::new)?;
         Ok(RewardPlugin {
             plugin,
             sandbox,

@@ -65,10 +65,7 @@ impl SamplerPlugin {
         max_idle: usize,
     ) -> Result<Self, LoadError> {
         plugin.expect_world(World::Sampler)?;
-        let indices = controller::GuestIndices::new(plugin.pre()).map_err(|e| LoadError::Link {
-            name: plugin.name().to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        let indices = plugin.indices(controller::GuestIndices::new)?;
         Ok(SamplerPlugin {
             inner: Arc::new(Inner {
                 plugin,

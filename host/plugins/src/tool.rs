@@ -37,11 +37,7 @@ impl std::fmt::Debug for ToolPlugin {
 impl ToolPlugin {
     pub fn new(plugin: Plugin, sandbox: Sandbox) -> Result<Self, LoadError> {
         plugin.expect_world(World::Tool)?;
-        let indices =
-            tool_provider::GuestIndices::new(plugin.pre()).map_err(|e| LoadError::Link {
-                name: plugin.name().to_owned(),
-                reason: format!("{e:#}"),
-            })?;
+        let indices = plugin.indices(tool_provider::GuestIndices::new)?;
         Ok(ToolPlugin {
             plugin,
             sandbox,
