@@ -424,6 +424,23 @@ fn arguments_are_checked_against_the_schema_and_outputs_are_capped() {
         GuestError::LimitExceeded(m) => assert!(m.contains("more than the 64"), "{m}"),
         other => panic!("{other:?}"),
     }
+    // Arguments past the host's cap never reach the tool or the transcript.
+    let big = "9".repeat(deepwasm_plugins::MAX_TOOL_ARGUMENT_BYTES);
+    let run = run_task(
+        artifacts::LOOPING_AGENT,
+        request(
+            "-",
+            json!({"mode": "tools", "arguments": {"expression": big}, "stop_on_error": true}),
+            &[artifacts::CALCULATOR],
+        ),
+    );
+    match &run.outcome {
+        Err(AgentFailure::Agent {
+            error: GuestError::InvalidInput(m),
+        }) => assert!(m.contains("the most is 262144"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(run.stats.tool_calls, 0);
 }
 
 #[test]

@@ -251,3 +251,54 @@ fn guest_errors_are_values_not_failures() {
         other => panic!("expected not found, got {other:?}"),
     }
 }
+
+#[test]
+fn sleeping_in_wasi_meets_the_deadline() {
+    // Epoch interrupts stop Wasm code; a guest blocked in a host call (a
+    // clock pollable) must be stopped at its deadline too.
+    let tool = hostile(None);
+    let start = Instant::now();
+    let err = tool.call("sleep", "{}").unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(err, PluginError::Limit { limit: LimitHit::Deadline(d), .. } if d == Duration::from_millis(200)),
+        "{err}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(200 + 300),
+        "took {elapsed:?}"
+    );
+    still_serves(&tool);
+}
+
+#[test]
+fn an_agent_sleeping_in_wasi_meets_its_run_deadline() {
+    let agent = deepwasm_plugins::AgentPlugin::new(
+        plugin(artifacts::LOOPING_AGENT),
+        sandbox(World::Agent, |_| {}),
+    )
+    .unwrap();
+    let control = deepwasm_plugins::AgentControl {
+        deadline: Duration::from_millis(300),
+        stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        on_log: None,
+    };
+    let start = Instant::now();
+    let err = agent
+        .run(
+            Capabilities::default(),
+            "task",
+            r#"{"mode": "sleep"}"#,
+            &control,
+        )
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(err, PluginError::Limit { limit: LimitHit::Deadline(d), .. } if d == Duration::from_millis(300)),
+        "{err}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(300 + 300),
+        "took {elapsed:?}"
+    );
+}

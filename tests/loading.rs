@@ -214,3 +214,25 @@ fn a_plugin_used_as_another_world_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn an_export_with_the_right_name_and_the_wrong_type_is_refused_at_load() {
+    // `score` takes a u32 here, not `(list<sample>, string)`.
+    let wat = r#"(component
+        (core module $m (func (export "f") (param i32)))
+        (core instance $i (instantiate $m))
+        (func $score (param "x" u32) (canon lift (core func $i "f")))
+        (instance $scorer (export "score" (func $score)))
+        (export "deepwasm:plugin/scorer@0.1.0" (instance $scorer))
+    )"#;
+    let bytes = wat::parse_str(wat).unwrap();
+    let err = engine()
+        .load("mistyped", &bytes, &Grants::default())
+        .unwrap_err();
+    assert!(matches!(err, LoadError::ExportType { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("mistyped") && msg.contains("deepwasm:plugin/scorer@0.1.0"),
+        "{msg}"
+    );
+}

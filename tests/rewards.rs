@@ -204,3 +204,118 @@ fn reward_calls_are_metered() {
         "fuel burned: {before:?} -> {after:?}"
     );
 }
+
+/// Scores of the hostile reward's `RANDOM` and `CLOCK` samples, which read
+/// WASI's random source and clocks.
+fn observed(r: &RewardPlugin, samples: &[Sample]) -> Vec<Option<f64>> {
+    scores(r, samples, "{}")
+}
+
+#[test]
+fn randomness_and_clocks_depend_on_the_sample_alone() {
+    let r = reward(artifacts::HOSTILE_REWARD);
+    let a = sample("p", "RANDOM a", "{}");
+    let b = sample("p", "RANDOM b", "{}");
+    let clock = sample("p", "CLOCK", "{}");
+    let alone: Vec<Option<f64>> = [&a, &b, &clock]
+        .into_iter()
+        .map(|s| observed(&r, std::slice::from_ref(s))[0])
+        .collect();
+    // Seeded per sample: two samples draw different numbers...
+    assert_ne!(alone[0], alone[1]);
+    // ...and the clocks are frozen: epoch wall time, a sleep that takes no
+    // time.
+    assert_eq!(alone[2], Some(0.0));
+    for batch in [
+        vec![a.clone(), b.clone(), clock.clone()],
+        vec![b.clone(), clock.clone(), a.clone()],
+        vec![clock.clone(), a.clone(), a.clone(), b.clone()],
+    ] {
+        let got = observed(&r, &batch);
+        for (s, score) in batch.iter().zip(got) {
+            let i = [&a, &b, &clock]
+                .iter()
+                .position(|x| x.completion == s.completion)
+                .unwrap();
+            assert_eq!(
+                score,
+                alone[i],
+                "{} in a batch of {}",
+                s.completion,
+                batch.len()
+            );
+        }
+    }
+    let parallel: Vec<Option<f64>> = r
+        .score_parallel(&[a.clone(), b.clone(), clock.clone()], "{}", 2, 1)
+        .into_iter()
+        .map(|s| s.unwrap())
+        .collect();
+    assert_eq!(parallel, alone);
+}
+
+#[test]
+fn a_reward_score_is_the_same_in_another_process() {
+    // The hostile reward's RANDOM score for this sample, as the `deepwasm
+    // score` command computes it in a process of its own.
+    let r = reward(artifacts::HOSTILE_REWARD);
+    let here = observed(&r, &[sample("p", "RANDOM a", "{}")])[0].unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"p\", \"completion\": \"RANDOM a\"}\n{\"prompt\": \"q\", \"completion\": \"fine\"}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::util::deepwasm_bin())
+        .args(["score", "--no-cache", "--reward"])
+        .arg(artifacts::HOSTILE_REWARD)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let there = first["rewards"]["hostile-reward"].as_f64().unwrap();
+    assert_eq!(there, here, "{first}");
+}
+
+#[test]
+fn a_score_that_is_not_finite_fails_only_its_sample() {
+    let r = reward(artifacts::HOSTILE_REWARD);
+    let samples = [
+        sample("", "fine", "{}"),
+        sample("", "NAN", "{}"),
+        sample("", "fine", "{}"),
+        sample("", "MAX", "{}"),
+    ];
+    let got = r.score(&samples, "{}");
+    assert_eq!(got[0].as_ref().unwrap(), &Some(1.0));
+    assert_eq!(got[2].as_ref().unwrap(), &Some(1.0));
+    assert_eq!(got[3].as_ref().unwrap(), &Some(f64::MAX));
+    match &got[1] {
+        Err(PluginError::Protocol { message, .. }) => {
+            assert!(message.contains("NaN"), "{message}")
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_sleeping_reward_does_not_wait() {
+    // Time does not pass for a reward: its 20 s sleep ends at once, and
+    // the score is what it computes after it.
+    let r = reward(artifacts::HOSTILE_REWARD);
+    let start = std::time::Instant::now();
+    assert_eq!(observed(&r, &[sample("", "SLEEP", "{}")]), [Some(1.0)]);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}

@@ -190,3 +190,114 @@ fn an_out_of_range_token_is_passed_on_for_the_engine_to_refuse() {
     let (_, result) = hostile("bad-token");
     assert_eq!(pick(result.unwrap()), 4_000_000_000);
 }
+
+#[test]
+fn a_sampler_sleeping_in_wasi_is_stopped_at_its_deadline() {
+    for mode in ["sleep-prepare", "sleep-decide"] {
+        let start = Instant::now();
+        let (s, result) = hostile(mode);
+        let elapsed = start.elapsed();
+        assert!(
+            matches!(result, Err(PluginError::Limit { limit: LimitHit::Deadline(d), .. }) if d == Duration::from_millis(25)),
+            "{mode}: expected the deadline, got {result:?}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(25 + 500),
+            "{mode} took {elapsed:?}"
+        );
+        assert_eq!(s.idle_instances(), 0);
+    }
+}
+
+#[test]
+fn a_sampler_sleeping_in_open_is_stopped_at_its_setup_deadline() {
+    let s = SamplerPlugin::new(
+        plugin(artifacts::HOSTILE_SAMPLER),
+        sandbox(World::Sampler, |l| {
+            l.setup_deadline = Duration::from_millis(300)
+        }),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let err = s
+        .open(r#"{"mode": "sleep-open"}"#, &[1], &params())
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(err, PluginError::Limit { limit: LimitHit::Deadline(d), .. } if d == Duration::from_millis(300)),
+        "{err}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(300 + 500),
+        "took {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_call_deadline_shorter_than_the_sandbox_holds() {
+    // One pool serves requests of different budgets: each call may carry a
+    // deadline shorter than its sandbox's.
+    let s = SamplerPlugin::new(
+        plugin(artifacts::HOSTILE_SAMPLER),
+        sandbox(World::Sampler, |l| l.call_deadline = Duration::from_secs(5)),
+    )
+    .unwrap();
+    let mut seq = s
+        .open(r#"{"mode": "loop-prepare"}"#, &[1], &params())
+        .unwrap();
+    let start = Instant::now();
+    let err = seq
+        .prepare_within(Duration::from_millis(40), 0, &[])
+        .unwrap_err();
+    assert!(
+        matches!(err, PluginError::Limit { limit: LimitHit::Deadline(d), .. } if d == Duration::from_millis(40)),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn host_work_on_a_plugins_token_set_is_bounded_by_the_vocabulary() {
+    // `top-k-in` over 20,000 ranges that each cover the whole DeepSeek
+    // vocabulary: normalised first, it costs one pass over the logits, not
+    // one per range.
+    let s = SamplerPlugin::new(
+        plugin(artifacts::HOSTILE_SAMPLER),
+        sandbox(World::Sampler, |l| l.call_deadline = Duration::from_secs(2)),
+    )
+    .unwrap();
+    let values = logits(DEEPSEEK_VOCAB, 3);
+    let best = values
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0 as u32;
+    let mut seq = s
+        .open(r#"{"mode": "wide-top-k"}"#, &[1], &params())
+        .unwrap();
+    assert!(matches!(seq.prepare(0, &[]).unwrap(), Prepared::NeedLogits));
+    let start = Instant::now();
+    let d = seq.decide(0, Arc::new(values)).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(pick(d), best);
+    drop(seq);
+    // Over 1,000 tokens the same set is more than twice the vocabulary:
+    // refused, naming the plugin.
+    let (_, result) = hostile("wide-top-k");
+    let err = result.unwrap_err();
+    assert!(
+        err.to_string().contains("hostile-sampler") && err.to_string().contains("20000 entries"),
+        "{err}"
+    );
+}

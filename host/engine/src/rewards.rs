@@ -59,8 +59,8 @@ impl Scored {
     }
 }
 
-/// Score `samples` with every reward (in batches, across `threads`), and
-/// total each sample's scores. A reward that fails on a sample leaves that
+/// Score `samples` with every reward (across `threads`), and total each
+/// sample's scores, saturating at `±f64::MAX`. A reward that fails on a sample leaves that
 /// sample without its score, recorded with the reason; other samples and
 /// other rewards are not affected.
 pub fn score_samples(
@@ -82,7 +82,8 @@ pub fn score_samples(
                 .map(|(r, scores)| {
                     let s = scores[i].clone();
                     if let Ok(Some(v)) = &s {
-                        *total.get_or_insert(0.0) += r.weight * v;
+                        let t = total.get_or_insert(0.0);
+                        *t = saturating_sum(*t, r.weight * v);
                     }
                     (r.name.clone(), s)
                 })
@@ -93,6 +94,15 @@ pub fn score_samples(
             }
         })
         .collect()
+}
+
+/// `a + b` held within the finite numbers: a weighted sum past `f64::MAX`
+/// (two scores of `f64::MAX`, say) is `f64::MAX`, not infinity, so a total
+/// always ranks and serialises as a number. Scores are finite (rewards
+/// that answer otherwise fail that sample) and weights are checked finite,
+/// so NaN cannot arise.
+fn saturating_sum(a: f64, b: f64) -> f64 {
+    (a + b.clamp(-f64::MAX, f64::MAX)).clamp(-f64::MAX, f64::MAX)
 }
 
 /// The index of the best total; ties go to the lowest index, and samples
@@ -121,16 +131,24 @@ pub fn group_advantages(totals: &[Option<f64>]) -> Vec<Option<f64>> {
     if present.is_empty() {
         return vec![None; totals.len()];
     }
+    // Work on totals scaled into [-1, 1] when they are large, so that totals
+    // near `f64::MAX` give finite advantages; the result is the same.
+    let scale = present.iter().fold(1.0_f64, |m, r| m.max(r.abs()));
     let n = present.len() as f64;
-    let mean = present.iter().sum::<f64>() / n;
+    let mean = present.iter().map(|r| r / scale).sum::<f64>() / n;
     let std = if present.len() > 1 {
-        (present.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        (present
+            .iter()
+            .map(|r| (r / scale - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1.0))
+            .sqrt()
     } else {
         0.0
     };
     totals
         .iter()
-        .map(|t| t.map(|r| (r - mean) / (std + ADVANTAGE_EPS)))
+        .map(|t| t.map(|r| (r / scale - mean) / (std + ADVANTAGE_EPS / scale)))
         .collect()
 }
 
@@ -207,6 +225,26 @@ pub fn sample_of(prompt_text: &str, completion: &Completion, extra: &str) -> Sam
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_saturate_instead_of_overflowing() {
+        assert_eq!(saturating_sum(f64::MAX, f64::MAX), f64::MAX);
+        assert_eq!(saturating_sum(-f64::MAX, -f64::MAX * 2.0), -f64::MAX);
+        assert_eq!(saturating_sum(f64::MAX, -f64::MAX), 0.0);
+        assert_eq!(saturating_sum(1.5, 2.0), 3.5);
+    }
+
+    #[test]
+    fn advantages_of_huge_totals_are_finite_and_ordered() {
+        let a = group_advantages(&[Some(f64::MAX), Some(-f64::MAX), Some(0.0)]);
+        let a: Vec<f64> = a.into_iter().map(Option::unwrap).collect();
+        assert!(a.iter().all(|v| v.is_finite()), "{a:?}");
+        assert!(a[0] > a[2] && a[2] > a[1], "{a:?}");
+        assert!(
+            (a[0] - 1.0).abs() < 1e-9 && (a[1] + 1.0).abs() < 1e-9,
+            "{a:?}"
+        );
+    }
 
     #[test]
     fn advantages_are_centred_and_scaled_like_grpo() {

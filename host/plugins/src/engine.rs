@@ -81,6 +81,8 @@ impl PluginEngine {
         // pure code (componentize-py imports filesystem and sockets); the
         // context each store gets grants nothing through it.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        // ... except its waits, which must end at the call's deadline.
+        crate::host::wait::shadow_wasi_waits(&mut linker).map_err(anyhow::Error::from)?;
         crate::bindings::Host_::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)?;
 

@@ -115,7 +115,9 @@ impl PluginError {
         }
     }
 
-    pub(crate) fn protocol(plugin: &str, message: impl Into<String>) -> Self {
+    /// A plugin that broke its interface's contract: an answer of the
+    /// wrong shape or size.
+    pub fn protocol(plugin: &str, message: impl Into<String>) -> Self {
         PluginError::Protocol {
             plugin: plugin.to_owned(),
             message: message.into(),

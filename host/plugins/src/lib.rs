@@ -30,10 +30,12 @@ pub use bindings::{inference, log, logits as logits_api, tokenizer, types};
 pub use cache::write_atomically;
 pub use engine::{CompileSource, EPOCH_TICK, EngineConfig, PluginEngine};
 pub use error::{GuestError, PluginError};
-pub use host::logits::{LogitsHandle, argmax, for_each_run, log_sum_exp, top_k};
+pub use host::logits::{
+    LogitsHandle, SetTooLarge, argmax, for_each_run, log_sum_exp, max_set_entries, normalize, top_k,
+};
 pub use host::{
-    CallOutput, Capabilities, InferenceAccess, KvAccess, LogLine, MemoryKv, TokenizerAccess,
-    ToolsAccess,
+    CallOutput, Capabilities, InferenceAccess, KvAccess, LogLine, MAX_PROMPT_BYTES,
+    MAX_TOOL_ARGUMENT_BYTES, MemoryKv, TokenizerAccess, ToolsAccess,
 };
 pub use limits::{LimitHit, Limits, MIB};
 pub use plugin::{

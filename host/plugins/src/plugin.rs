@@ -15,6 +15,7 @@ use wasmtime::component::{Instance, InstancePre};
 
 use crate::engine::{CompileSource, PluginEngine, deadline_ticks};
 use crate::error::{PluginError, classify};
+use crate::host::wait::CallDeadline;
 use crate::host::{CallOutput, HostState, Wasi};
 use crate::sandbox::Sandbox;
 
@@ -221,6 +222,18 @@ pub enum LoadError {
     Unknown { name: String, import: String },
     #[error("`{name}` cannot be linked: {reason}")]
     Link { name: String, reason: String },
+    #[error(
+        "`{name}` exports `{export}` with types other than the {world} world's ({reason}); \
+         build it against deepwasm's wit/ package"
+    )]
+    ExportType {
+        name: String,
+        world: World,
+        export: String,
+        reason: String,
+    },
+    #[error("`{name}` could not start: {reason}")]
+    Start { name: String, reason: String },
     #[error("`{name}` is a {actual} plugin, not a {expected} plugin")]
     WrongWorld {
         name: String,
@@ -397,13 +410,52 @@ impl Plugin {
             compiled: compiled.source,
             load_ms: start.elapsed().as_secs_f64() * 1e3,
         };
-        Ok(Plugin {
+        let plugin = Plugin {
             inner: Arc::new(Inner {
                 name: Arc::from(name),
                 info,
                 engine: engine.clone(),
                 pre,
             }),
+        };
+        plugin.check_export_types()?;
+        Ok(plugin)
+    }
+
+    /// Prove that the world's export has the world's types, not only its
+    /// name, so that a mistyped plugin is refused when it is loaded rather
+    /// than when it is first used: instantiate it once (under its world's
+    /// default limits, deterministic WASI) and look its functions up typed.
+    fn check_export_types(&self) -> Result<(), LoadError> {
+        use crate::bindings::{controller, runner, scorer, tool_provider};
+        let world = self.world();
+        let sandbox = Sandbox::new(crate::Limits::for_world(world));
+        let mut session = self
+            .instantiate(&sandbox, Wasi::Deterministic([0; 32]))
+            .map_err(|e| LoadError::Start {
+                name: self.name().to_owned(),
+                reason: e.to_string(),
+            })?;
+        let (store, instance) = (&mut session.store, &session.instance);
+        let pre = self.pre();
+        let typed = match world {
+            World::Sampler => {
+                controller::GuestIndices::new(pre).and_then(|i| i.load(store, instance).map(drop))
+            }
+            World::Reward => {
+                scorer::GuestIndices::new(pre).and_then(|i| i.load(store, instance).map(drop))
+            }
+            World::Tool => tool_provider::GuestIndices::new(pre)
+                .and_then(|i| i.load(store, instance).map(drop)),
+            World::Agent => {
+                runner::GuestIndices::new(pre).and_then(|i| i.load(store, instance).map(drop))
+            }
+        };
+        typed.map_err(|e| LoadError::ExportType {
+            name: self.name().to_owned(),
+            world,
+            export: world.export_name(),
+            reason: format!("{e:#}"),
         })
     }
 
@@ -631,6 +683,7 @@ impl Session {
         let store = &mut self.store;
         store.data_mut().limiter.hit = None;
         store.set_epoch_deadline(deadline_ticks(deadline));
+        store.data_mut().deadline = CallDeadline::after(deadline);
         let start = Instant::now();
         let result = store.set_fuel(fuel).and_then(|()| f(store, &self.instance));
         let used = fuel.saturating_sub(store.get_fuel().unwrap_or(fuel));

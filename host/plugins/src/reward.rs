@@ -1,7 +1,10 @@
-//! Reward plugins: scoring batches of completions deterministically, with a
-//! failure confined to the sample that caused it.
+//! Reward plugins: scoring completions deterministically, each sample on its
+//! own, so that a failure stays with the sample that caused it and a score
+//! never depends on the batch.
 
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use crate::bindings::scorer;
 use crate::error::PluginError;
@@ -54,18 +57,15 @@ impl RewardPlugin {
 
     /// Score `samples` with the reward's JSON `config`; one score per sample.
     ///
-    /// The batch is scored in one call to a fresh instance, with the
-    /// per-sample deadline and fuel multiplied by its size. If that call fails
-    /// by trapping or hitting a limit, the batch is split in halves and each
-    /// half scored again, down to single samples: a sample that breaks the
-    /// plugin gets the error, every other sample still gets its score, and
-    /// the result does not depend on how samples were batched. An error
-    /// value from the plugin (such as a bad config) applies to the whole
-    /// batch and is not retried.
+    /// Each sample is scored alone, in a fresh instance whose clocks are
+    /// frozen and whose random numbers are seeded from that sample's own
+    /// content: a score depends on the sample, the config and the plugin,
+    /// never on the other samples of the batch, the order, the machine or
+    /// the time. A sample that makes the plugin trap, hit a limit, or answer
+    /// something other than one finite number (or none) gets that error;
+    /// every other sample still gets its score.
     pub fn score(&self, samples: &[Sample], config: &str) -> Vec<Score> {
-        let mut out = Vec::with_capacity(samples.len());
-        self.score_into(samples, config, &mut out);
-        out
+        samples.iter().map(|s| self.score_one(s, config)).collect()
     }
 
     /// Score across `threads` threads, each with its own instances, in batches
@@ -101,63 +101,47 @@ impl RewardPlugin {
         results.into_iter().flatten().flatten().collect()
     }
 
-    fn score_into(&self, samples: &[Sample], config: &str, out: &mut Vec<Score>) {
-        if samples.is_empty() {
-            return;
-        }
-        match self.score_batch(samples, config) {
-            Ok(scores) => out.extend(scores.into_iter().map(Ok)),
-            Err(e @ (PluginError::Guest { .. } | PluginError::Protocol { .. })) => {
-                out.extend(std::iter::repeat_n(Err(e), samples.len()))
-            }
-            Err(e) if samples.len() == 1 => out.push(Err(e)),
-            Err(_) => {
-                let (a, b) = samples.split_at(samples.len() / 2);
-                self.score_into(a, config, out);
-                self.score_into(b, config, out);
-            }
-        }
-    }
-
-    fn score_batch(
-        &self,
-        samples: &[Sample],
-        config: &str,
-    ) -> Result<Vec<Option<f64>>, PluginError> {
+    fn score_one(&self, sample: &Sample, config: &str) -> Score {
         let name = self.plugin.name();
         let mut session = self
             .plugin
-            .instantiate(&self.sandbox, Wasi::Deterministic)?;
+            .instantiate(&self.sandbox, Wasi::Deterministic(sample_seed(sample)))?;
         let guest = self
             .indices
             .load(&mut session.store, &session.instance)
             .map_err(|e| PluginError::protocol(name, format!("{e:#}")))?;
-        let n = samples.len() as u64;
-        let deadline = self
-            .sandbox
-            .limits
-            .call_deadline
-            .saturating_mul(n.try_into().unwrap_or(u32::MAX));
-        let result = session.call(deadline.max(Duration::from_millis(1)), n, |store, _| {
-            guest.call_score(store, samples, config)
+        let deadline = self.sandbox.limits.call_deadline;
+        let result = session.call(deadline.max(Duration::from_millis(1)), 1, |store, _| {
+            guest.call_score(store, std::slice::from_ref(sample), config)
         })?;
         let scores = result.map_err(|e| PluginError::guest(name, e))?;
-        if scores.len() != samples.len() {
-            return Err(PluginError::protocol(
+        match scores[..] {
+            [Some(score)] if !score.is_finite() => Err(PluginError::protocol(
                 name,
-                format!(
-                    "scored {} samples but was given {}",
-                    scores.len(),
-                    samples.len()
-                ),
-            ));
-        }
-        if let Some(bad) = scores.iter().flatten().find(|s| !s.is_finite()) {
-            return Err(PluginError::protocol(
+                format!("gave the score {score}, which is not a finite number"),
+            )),
+            [score] => Ok(score),
+            _ => Err(PluginError::protocol(
                 name,
-                format!("gave the score {bad}, which is not a finite number"),
-            ));
+                format!("gave {} scores for one sample", scores.len()),
+            )),
         }
-        Ok(scores)
     }
+}
+
+/// The seed of a sample's random numbers: SHA-256 over its fields, each
+/// prefixed by its length so that no two samples share a seed by
+/// concatenation.
+fn sample_seed(sample: &Sample) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"deepwasm reward sample seed v1");
+    for field in [&sample.prompt, &sample.completion, &sample.extra] {
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field.as_bytes());
+    }
+    h.update((sample.completion_tokens.len() as u64).to_le_bytes());
+    for t in &sample.completion_tokens {
+        h.update(t.to_le_bytes());
+    }
+    h.finalize().into()
 }

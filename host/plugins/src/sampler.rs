@@ -9,6 +9,7 @@
 //! an instance never carries state from one tenant to another.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::component::{Resource, ResourceAny};
 
@@ -186,14 +187,28 @@ impl SamplerSequence {
     }
 
     /// Phase one of a step: what the plugin decides before the logits exist.
-    /// Safe to run on another thread while the model computes them.
+    /// Safe to run on another thread while the model computes them. The
+    /// call may run the sandbox's `call_deadline`.
     pub fn prepare(&mut self, step: u32, new_tokens: &[u32]) -> Result<Prepared, PluginError> {
+        let deadline = self.sampler.sandbox.limits.call_deadline;
+        self.prepare_within(deadline, step, new_tokens)
+    }
+
+    /// `prepare` under `deadline`, or the sandbox's `call_deadline` when
+    /// that is shorter.
+    pub fn prepare_within(
+        &mut self,
+        deadline: Duration,
+        step: u32,
+        new_tokens: &[u32],
+    ) -> Result<Prepared, PluginError> {
         let sampler = self.sampler.clone();
+        let deadline = deadline.min(sampler.sandbox.limits.call_deadline);
         let (instance, handle) = self.parts()?;
         let guest = instance.guest.clone();
         instance
             .session
-            .call(sampler.sandbox.limits.call_deadline, 1, |store, _| {
+            .call(deadline, 1, |store, _| {
                 guest
                     .sequence()
                     .call_prepare(store, handle, step, new_tokens)
@@ -203,12 +218,25 @@ impl SamplerSequence {
 
     /// Phase two: the decision given this step's logits.
     pub fn decide(&mut self, step: u32, logits: Arc<Vec<f32>>) -> Result<Decision, PluginError> {
+        let deadline = self.sampler.sandbox.limits.call_deadline;
+        self.decide_within(deadline, step, logits)
+    }
+
+    /// `decide` under `deadline`, or the sandbox's `call_deadline` when that
+    /// is shorter.
+    pub fn decide_within(
+        &mut self,
+        deadline: Duration,
+        step: u32,
+        logits: Arc<Vec<f32>>,
+    ) -> Result<Decision, PluginError> {
         let sampler = self.sampler.clone();
+        let deadline = deadline.min(sampler.sandbox.limits.call_deadline);
         let (instance, handle) = self.parts()?;
         let guest = instance.guest.clone();
         instance
             .session
-            .call(sampler.sandbox.limits.call_deadline, 1, |store, _| {
+            .call(deadline, 1, |store, _| {
                 let own = store.data_mut().table.push(LogitsHandle::new(logits))?;
                 // Lend the logits as a plain borrow: nothing to track once
                 // the call returns, when the entry is removed.

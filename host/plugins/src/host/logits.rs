@@ -150,6 +150,99 @@ impl TopK {
     }
 }
 
+/// The most ids or ranges a token set over `len` tokens may hold: twice the
+/// vocabulary (a longer list only repeats itself), and at least 4,096. The
+/// host refuses a longer set rather than spend time in proportion to what
+/// a plugin chose to send.
+pub fn max_set_entries(len: u32) -> usize {
+    (len as usize).saturating_mul(2).max(4096)
+}
+
+/// A token set longer than [`max_set_entries`] allows.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a token set of {entries} entries, more than the {max} allowed over {len} tokens")]
+pub struct SetTooLarge {
+    pub entries: usize,
+    pub max: usize,
+    pub len: u32,
+}
+
+/// `set` over `len` tokens as a bitset of `ceil(len / 32)` words: ids and
+/// ranges past `len` dropped, repeats and overlaps merged. Costs O(n) for
+/// ids, O(n log n) for ranges, plus O(len / 32); a set longer than
+/// [`max_set_entries`] is refused before any of that.
+pub fn normalize(set: &TokenSet, len: u32) -> Result<TokenSet, SetTooLarge> {
+    let words = (len as usize).div_ceil(32);
+    let entries = match set {
+        TokenSet::Ids(ids) => ids.len(),
+        TokenSet::Ranges(ranges) => ranges.len(),
+        TokenSet::Bitset(_) => 0,
+    };
+    let max = max_set_entries(len);
+    if entries > max {
+        return Err(SetTooLarge { entries, max, len });
+    }
+    let mut bits = vec![0u32; words];
+    match set {
+        TokenSet::Ids(ids) => {
+            for &id in ids {
+                if id < len {
+                    bits[id as usize / 32] |= 1 << (id % 32);
+                }
+            }
+        }
+        TokenSet::Ranges(ranges) => {
+            let mut runs: Vec<(u32, u32)> = ranges
+                .iter()
+                .map(|r| (r.start, r.end.min(len)))
+                .filter(|(start, end)| start < end)
+                .collect();
+            runs.sort_unstable();
+            let mut merged: Option<(u32, u32)> = None;
+            for (start, end) in runs {
+                match &mut merged {
+                    Some((_, e)) if start <= *e => *e = (*e).max(end),
+                    _ => {
+                        if let Some((s, e)) = merged {
+                            set_bit_run(&mut bits, s, e);
+                        }
+                        merged = Some((start, end));
+                    }
+                }
+            }
+            if let Some((s, e)) = merged {
+                set_bit_run(&mut bits, s, e);
+            }
+        }
+        TokenSet::Bitset(w) => {
+            let n = w.len().min(words);
+            bits[..n].copy_from_slice(&w[..n]);
+            if let Some(last) = bits.last_mut()
+                && !len.is_multiple_of(32)
+                && n == words
+            {
+                *last &= (1u32 << (len % 32)) - 1;
+            }
+        }
+    }
+    Ok(TokenSet::Bitset(bits))
+}
+
+/// Sets bits `[start, end)` of a bitset of 32-bit words.
+fn set_bit_run(bits: &mut [u32], start: u32, end: u32) {
+    let (start, end) = (start as usize, end as usize);
+    let (first, last) = (start / 32, (end - 1) / 32);
+    let lo = u32::MAX << (start % 32);
+    let hi = u32::MAX >> (31 - (end - 1) % 32);
+    if first == last {
+        bits[first] |= lo & hi;
+    } else {
+        bits[first] |= lo;
+        bits[first + 1..last].fill(u32::MAX);
+        bits[last] |= hi;
+    }
+}
+
 /// Calls `f` with runs `[start, end)` of ids in `set`, clipped to `len`.
 /// Runs may overlap for `ids` and `ranges`, and a bitset's runs stop at word
 /// boundaries; callers must not care.
@@ -224,26 +317,16 @@ impl HostLogits for HostState {
         set: TokenSet,
         k: u32,
     ) -> wasmtime::Result<Vec<ScoredToken>> {
+        let plugin = self.plugin.clone();
         let values = self.logits(&this)?.values();
+        // Normalised first, so that each token is looked at once however
+        // the plugin repeated it, and the cost is bounded by the vocabulary.
+        let set = normalize(&set, values.len() as u32).map_err(|e| {
+            wasmtime::Error::msg(format!("plugin `{plugin}` asked `top-k-in` over {e}"))
+        })?;
         let mut best = TopK::new(k as usize);
-        // Ids and ranges may repeat a token; a bitset cannot. Deduplicate the
-        // former so a token appears once in the answer.
-        let mut seen = match set {
-            TokenSet::Bitset(_) => None,
-            _ => Some(std::collections::HashSet::new()),
-        };
-        for_each_run(&set, values.len() as u32, |start, end| match &mut seen {
-            None => best.scan(&values[start as usize..end as usize], start),
-            Some(seen) => {
-                for id in start..end {
-                    if seen.insert(id) {
-                        best.offer(ScoredToken {
-                            token: id,
-                            logit: values[id as usize],
-                        });
-                    }
-                }
-            }
+        for_each_run(&set, values.len() as u32, |start, end| {
+            best.scan(&values[start as usize..end as usize], start)
         });
         Ok(best.into_sorted())
     }
@@ -291,6 +374,59 @@ impl HostLogits for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bindings::types::TokenRange;
+
+    fn ids_of(set: &TokenSet, len: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for_each_run(set, len, |s, e| out.extend(s..e));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn normalising_keeps_exactly_the_same_tokens() {
+        let len = 1000;
+        let sets = [
+            TokenSet::Ids(vec![5, 3, 5, 999, 1000, 4_000_000_000, 64, 31, 32]),
+            TokenSet::Ranges(vec![
+                TokenRange { start: 10, end: 40 },
+                TokenRange { start: 0, end: 12 },
+                TokenRange {
+                    start: 900,
+                    end: 2000,
+                },
+                TokenRange { start: 39, end: 70 },
+                TokenRange { start: 5, end: 5 },
+                TokenRange { start: 80, end: 81 },
+            ]),
+            TokenSet::Bitset(vec![u32::MAX; 40]),
+            TokenSet::Bitset(vec![0b1010]),
+        ];
+        for set in sets {
+            let n = normalize(&set, len).unwrap();
+            assert!(
+                matches!(n, TokenSet::Bitset(ref w) if w.len() == 32),
+                "{n:?}"
+            );
+            assert_eq!(ids_of(&n, len), ids_of(&set, len), "{set:?}");
+        }
+    }
+
+    #[test]
+    fn a_set_longer_than_twice_the_vocabulary_is_refused() {
+        let many = TokenSet::Ranges(vec![TokenRange { start: 0, end: 100 }; 10_000]);
+        assert_eq!(
+            normalize(&many, 100).unwrap_err(),
+            SetTooLarge {
+                entries: 10_000,
+                max: 4096,
+                len: 100
+            }
+        );
+        let ok = TokenSet::Ranges(vec![TokenRange { start: 0, end: 100 }; 4096]);
+        assert_eq!(ids_of(&normalize(&ok, 100).unwrap(), 100).len(), 100);
+    }
 
     fn naive_top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
         let mut v: Vec<(u32, f32)> = values

@@ -14,6 +14,7 @@ pub(crate) mod logits;
 pub(crate) mod output;
 mod services;
 pub(crate) mod tokenizer;
+pub(crate) mod wait;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use crate::limits::{Limits, StoreLimiter};
 
 pub use kv::MemoryKv;
 pub use output::{CallOutput, LogLine};
+pub use services::{MAX_PROMPT_BYTES, MAX_TOOL_ARGUMENT_BYTES};
 
 /// The serving model's tokenizer, as the `tokenizer` interface shows it.
 pub trait TokenizerAccess: Send + Sync {
@@ -89,18 +91,25 @@ impl std::fmt::Debug for Capabilities {
 /// How a store's WASI context is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Wasi {
-    /// Clocks read the host's time; random numbers are random.
+    /// Clocks read the host's time; random numbers are random; waits last
+    /// until what they wait for, or the call's deadline.
     Live,
-    /// Clocks are frozen at the Unix epoch and "random" bytes come from a
-    /// fixed seed, so the same inputs always give the same outputs.
-    Deterministic,
+    /// Clocks are frozen at the Unix epoch, every wait ends at once, and
+    /// "random" bytes come from this seed, so the same inputs always give
+    /// the same outputs.
+    Deterministic([u8; 32]),
 }
 
 /// The data of every plugin store.
 pub(crate) struct HostState {
     /// The plugin's display name, for logs and errors.
     pub(crate) plugin: Arc<str>,
-    wasi: WasiCtx,
+    wasi_ctx: WasiCtx,
+    /// Live or deterministic: how clocks, randomness and waits behave.
+    pub(crate) wasi: Wasi,
+    /// The deadline of the call in progress (or of instantiation), which
+    /// bounds every wait inside a host function.
+    pub(crate) deadline: wait::CallDeadline,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: StoreLimiter,
     pub(crate) caps: Capabilities,
@@ -120,17 +129,21 @@ impl HostState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        if wasi == Wasi::Deterministic {
+        if let Wasi::Deterministic(seed) = wasi {
+            let mut low = [0u8; 16];
+            low.copy_from_slice(&seed[..16]);
             builder
                 .wall_clock(output::FrozenClock)
                 .monotonic_clock(output::FrozenClock)
-                .secure_random(wasmtime_wasi::Deterministic::new(SEED.to_vec()))
-                .insecure_random(wasmtime_wasi::Deterministic::new(SEED.to_vec()))
-                .insecure_random_seed(0x6465_6570_7761_736d);
+                .secure_random(wasmtime_wasi::Deterministic::new(seed.to_vec()))
+                .insecure_random(wasmtime_wasi::Deterministic::new(seed.to_vec()))
+                .insecure_random_seed(u128::from_le_bytes(low));
         }
         HostState {
             plugin,
-            wasi: builder.build(),
+            wasi_ctx: builder.build(),
+            wasi,
+            deadline: wait::CallDeadline::after(limits.setup_deadline),
             table: ResourceTable::new(),
             limiter: StoreLimiter::new(limits),
             caps,
@@ -139,13 +152,10 @@ impl HostState {
     }
 }
 
-/// The bytes deterministic stores draw "random" numbers from.
-const SEED: &[u8; 32] = b"deepwasm deterministic plugin rn";
-
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: &mut self.wasi_ctx,
             table: &mut self.table,
         }
     }

@@ -3,8 +3,14 @@
 use crate::bindings::tokenizer::{Host, SpecialToken, TokenizerInfo};
 use crate::host::{HostState, TokenizerAccess, missing};
 
-/// Most token ids one `token-bytes` call answers; a guest asks in chunks.
+/// Most token ids one `token-bytes` or `decode` call takes; a guest asks
+/// in chunks.
 const MAX_TOKEN_BYTES_BATCH: usize = 1 << 18;
+
+/// Most bytes of text one `encode` call takes (a few hundred milliseconds
+/// of host tokenizing, in the caller's own time). A guest tokenizing more
+/// does it in pieces, each under its deadline.
+pub const MAX_ENCODE_BYTES: usize = 1 << 20;
 
 impl HostState {
     fn tokenizer(&self) -> wasmtime::Result<&dyn TokenizerAccess> {
@@ -21,10 +27,24 @@ impl Host for HostState {
     }
 
     fn encode(&mut self, text: String, add_special_tokens: bool) -> wasmtime::Result<Vec<u32>> {
+        if text.len() > MAX_ENCODE_BYTES {
+            wasmtime::bail!(
+                "plugin `{}` asked to encode {} bytes at once; the most is {MAX_ENCODE_BYTES}",
+                self.plugin,
+                text.len()
+            );
+        }
         Ok(self.tokenizer()?.encode(&text, add_special_tokens))
     }
 
     fn decode(&mut self, tokens: Vec<u32>, skip_special_tokens: bool) -> wasmtime::Result<String> {
+        if tokens.len() > MAX_TOKEN_BYTES_BATCH {
+            wasmtime::bail!(
+                "plugin `{}` asked to decode {} tokens at once; the most is {MAX_TOKEN_BYTES_BATCH}",
+                self.plugin,
+                tokens.len()
+            );
+        }
         Ok(self.tokenizer()?.decode(&tokens, skip_special_tokens))
     }
 

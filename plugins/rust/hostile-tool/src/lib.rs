@@ -63,6 +63,7 @@ const TOOLS: &[(&str, &str, &str)] = &[
         "Stores ever larger values until the store refuses.",
         NO_ARGS,
     ),
+    ("sleep", "Sleeps 30 s in WASI (a clock pollable).", NO_ARGS),
     ("ok", "Returns \"ok\".", NO_ARGS),
 ];
 
@@ -221,6 +222,10 @@ impl Guest for HostileTool {
             "connect" => connect(&args.require::<String>("addr")?),
             "spin-log" => spin_log(),
             "kv-fill" => kv_fill(),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                "slept".to_string()
+            }
             "ok" => "ok".to_string(),
             _ => return Err(Error::not_found(format!("no tool named {name:?}"))),
         };

@@ -11,6 +11,7 @@
 //! |-------------|-----------|
 //! | `chat` (default) | calls `inference.chat([user("Count from 1 to 10.")])` forever: `max-tokens` 16, temperature 0, no tools (`tool-choice: none`) |
 //! | `tools`     | calls `tools.call(<tool>, <arguments>)` forever, `<tool>` being `tool` or else the first of `tools.available()`; `not-found` at once when no tool is granted |
+//! | `sleep`     | sleeps 30 s in WASI (a clock pollable), then answers `slept` |
 //! | `ungranted` | calls `tools.call("not-a-granted-tool", "{}")` once. When it fails, as it must, the answer is `"<kind>: <message>"` of the error, `kind` being the WIT case (`not-granted: …`); when it succeeds the run fails with `failed` |
 //!
 //! In the looping modes the results of the calls are ignored, errors
@@ -45,6 +46,8 @@ pub enum Mode {
     Tools(Option<String>, String),
     /// One call of a tool that is not granted.
     Ungranted,
+    /// A 30 s sleep in WASI.
+    Sleep,
 }
 
 /// The agent's settings, from its config.
@@ -70,10 +73,11 @@ pub fn settings(config: &str) -> Result<Settings, Error> {
         "chat" => Mode::Chat,
         "tools" => Mode::Tools(cfg.get("tool")?, arguments),
         "ungranted" => Mode::Ungranted,
+        "sleep" => Mode::Sleep,
         other => {
             return Err(cfg.error(
                 "mode",
-                format!("unknown mode {other:?}; the modes are chat, tools and ungranted"),
+                format!("unknown mode {other:?}; the modes are chat, tools, sleep and ungranted"),
             ));
         }
     };
@@ -177,6 +181,10 @@ pub fn run(env: &mut impl Env, settings: &Settings) -> Result<String, Error> {
                 }
             }
         }
+        Mode::Sleep => {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            Ok("slept".to_string())
+        }
         Mode::Ungranted => match env.call_tool(UNGRANTED_TOOL, "{}") {
             Err(e) => Ok(format!("{}: {}", kind(&e), e.message())),
             Ok(_) => Err(Error::failed(format!(
@@ -195,6 +203,7 @@ impl Guest for LoopingAgent {
             Mode::Chat => "chat",
             Mode::Tools(..) => "tools",
             Mode::Ungranted => "ungranted",
+            Mode::Sleep => "sleep",
         };
         log::log(Level::Info, &format!("looping-agent: mode {mode}"));
         run(&mut Host, &settings)
