@@ -133,11 +133,156 @@ fn a_slow_sampler_falls_back_then_stops_at_its_deadline() {
         policy,
     )
     .unwrap_err();
-    // The first step was sampled by the built-in sampler; the plugin's call
-    // then ran into its hard deadline (8 budgets) and ended the request.
+    // The first steps were sampled by the built-in sampler while the
+    // plugin's call ran on; a fourth miss (or the call's hard deadline of 8
+    // budgets, on a slow machine) ended the request, without any step
+    // waiting for the plugin past its budget.
+    let chain = error_chain(&err);
+    assert!(chain.contains("step budget of 25 ms"), "{chain}");
+}
+
+/// A sampler plugin on the default model whose setup (and `open`) may run
+/// `setup`.
+fn slow_setup_plugin(path: &str, setup: Duration) -> SamplerPlugin {
+    let mut limits = sampler_limits(Duration::from_millis(100), MissPolicy::Wait);
+    limits.setup_deadline = setup;
+    SamplerPlugin::new(plugin(path), Sandbox::new(limits)).unwrap()
+}
+
+/// Generate `a` (steered by `sampler`) and `b` (greedy, built-in) in one
+/// batch; the results, when `b`'s last text came, and how many tokens `a`
+/// had by then.
+fn beside(
+    a: &GenerateRequest,
+    sampler: &mut PluginSampler,
+    b: &GenerateRequest,
+) -> (Vec<Result<Completion, GenerateError>>, Duration, usize) {
+    let start = Instant::now();
+    let a_tokens = std::sync::atomic::AtomicUsize::new(0);
+    let b_tokens = std::sync::atomic::AtomicUsize::new(0);
+    let a_tokens_when_b_done = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let b_done = std::sync::Mutex::new(Duration::ZERO);
+    let mut builtin = deepwasm_engine::BuiltinSampler;
+    let mut on_a = |d: &deepwasm_engine::Delta| {
+        a_tokens.fetch_add(d.tokens.len(), std::sync::atomic::Ordering::SeqCst);
+    };
+    let mut on_b = |d: &deepwasm_engine::Delta| {
+        let n = b_tokens.fetch_add(d.tokens.len(), std::sync::atomic::Ordering::SeqCst)
+            + d.tokens.len();
+        if n >= b.max_tokens {
+            *b_done.lock().unwrap() = start.elapsed();
+            a_tokens_when_b_done.store(
+                a_tokens.load(std::sync::atomic::Ordering::SeqCst),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        }
+    };
+    let results = default_model().generate_batch(vec![
+        deepwasm_engine::BatchItem {
+            req: a,
+            sampler,
+            on_delta: &mut on_a,
+        },
+        deepwasm_engine::BatchItem {
+            req: b,
+            sampler: &mut builtin,
+            on_delta: &mut on_b,
+        },
+    ]);
+    let b_done = *b_done.lock().unwrap();
+    (results, b_done, a_tokens_when_b_done.into_inner())
+}
+
+#[test]
+fn a_slow_sampler_holds_only_its_own_sequence_and_is_never_bypassed() {
+    // 600 ms a step against a budget of 100 ms: under the wait policy its
+    // sequence sits steps out (the call is cut only at 800 ms), while the
+    // greedy sequence beside it runs at the model's pace.
+    let slow = slow_setup_plugin(artifacts::HOSTILE_SAMPLER, Duration::from_secs(10));
+    let mut sampler = PluginSampler::new(
+        slow,
+        r#"{"mode": "slow-pick", "token": 42, "delay_ms": 600}"#,
+        Duration::from_millis(100),
+        MissPolicy::Wait,
+    );
+    let a = greedy("Hello", 4);
+    let b = greedy("The capital of France is", 24);
+    let (results, b_done, a_by_then) = beside(&a, &mut sampler, &b);
+    let a_out = results[0]
+        .as_ref()
+        .expect("the slow sampler's request completes");
+    // Every token is the plugin's pick: nothing was sampled around it.
+    assert_eq!(a_out.tokens, [42, 42, 42, 42]);
+    let b_out = results[1].as_ref().unwrap();
+    assert_eq!(b_out.tokens.len(), 24);
+    // Had the batch waited for the plugin, the 24 greedy tokens would have
+    // taken 24 of its 600 ms steps.
+    assert!(
+        a_by_then < 4,
+        "the slow sequence had {a_by_then} tokens when the other finished"
+    );
+    assert!(
+        b_done < Duration::from_millis(24 * 600 / 2),
+        "took {b_done:?}"
+    );
+}
+
+#[test]
+fn a_sampler_that_sets_up_slowly_holds_only_its_own_sequence() {
+    // `open` sleeps 60 s; it runs off the batch and is cut at the setup
+    // deadline of 6 s, failing only its own request. The greedy request
+    // beside it is done long before (were `open` run on the batch's
+    // thread, it would wait the 6 s first).
+    let slow = slow_setup_plugin(artifacts::HOSTILE_SAMPLER, Duration::from_secs(6));
+    let mut sampler = PluginSampler::new(
+        slow,
+        r#"{"mode": "sleep-open"}"#,
+        Duration::from_millis(25),
+        MissPolicy::Wait,
+    );
+    let start = Instant::now();
+    let (results, b_done, a_by_then) = beside(&greedy("Hello", 4), &mut sampler, &greedy("Hi", 16));
+    let chain = error_chain(results[0].as_ref().unwrap_err());
+    assert!(chain.contains("deadline of 6000 ms"), "{chain}");
+    assert!(start.elapsed() >= Duration::from_secs(6));
+    assert_eq!(results[1].as_ref().unwrap().tokens.len(), 16);
+    assert_eq!(a_by_then, 0);
+    assert!(b_done < Duration::from_secs(6), "took {b_done:?}");
+}
+
+#[test]
+fn invalid_sampling_overrides_from_a_plugin_are_its_error() {
+    let hostile = sampler_plugin(
+        artifacts::HOSTILE_SAMPLER,
+        Duration::from_millis(25),
+        MissPolicy::Fail,
+    );
+    let err = run(
+        &greedy("Hello", 8),
+        &hostile,
+        r#"{"mode": "bad-params"}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap_err();
     let chain = error_chain(&err);
     assert!(
-        chain.contains("missing its step budget") && chain.contains("deadline of 200 ms"),
+        chain.contains("hostile-sampler")
+            && chain.contains("invalid parameters")
+            && chain.contains("temperature"),
+        "{chain}"
+    );
+    // 200,000 deny ranges over a vocabulary of 49,152: more than twice it,
+    // refused on the plugin's thread before the batch ever sees them.
+    let err = run(
+        &greedy("Hello", 8),
+        &hostile,
+        r#"{"mode": "wide-deny"}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap_err();
+    let chain = error_chain(&err);
+    assert!(
+        chain.contains("hostile-sampler") && chain.contains("200000 entries"),
         "{chain}"
     );
 }

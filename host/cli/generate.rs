@@ -70,10 +70,11 @@ pub struct GenerateArgs {
     /// Milliseconds a step may wait for the sampler plugin.
     #[arg(long, default_value_t = 25, requires = "sampler")]
     step_budget_ms: u64,
-    /// What a missed step budget does: `fail` the request, or `fallback` to
-    /// the built-in sampler for that step (the request fails after
-    /// --max-misses of them).
-    #[arg(long, default_value = "fallback", value_parser = ["fail", "fallback"], requires = "sampler")]
+    /// What a missed step budget does: `wait` for the plugin (at most 8
+    /// budgets; its mask is never bypassed), `fail` the request, or
+    /// `fallback` to the built-in sampler for that step (the request fails
+    /// after --max-misses of them).
+    #[arg(long, default_value = "wait", value_parser = ["wait", "fail", "fallback"], requires = "sampler")]
     on_miss: String,
     /// Missed steps tolerated under `--on-miss fallback`.
     #[arg(long, default_value_t = 3, requires = "sampler")]
@@ -210,6 +211,7 @@ fn plugin_sampler(
         .with_context(|| format!("cannot load the sampler {}", path.display()))?;
     let budget = Duration::from_millis(args.step_budget_ms);
     let policy = match args.on_miss.as_str() {
+        "wait" => MissPolicy::Wait,
         "fail" => MissPolicy::Fail,
         _ => MissPolicy::Fallback {
             max_misses: args.max_misses,

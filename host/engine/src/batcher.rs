@@ -9,11 +9,17 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::generate::{Completion, DeltaSink, Engine, GenerateError, GenerateRequest, random_seed};
 use crate::sampler::Sampler;
 use crate::sequence::{Sequence, forward_and_prepare};
+
+/// The least a step waits for samplers after its forward pass.
+const MIN_GRACE: Duration = Duration::from_millis(2);
+/// How long a step with nothing to feed waits for a sampler before it
+/// returns (to admit new jobs).
+const IDLE_WAIT: Duration = Duration::from_millis(5);
 
 /// What becomes of a finished job.
 pub type Done<'r> = Box<dyn FnOnce(Result<Completion, GenerateError>) + Send + 'r>;
@@ -76,7 +82,15 @@ impl<'e, 'r> Batcher<'e, 'r> {
         self.queue.len()
     }
 
-    /// Admit waiting jobs, drop cancelled ones, and run one forward pass.
+    /// Admit waiting jobs, drop cancelled ones, run one forward pass over
+    /// the sequences that are to be fed, and settle every sequence whose
+    /// sampler has decided.
+    ///
+    /// The step waits for samplers only a short grace after the forward
+    /// pass (a quarter of it, at least `MIN_GRACE`): a sampler still working
+    /// then leaves its sequence holding its logits until a later step, and
+    /// the others go on. When no sequence is to be fed the step waits up to
+    /// `IDLE_WAIT` for a sampler and returns, so new jobs are admitted.
     pub fn step(&mut self) {
         self.running
             .retain(|r| !r.cancelled.load(Ordering::Relaxed));
@@ -108,45 +122,83 @@ impl<'e, 'r> Batcher<'e, 'r> {
         if self.running.is_empty() {
             return;
         }
-        let started = Instant::now();
-        let mut seqs = Vec::with_capacity(self.running.len());
-        let mut rest = Vec::with_capacity(self.running.len());
-        for r in self.running.drain(..) {
-            seqs.push(r.seq);
-            rest.push((r.sink, r.done, r.cancelled));
-        }
-        let (logits, prepared) = forward_and_prepare(self.engine.model.as_ref(), &mut seqs);
-        let elapsed = started.elapsed();
-        let logits = match logits {
-            Ok(l) => l,
-            Err(e) => {
-                // The model failed for the whole batch: each sequence in it ends.
-                let msg = e.to_string();
-                for (_, done, _) in rest {
-                    done(Err(GenerateError::Model(candle_core::Error::Msg(
-                        msg.clone(),
-                    ))));
-                }
-                return;
-            }
+        let until = match self.forward() {
+            Some(forward) => Instant::now() + (forward / 4).max(MIN_GRACE),
+            None => Instant::now() + IDLE_WAIT,
         };
-        for (((mut seq, (mut sink, done, cancelled)), row), prepared) in
-            seqs.into_iter().zip(rest).zip(logits).zip(prepared)
-        {
-            let outcome = prepared
-                .map_err(GenerateError::from)
-                .and_then(|p| seq.advance(row, p, elapsed, &mut *sink));
-            match outcome {
-                Err(e) => done(Err(e)),
-                Ok(()) if seq.done => done(Ok(seq.finish(&mut *sink))),
-                Ok(()) => self.running.push(Running {
-                    seq,
-                    sink,
-                    done,
-                    cancelled,
-                }),
+        // Two passes: the first starts every sampler call without waiting,
+        // the second waits (all of them at once) until `until`.
+        for deadline in [Instant::now(), until] {
+            let mut i = 0;
+            while i < self.running.len() {
+                let r = &mut self.running[i];
+                match r.seq.settle(deadline, &mut *r.sink) {
+                    Ok(true) if r.seq.done => {
+                        let r = self.running.remove(i);
+                        let mut sink = r.sink;
+                        (r.done)(Ok(r.seq.finish(&mut *sink)));
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let r = self.running.remove(i);
+                        (r.done)(Err(e));
+                        continue;
+                    }
+                }
+                i += 1;
             }
         }
+    }
+
+    /// One forward pass over the sequences to be fed, their logits held
+    /// for settling; how long it took, or `None` when none was to be fed.
+    /// A sequence whose sampler failed at once, or every one of them when
+    /// the model failed, leaves the batch.
+    fn forward(&mut self) -> Option<Duration> {
+        let started = Instant::now();
+        let at: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].seq.wants_feed())
+            .collect();
+        if at.is_empty() {
+            return None;
+        }
+        let mut fed: Vec<&mut Sequence<'e, 'r>> = self
+            .running
+            .iter_mut()
+            .map(|r| &mut r.seq)
+            .filter(|s| s.wants_feed())
+            .collect();
+        let (logits, prepared) = forward_and_prepare(self.engine.model.as_ref(), &mut fed);
+        let elapsed = started.elapsed();
+        let mut failed = Vec::new();
+        match logits {
+            Ok(rows) => {
+                for (((seq, row), prepared), &i) in fed.into_iter().zip(rows).zip(prepared).zip(&at)
+                {
+                    match prepared {
+                        Ok(p) => seq.hold(row, p, elapsed),
+                        Err(e) => failed.push((i, GenerateError::from(e))),
+                    }
+                }
+            }
+            Err(e) => {
+                // The model failed for the whole pass: each sequence in it ends.
+                let msg = e.to_string();
+                for &i in &at {
+                    failed.push((
+                        i,
+                        GenerateError::Model(candle_core::Error::Msg(msg.clone())),
+                    ));
+                }
+            }
+        }
+        // Highest index first, so the others stay where they are.
+        for (i, e) in failed.into_iter().rev() {
+            let r = self.running.remove(i);
+            (r.done)(Err(e));
+        }
+        Some(elapsed)
     }
 
     /// Step until every job has finished.

@@ -19,4 +19,4 @@ pub use generate::{
 pub use plugin_sampler::{
     DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, sampler_limits,
 };
-pub use sampler::{BuiltinSampler, Sampler, SamplerError};
+pub use sampler::{BuiltinSampler, Reply, Sampler, SamplerError};

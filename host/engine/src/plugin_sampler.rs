@@ -1,38 +1,46 @@
 //! A sampler plugin as a [`Sampler`]: the model's tokenizer as the plugin's
 //! `tokenizer` import, a per-step time budget with a policy for misses.
 //!
-//! The plugin runs on a thread of its own. The generation loop waits for
-//! each call at most the step budget (25 ms by default, as AICI had). On a
-//! miss, the policy decides:
+//! The plugin runs on a thread of its own, so nothing it does holds the
+//! batch: its sequence is opened there (setup included) while the batch
+//! goes on, and each step's call is sent to it and collected later. A step
+//! waits for the answer at most the step budget (25 ms by default, as AICI
+//! had), counted from when the call was sent; when it is late, the policy
+//! decides:
 //!
+//! * [`MissPolicy::Wait`] (the default): the sequence sits steps out until
+//!   the answer comes. A plugin's mask is never bypassed; the call ends at
+//!   its hard deadline at the latest, and then so does the request.
 //! * [`MissPolicy::Fail`]: the request ends with an error naming the plugin.
 //! * [`MissPolicy::Fallback`]: this step is sampled by the built-in sampler
 //!   with the request's parameters; the plugin's late answer is dropped (the
-//!   next `new-tokens` tell it what was appended instead). After `max_misses`
-//!   misses the request ends with an error.
+//!   tokens appended meanwhile reach it with its next call). After
+//!   `max_misses` misses the request ends with an error. For plugins whose
+//!   decisions are preferences, not constraints.
 //!
-//! A call still running at the plugin's hard deadline (its sandbox's
-//! `call_deadline`) is interrupted, which ends the sequence with the typed
-//! error. A trapping plugin ends only its own request.
+//! A call still running at the plugin's hard deadline is interrupted, which
+//! ends the sequence with the typed error. A trapping plugin ends only its
+//! own request.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
+use std::time::{Duration, Instant};
 
 use deepwasm_model::{SpecialKind, Tokenizer};
-use deepwasm_plugins::{
-    PluginError, SamplerPlugin, SamplerSequence, TokenizerAccess, tokenizer as wit_tokenizer,
-};
+use deepwasm_plugins::{PluginError, SamplerPlugin, TokenizerAccess, tokenizer as wit_tokenizer};
 
-use crate::sampler::{Decision, Prepared, Sampler, SamplerError, default_spec};
+use crate::sampler::{Decision, Prepared, Reply, Sampler, SamplerError, default_spec};
 use crate::sampling::SamplingParams;
 
 /// The default time a step may wait for a sampler plugin.
 pub const DEFAULT_STEP_BUDGET: Duration = Duration::from_millis(25);
 
 /// What a missed step budget does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MissPolicy {
+    /// Sit steps out until the answer comes (at most the hard deadline).
+    #[default]
+    Wait,
     /// End the request with an error.
     Fail,
     /// Sample the step with the built-in sampler; end the request after
@@ -40,26 +48,31 @@ pub enum MissPolicy {
     Fallback { max_misses: u32 },
 }
 
-impl Default for MissPolicy {
-    fn default() -> Self {
-        MissPolicy::Fallback { max_misses: 3 }
+/// How many step budgets a plugin call may run, under the wait and
+/// fallback policies, before it is interrupted: long enough that a slow
+/// step is absorbed and the plugin keeps its state, short enough that a
+/// stuck one is cut.
+pub const HARD_DEADLINE_STEPS: u32 = 8;
+
+impl MissPolicy {
+    /// The hard deadline of one call under `budget`: the budget itself when
+    /// a miss fails the request, `HARD_DEADLINE_STEPS` budgets otherwise.
+    pub fn hard_deadline(self, budget: Duration) -> Duration {
+        match self {
+            MissPolicy::Fail => budget,
+            MissPolicy::Wait | MissPolicy::Fallback { .. } => budget * HARD_DEADLINE_STEPS,
+        }
     }
 }
 
-/// How many step budgets a plugin call may run, under the fallback policy,
-/// before it is interrupted: long enough that a slow step is absorbed and
-/// the plugin keeps its state, short enough that a stuck one is cut.
-pub const HARD_DEADLINE_STEPS: u32 = 8;
-
 /// The limits of a sampler plugin serving under `budget` and `policy`: the
-/// sampler defaults, with the hard per-call deadline at the budget (fail) or
-/// `HARD_DEADLINE_STEPS` budgets (fallback).
+/// sampler defaults, with the per-call deadline at the policy's hard
+/// deadline. Each call carries its own deadline too (the shorter one
+/// holds), so one pool of instances, made for the longest budget a tenant
+/// may ask for, serves every shorter budget and every policy.
 pub fn sampler_limits(budget: Duration, policy: MissPolicy) -> deepwasm_plugins::Limits {
     let mut limits = deepwasm_plugins::Limits::for_world(deepwasm_plugins::World::Sampler);
-    limits.call_deadline = match policy {
-        MissPolicy::Fail => budget,
-        MissPolicy::Fallback { .. } => budget * HARD_DEADLINE_STEPS,
-    };
+    limits.call_deadline = policy.hard_deadline(budget);
     limits
 }
 
@@ -143,8 +156,31 @@ enum Call {
 }
 
 enum Answer {
+    Opened(Result<(), PluginError>),
     Prepared(Result<Prepared, PluginError>),
     Decided(Result<Decision, PluginError>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Prepare,
+    Decide,
+}
+
+/// The call the plugin is working on.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    phase: Phase,
+    step: u32,
+    sent: Instant,
+    /// Given up on under the fallback policy: its answer is dropped.
+    abandoned: bool,
+}
+
+/// The channels to a sequence's worker thread.
+struct Worker {
+    calls: Sender<Call>,
+    answers: Receiver<Answer>,
 }
 
 /// One request's sampler plugin.
@@ -155,19 +191,29 @@ pub struct PluginSampler {
     budget: Duration,
     policy: MissPolicy,
     misses: u32,
-    worker: Option<(Sender<Call>, Receiver<Answer>)>,
+    worker: Option<Worker>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// A call whose answer came too late and must be drained first.
-    late: bool,
+    /// The worker has not yet said whether the sequence opened.
+    opening: bool,
+    in_flight: Option<InFlight>,
+    /// Tokens appended while an abandoned call kept the plugin busy; they
+    /// go with its next `prepare`.
+    backlog: Vec<u32>,
+    /// The step whose new tokens are in (or went out of) the backlog.
+    tokens_of_step: Option<u32>,
 }
 
 impl Drop for PluginSampler {
-    /// Close the sequence before returning: the instance goes back to its
-    /// pool (or is discarded) by the time the request is over. A call still
-    /// running ends at the latest at the plugin's hard deadline.
+    /// Close the sequence. When the worker is idle this is quick and the
+    /// instance is back in its pool when the request is over; a worker
+    /// still in a call is left to finish it (by its hard deadline at the
+    /// latest) and then close, so dropping never waits on a plugin.
     fn drop(&mut self) {
+        let busy = self.opening || self.in_flight.is_some();
         self.worker = None;
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = self.thread.take()
+            && !busy
+        {
             let _ = thread.join();
         }
     }
@@ -184,7 +230,8 @@ impl std::fmt::Debug for PluginSampler {
 
 impl PluginSampler {
     /// A sampler that will open a sequence of `plugin` with `config` (JSON)
-    /// when generation begins.
+    /// when generation begins. A call may run `policy.hard_deadline(budget)`
+    /// at most, and never longer than the plugin's sandbox allows.
     pub fn new(plugin: SamplerPlugin, config: &str, budget: Duration, policy: MissPolicy) -> Self {
         PluginSampler {
             name: plugin.plugin().name().to_owned(),
@@ -195,7 +242,10 @@ impl PluginSampler {
             misses: 0,
             worker: None,
             thread: None,
-            late: false,
+            opening: false,
+            in_flight: None,
+            backlog: Vec::new(),
+            tokens_of_step: None,
         }
     }
 
@@ -217,69 +267,202 @@ impl PluginSampler {
         self.error("failed", Some(e))
     }
 
-    /// Send `call` and wait for its answer within the budget. `Ok(None)`
-    /// is a miss the policy absorbed.
-    fn call(&mut self, call: Call) -> Result<Option<Answer>, SamplerError> {
-        let Some((tx, rx)) = &self.worker else {
+    fn stopped(&self) -> SamplerError {
+        self.error("its worker stopped", None)
+    }
+
+    /// The step's answer for `phase`, sending the call first unless it is
+    /// already in flight; waits until `until` at most, and never past the
+    /// budget unless the policy is to wait.
+    fn reply(
+        &mut self,
+        phase: Phase,
+        step: u32,
+        call: impl FnOnce(&mut Self) -> Call,
+        until: Instant,
+    ) -> Result<Reply<Answer>, SamplerError> {
+        if self.worker.is_none() {
             return Err(self.error("no sequence is open", None));
-        };
-        if self.late {
-            // The last call overran; its answer is stale. Wait for it (the
-            // instance runs one call at a time) before asking anything new;
-            // if it ended in a failure (its hard deadline, a trap), that
-            // failure ends the sequence.
-            let stale = rx.recv();
-            self.late = false;
-            match stale {
+        }
+        if self.opening {
+            match self.recv(until) {
+                Ok(Answer::Opened(Ok(()))) => self.opening = false,
+                Ok(Answer::Opened(Err(e))) => return Err(self.plugin_error(e)),
+                Ok(_) => return Err(self.error("answered out of order", None)),
+                Err(RecvTimeoutError::Timeout) => return Ok(Reply::Pending),
+                Err(RecvTimeoutError::Disconnected) => return Err(self.stopped()),
+            }
+        }
+        if let Some(f) = self.in_flight
+            && f.abandoned
+        {
+            // The plugin is still busy with a call given up on; until it is
+            // done, every step is another miss.
+            match self.try_recv() {
                 Ok(Answer::Prepared(Err(e)) | Answer::Decided(Err(e))) => {
+                    self.in_flight = None;
                     return Err(self.error("failed after missing its step budget", Some(e)));
                 }
-                Ok(_) => {}
-                Err(_) => return Err(self.error("its worker stopped after a late call", None)),
+                Ok(_) => self.in_flight = None,
+                Err(TryRecvError::Empty) => return self.missed(phase),
+                Err(TryRecvError::Disconnected) => return Err(self.stopped()),
             }
         }
-        if tx.send(call).is_err() {
-            return Err(self.error("its worker stopped", None));
-        }
-        match rx.recv_timeout(self.budget) {
-            Ok(answer) => Ok(Some(answer)),
+        let f = match self.in_flight {
+            Some(f) if f.phase == phase && f.step == step => f,
+            Some(_) => {
+                return Err(self.error("was asked a new step before it answered the last", None));
+            }
+            None => {
+                let call = call(self);
+                let sent = self
+                    .worker
+                    .as_ref()
+                    .is_some_and(|w| w.calls.send(call).is_ok());
+                if !sent {
+                    return Err(self.stopped());
+                }
+                let f = InFlight {
+                    phase,
+                    step,
+                    sent: Instant::now(),
+                    abandoned: false,
+                };
+                self.in_flight = Some(f);
+                f
+            }
+        };
+        let budget_end = f.sent + self.budget;
+        let wait_end = match self.policy {
+            MissPolicy::Wait => until,
+            _ => until.min(budget_end),
+        };
+        match self.recv(wait_end) {
+            Ok(answer) => {
+                self.in_flight = None;
+                Ok(Reply::Ready(answer))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(self.stopped()),
+            Err(RecvTimeoutError::Timeout)
+                if self.policy == MissPolicy::Wait || Instant::now() < budget_end =>
+            {
+                Ok(Reply::Pending)
+            }
             Err(RecvTimeoutError::Timeout) => {
-                let budget_ms = self.budget.as_millis();
+                if let Some(f) = &mut self.in_flight {
+                    f.abandoned = true;
+                }
                 match self.policy {
-                    MissPolicy::Fail => {
-                        // Drain the answer so the sequence closes cleanly.
-                        self.late = true;
-                        Err(self.error(format!("missed its step budget of {budget_ms} ms"), None))
-                    }
-                    MissPolicy::Fallback { max_misses } => {
-                        self.misses += 1;
-                        self.late = true;
-                        if self.misses > max_misses {
-                            Err(self.error(
-                                format!(
-                                    "missed its step budget of {budget_ms} ms {} times",
-                                    self.misses
-                                ),
-                                None,
-                            ))
-                        } else {
-                            tracing::warn!(sampler = %self.name, "missed its step budget; the built-in sampler picks this step");
-                            Ok(None)
-                        }
-                    }
+                    MissPolicy::Fail => Err(self.error(
+                        format!("missed its step budget of {} ms", self.budget.as_millis()),
+                        None,
+                    )),
+                    _ => self.missed(phase),
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => Err(self.error("its worker stopped", None)),
         }
+    }
+
+    /// A step the plugin did not answer in time, under the fallback policy:
+    /// the built-in sampler's answer, or the end once misses pile up.
+    fn missed(&mut self, phase: Phase) -> Result<Reply<Answer>, SamplerError> {
+        self.misses += 1;
+        let max_misses = match self.policy {
+            MissPolicy::Fallback { max_misses } => max_misses,
+            MissPolicy::Wait | MissPolicy::Fail => 0,
+        };
+        let budget_ms = self.budget.as_millis();
+        if self.misses > max_misses {
+            return Err(self.error(
+                format!(
+                    "missed its step budget of {budget_ms} ms {} times",
+                    self.misses
+                ),
+                None,
+            ));
+        }
+        tracing::warn!(sampler = %self.name, "missed its step budget; the built-in sampler picks this step");
+        Ok(Reply::Ready(match phase {
+            Phase::Prepare => {
+                Answer::Prepared(Ok(Prepared::Decided(Decision::Sample(default_spec()))))
+            }
+            Phase::Decide => Answer::Decided(Ok(Decision::Sample(default_spec()))),
+        }))
+    }
+
+    fn recv(&self, until: Instant) -> Result<Answer, RecvTimeoutError> {
+        let worker = self.worker.as_ref().ok_or(RecvTimeoutError::Disconnected)?;
+        match until.checked_duration_since(Instant::now()) {
+            Some(wait) if !wait.is_zero() => worker.answers.recv_timeout(wait),
+            _ => worker.answers.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            }),
+        }
+    }
+
+    fn try_recv(&self) -> Result<Answer, TryRecvError> {
+        let worker = self.worker.as_ref().ok_or(TryRecvError::Disconnected)?;
+        worker.answers.try_recv()
     }
 }
 
-/// The worker: owns the plugin's sequence and answers calls in order.
-fn serve(mut seq: SamplerSequence, calls: Receiver<Call>, answers: Sender<Answer>) {
+/// The worker: opens the plugin's sequence, then answers calls in order,
+/// each under `deadline`. Token sets in its answers are normalised here,
+/// on the plugin's own time, to bitsets over `vocab` tokens (when the
+/// plugin has a tokenizer to tell it), so that applying them costs the
+/// batch one pass over the vocabulary however the plugin wrote them.
+fn serve(
+    plugin: SamplerPlugin,
+    open: (String, Vec<u32>, deepwasm_plugins::SamplingParams),
+    deadline: Duration,
+    calls: Receiver<Call>,
+    answers: Sender<Answer>,
+) {
+    let vocab = plugin
+        .sandbox()
+        .caps
+        .tokenizer
+        .as_ref()
+        .map(|t| t.info().vocab_size);
+    let name = plugin.plugin().name().to_owned();
+    let (config, prompt, params) = open;
+    let mut seq = match plugin.open(&config, &prompt, &params) {
+        Ok(seq) => {
+            if answers.send(Answer::Opened(Ok(()))).is_err() {
+                return;
+            }
+            seq
+        }
+        Err(e) => {
+            let _ = answers.send(Answer::Opened(Err(e)));
+            return;
+        }
+    };
+    let tidy = |decision: &mut Decision| -> Result<(), PluginError> {
+        if let (Decision::Sample(spec), Some(len)) = (decision, vocab) {
+            for set in [&mut spec.allow, &mut spec.deny].into_iter().flatten() {
+                *set = deepwasm_plugins::normalize(set, len)
+                    .map_err(|e| PluginError::protocol(&name, format!("sent {e}")))?;
+            }
+        }
+        Ok(())
+    };
     for call in calls {
         let answer = match call {
-            Call::Prepare(step, tokens) => Answer::Prepared(seq.prepare(step, &tokens)),
-            Call::Decide(step, logits) => Answer::Decided(seq.decide(step, logits)),
+            Call::Prepare(step, tokens) => Answer::Prepared(
+                seq.prepare_within(deadline, step, &tokens)
+                    .and_then(|mut p| {
+                        if let Prepared::Decided(d) = &mut p {
+                            tidy(d)?;
+                        }
+                        Ok(p)
+                    }),
+            ),
+            Call::Decide(step, logits) => Answer::Decided(
+                seq.decide_within(deadline, step, logits)
+                    .and_then(|mut d| tidy(&mut d).map(|()| d)),
+            ),
         };
         if answers.send(answer).is_err() {
             break;
@@ -303,34 +486,60 @@ impl Sampler for PluginSampler {
             frequency_penalty: Some(params.frequency_penalty),
             seed: params.seed,
         };
-        let seq = self
-            .plugin
-            .open(&self.config, prompt, &wit_params)
-            .map_err(|e| self.plugin_error(e))?;
         let (call_tx, call_rx) = channel();
         let (answer_tx, answer_rx) = channel();
+        let plugin = self.plugin.clone();
+        let open = (self.config.clone(), prompt.to_vec(), wit_params);
+        let deadline = self.policy.hard_deadline(self.budget);
         let thread = std::thread::Builder::new()
             .name(format!("sampler-{}", self.name))
-            .spawn(move || serve(seq, call_rx, answer_tx))
+            .spawn(move || serve(plugin, open, deadline, call_rx, answer_tx))
             .map_err(|e| self.error(format!("cannot start its thread: {e}"), None))?;
-        self.worker = Some((call_tx, answer_rx));
+        self.worker = Some(Worker {
+            calls: call_tx,
+            answers: answer_rx,
+        });
         self.thread = Some(thread);
+        self.opening = true;
         Ok(())
     }
 
-    fn prepare(&mut self, step: u32, new_tokens: &[u32]) -> Result<Prepared, SamplerError> {
-        match self.call(Call::Prepare(step, new_tokens.to_vec()))? {
-            None => Ok(Prepared::Decided(Decision::Sample(default_spec()))),
-            Some(Answer::Prepared(r)) => r.map_err(|e| self.plugin_error(e)),
-            Some(Answer::Decided(_)) => Err(self.error("answered out of order", None)),
+    fn prepare(
+        &mut self,
+        step: u32,
+        new_tokens: &[u32],
+        until: Instant,
+    ) -> Result<Reply<Prepared>, SamplerError> {
+        // Later calls for the same step only collect its answer; the
+        // tokens wait in the backlog until a call carries them (with a
+        // call given up on still running, that is a later step's).
+        if self.tokens_of_step != Some(step) {
+            self.tokens_of_step = Some(step);
+            self.backlog.extend_from_slice(new_tokens);
+        }
+        let call = |me: &mut Self| Call::Prepare(step, std::mem::take(&mut me.backlog));
+        match self.reply(Phase::Prepare, step, call, until)? {
+            Reply::Pending => Ok(Reply::Pending),
+            Reply::Ready(Answer::Prepared(r)) => {
+                r.map(Reply::Ready).map_err(|e| self.plugin_error(e))
+            }
+            Reply::Ready(_) => Err(self.error("answered out of order", None)),
         }
     }
 
-    fn decide(&mut self, step: u32, logits: &Arc<Vec<f32>>) -> Result<Decision, SamplerError> {
-        match self.call(Call::Decide(step, logits.clone()))? {
-            None => Ok(Decision::Sample(default_spec())),
-            Some(Answer::Decided(r)) => r.map_err(|e| self.plugin_error(e)),
-            Some(Answer::Prepared(_)) => Err(self.error("answered out of order", None)),
+    fn decide(
+        &mut self,
+        step: u32,
+        logits: &Arc<Vec<f32>>,
+        until: Instant,
+    ) -> Result<Reply<Decision>, SamplerError> {
+        let call = |_: &mut Self| Call::Decide(step, logits.clone());
+        match self.reply(Phase::Decide, step, call, until)? {
+            Reply::Pending => Ok(Reply::Pending),
+            Reply::Ready(Answer::Decided(r)) => {
+                r.map(Reply::Ready).map_err(|e| self.plugin_error(e))
+            }
+            Reply::Ready(_) => Err(self.error("answered out of order", None)),
         }
     }
 }

@@ -5,8 +5,15 @@
 //! needs only the tokens so far and runs while the model computes the step's
 //! logits; `decide` sees the logits and runs only when `prepare` asked for
 //! them.
+//!
+//! Neither phase may hold up the batch: a sampler that works elsewhere (a
+//! plugin on its own thread) answers [`Reply::Pending`] when its answer is
+//! not in by the time the caller stops waiting, and the caller asks again
+//! for the same step later. Its sequence sits steps out meanwhile; the
+//! other sequences go on.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::sampling::SamplingParams;
 
@@ -23,30 +30,50 @@ pub struct SamplerError {
     pub source: Option<deepwasm_plugins::PluginError>,
 }
 
+/// A sampler's answer for a step, or word that it is still working on it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply<T> {
+    Ready(T),
+    /// Ask again (same step) later; the sequence sits this step out.
+    Pending,
+}
+
 /// Decides each step's token of one sequence.
+///
+/// `prepare` and `decide` may be called more than once for the same step:
+/// the first call starts the step's work, later ones (for the same step,
+/// their other arguments ignored) collect it. Each waits at most until
+/// `until` before answering `Pending`; the sampler's own budget and miss
+/// policy decide when a late answer turns into a fallback or an error.
 pub trait Sampler: Send {
     /// A name for errors and logs.
     fn name(&self) -> &str;
 
     /// Called once before the first step with the prompt's tokens and the
-    /// request's parameters.
+    /// request's parameters. It must not block for long: a sampler that
+    /// sets up slowly does so in the background and answers `Pending`
+    /// until it is ready.
     fn begin(&mut self, _prompt: &[u32], _params: &SamplingParams) -> Result<(), SamplerError> {
         Ok(())
     }
 
     /// Phase one of step `step`; `new_tokens` were appended since the last
-    /// call (empty at step 0).
-    fn prepare(&mut self, step: u32, new_tokens: &[u32]) -> Result<Prepared, SamplerError>;
+    /// step (empty at step 0).
+    fn prepare(
+        &mut self,
+        step: u32,
+        new_tokens: &[u32],
+        until: Instant,
+    ) -> Result<Reply<Prepared>, SamplerError>;
 
     /// Phase two, with the step's raw logits; called only after `prepare`
     /// answered `NeedLogits`.
-    fn decide(&mut self, step: u32, logits: &Arc<Vec<f32>>) -> Result<Decision, SamplerError>;
-
-    /// Whether `prepare` is cheap enough to run inline instead of beside the
-    /// forward pass on another thread.
-    fn prepare_is_trivial(&self) -> bool {
-        false
-    }
+    fn decide(
+        &mut self,
+        step: u32,
+        logits: &Arc<Vec<f32>>,
+        until: Instant,
+    ) -> Result<Reply<Decision>, SamplerError>;
 }
 
 /// A spec that leaves everything to the request's parameters.
@@ -69,16 +96,24 @@ impl Sampler for BuiltinSampler {
         "built-in"
     }
 
-    fn prepare(&mut self, _step: u32, _new_tokens: &[u32]) -> Result<Prepared, SamplerError> {
-        Ok(Prepared::Decided(Decision::Sample(default_spec())))
+    fn prepare(
+        &mut self,
+        _step: u32,
+        _new_tokens: &[u32],
+        _until: Instant,
+    ) -> Result<Reply<Prepared>, SamplerError> {
+        Ok(Reply::Ready(Prepared::Decided(Decision::Sample(
+            default_spec(),
+        ))))
     }
 
-    fn decide(&mut self, _step: u32, _logits: &Arc<Vec<f32>>) -> Result<Decision, SamplerError> {
-        Ok(Decision::Sample(default_spec()))
-    }
-
-    fn prepare_is_trivial(&self) -> bool {
-        true
+    fn decide(
+        &mut self,
+        _step: u32,
+        _logits: &Arc<Vec<f32>>,
+        _until: Instant,
+    ) -> Result<Reply<Decision>, SamplerError> {
+        Ok(Reply::Ready(Decision::Sample(default_spec())))
     }
 }
 
@@ -92,15 +127,21 @@ impl<S: Sampler + ?Sized> Sampler for &mut S {
         (**self).begin(prompt, params)
     }
 
-    fn prepare(&mut self, step: u32, new_tokens: &[u32]) -> Result<Prepared, SamplerError> {
-        (**self).prepare(step, new_tokens)
+    fn prepare(
+        &mut self,
+        step: u32,
+        new_tokens: &[u32],
+        until: Instant,
+    ) -> Result<Reply<Prepared>, SamplerError> {
+        (**self).prepare(step, new_tokens, until)
     }
 
-    fn decide(&mut self, step: u32, logits: &Arc<Vec<f32>>) -> Result<Decision, SamplerError> {
-        (**self).decide(step, logits)
-    }
-
-    fn prepare_is_trivial(&self) -> bool {
-        (**self).prepare_is_trivial()
+    fn decide(
+        &mut self,
+        step: u32,
+        logits: &Arc<Vec<f32>>,
+        until: Instant,
+    ) -> Result<Reply<Decision>, SamplerError> {
+        (**self).decide(step, logits, until)
     }
 }

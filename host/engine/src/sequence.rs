@@ -1,6 +1,12 @@
 //! One sequence's generation state: what to feed the model next, and what
-//! to do with the logits that come back. The loops in `generate.rs` drive
-//! any number of these through shared forward passes.
+//! to do with the logits that come back. The batcher drives any number of
+//! these through shared forward passes.
+//!
+//! A step is: feed the model (while the sampler prepares), then settle the
+//! logits into tokens once the sampler has decided. A sampler that has not
+//! decided by the time the batch moves on leaves its sequence holding its
+//! logits: it sits out forward passes until the decision comes, and the
+//! batch never waits for it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +16,7 @@ use deepwasm_model::{CausalLm, Detokenizer, KvCache, SeqInput};
 use crate::generate::{
     Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Timings, Usage,
 };
-use crate::sampler::{Decision, Prepared, SampleSpec, Sampler, SamplerError};
+use crate::sampler::{Decision, Prepared, Reply, SampleSpec, Sampler, SamplerError};
 use crate::sampling::{self, SamplingParams, SequenceRng, TokenHistory};
 use crate::stop::StopMatcher;
 
@@ -35,6 +41,18 @@ pub(crate) struct Sequence<'e, 'r> {
     pub(crate) step: u32,
     pub(crate) done: bool,
     hit_stop_string: bool,
+    /// Logits of this step waiting for the sampler; `None` while the
+    /// sequence is to be fed.
+    held: Option<Held>,
+}
+
+/// A step's logits, and what the sampler has said about them so far.
+struct Held {
+    logits: Arc<Vec<f32>>,
+    prepared: Option<Prepared>,
+    /// The forward pass's share of the step, and when it ended.
+    forward: Duration,
+    since: Instant,
 }
 
 impl<'e, 'r> Sequence<'e, 'r> {
@@ -105,28 +123,75 @@ impl<'e, 'r> Sequence<'e, 'r> {
             step: 0,
             done: max_tokens == 0,
             hit_stop_string: false,
+            held: None,
         })
     }
 
-    /// Phase two: given the step's raw logits and the sampler's phase-one
-    /// answer, append the step's tokens. `elapsed` is the step's share of
-    /// the forward pass, for the timings.
-    pub(crate) fn advance(
+    /// Whether this sequence goes into the next forward pass (else it is
+    /// waiting for its sampler, logits in hand).
+    pub(crate) fn wants_feed(&self) -> bool {
+        self.held.is_none()
+    }
+
+    /// Keep the logits of the forward pass just run, and what `prepare`
+    /// answered beside it (`None`: not yet).
+    pub(crate) fn hold(&mut self, logits: Vec<f32>, prepared: Option<Prepared>, forward: Duration) {
+        self.held = Some(Held {
+            logits: Arc::new(logits),
+            prepared,
+            forward,
+            since: Instant::now(),
+        });
+    }
+
+    /// Ask the sampler for what the held step still lacks (waiting until
+    /// `until` at most) and, once it has decided, append the tokens.
+    /// `Ok(false)`: still waiting for the sampler.
+    pub(crate) fn settle(
         &mut self,
-        logits: Vec<f32>,
-        prepared: Prepared,
-        elapsed: Duration,
+        until: Instant,
         on_delta: &mut (dyn FnMut(&Delta) + Send),
-    ) -> Result<(), GenerateError> {
-        let started = Instant::now();
-        let logits = Arc::new(logits);
+    ) -> Result<bool, GenerateError> {
+        let Some(held) = self.held.as_mut() else {
+            return Ok(true);
+        };
+        let prepared = match held.prepared.take() {
+            Some(p) => p,
+            None => match self.sampler.prepare(self.step, &self.new_tokens, until)? {
+                Reply::Ready(p) => p,
+                Reply::Pending => return Ok(false),
+            },
+        };
         let decision = match prepared {
             Prepared::Decided(d) => d,
-            Prepared::NeedLogits => self.sampler.decide(self.step, &logits)?,
+            Prepared::NeedLogits => match self.sampler.decide(self.step, &held.logits, until)? {
+                Reply::Ready(d) => d,
+                Reply::Pending => {
+                    held.prepared = Some(Prepared::NeedLogits);
+                    return Ok(false);
+                }
+            },
         };
+        let Some(held) = self.held.take() else {
+            return Ok(true);
+        };
+        let spent = held.forward + held.since.elapsed();
+        self.advance(&held.logits, decision, spent, on_delta)?;
+        Ok(true)
+    }
+
+    /// Append the step's tokens as the sampler decided, given the step's raw
+    /// logits. `spent` is the step's time, for the timings.
+    fn advance(
+        &mut self,
+        logits: &Arc<Vec<f32>>,
+        decision: Decision,
+        spent: Duration,
+        on_delta: &mut (dyn FnMut(&Delta) + Send),
+    ) -> Result<(), GenerateError> {
         let chosen = match decision {
             Decision::Pick(t) => vec![t],
-            Decision::Sample(spec) => vec![self.sample(&logits, &spec)?],
+            Decision::Sample(spec) => vec![self.sample(logits, &spec)?],
             Decision::Force(tokens) if tokens.is_empty() => {
                 return Err(self.invalid("forced an empty list of tokens"));
             }
@@ -152,7 +217,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
             if let Some(n) = self.logprobs {
                 // Only the first token of a forced run has the model's scores
                 // for its position.
-                let lp = (i == 0).then(|| sampling::logprobs(&logits, token, n));
+                let lp = (i == 0).then(|| sampling::logprobs(logits, token, n));
                 delta.logprobs.push(lp.clone());
                 if let Some(all) = self.out.logprobs.as_mut() {
                     all.push(lp);
@@ -177,7 +242,6 @@ impl<'e, 'r> Sequence<'e, 'r> {
         }
         self.out.text.push_str(&delta.text);
         on_delta(&delta);
-        let spent = elapsed + started.elapsed();
         if self.step == 0 {
             self.out.timings.prefill = spent;
         } else {
@@ -219,7 +283,15 @@ impl<'e, 'r> Sequence<'e, 'r> {
     /// The built-in sampler's pick under `spec`.
     fn sample(&mut self, raw: &[f32], spec: &SampleSpec) -> Result<u32, GenerateError> {
         let params: SamplingParams = match &spec.params {
-            Some(p) => self.params.with_overrides(p),
+            // A sampler's overrides are held to the rules a request's
+            // parameters are: NaN or out-of-range values are its error.
+            Some(p) => {
+                let params = self.params.with_overrides(p);
+                params.validate().map_err(|e| {
+                    self.invalid(&format!("asked to sample with invalid parameters: {e}"))
+                })?;
+                params
+            }
             None => self.params.clone(),
         };
         let mut logits = raw.to_vec();
@@ -229,6 +301,14 @@ impl<'e, 'r> Sequence<'e, 'r> {
                 .map_err(|e| self.invalid(&e.to_string()))?;
         }
         if !spec.bias.is_empty() {
+            let max = deepwasm_plugins::max_set_entries(self.vocab);
+            if spec.bias.len() > max {
+                return Err(self.invalid(&format!(
+                    "sent {} biases, more than the {max} allowed over {} tokens",
+                    spec.bias.len(),
+                    self.vocab
+                )));
+            }
             sampling::apply_bias(&mut logits, &spec.bias);
         }
         Ok(sampling::sample(&logits, &params, &mut self.rng))
@@ -245,20 +325,24 @@ impl<'e, 'r> Sequence<'e, 'r> {
 
 /// Each sequence's logits row (or the model's failure), and its sampler's
 /// phase-one answer.
+/// The logits of one forward pass, a row per sequence, and what each
+/// sampler's `prepare` answered at once (`None`: not yet; asked again when
+/// the step settles).
 type StepResults = (
     candle_core::Result<Vec<Vec<f32>>>,
-    Vec<Result<Prepared, SamplerError>>,
+    Vec<Result<Option<Prepared>, SamplerError>>,
 );
 
-/// Run one forward pass over every sequence of `seqs` and, beside it on
-/// another thread, each one's `prepare` (inline when every sampler's is
-/// trivial). Returns the logits, one row per sequence, and the answers.
+/// One forward pass over `seqs`, with every sampler's `prepare` for the
+/// step started first, so that plugins work while the model computes.
+/// Nothing here waits for a sampler.
 pub(crate) fn forward_and_prepare<'e, 'r>(
     model: &dyn CausalLm,
-    seqs: &mut [Sequence<'e, 'r>],
+    seqs: &mut [&mut Sequence<'e, 'r>],
 ) -> StepResults {
+    let now = Instant::now();
     let mut inputs = Vec::with_capacity(seqs.len());
-    let mut preparers = Vec::with_capacity(seqs.len());
+    let mut prepared = Vec::with_capacity(seqs.len());
     for seq in seqs.iter_mut() {
         let Sequence {
             sampler,
@@ -267,42 +351,17 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
             feed,
             cache,
             ..
-        } = seq;
+        } = &mut **seq;
+        prepared.push(match sampler.prepare(*step, new_tokens, now) {
+            Ok(Reply::Ready(p)) => Ok(Some(p)),
+            Ok(Reply::Pending) => Ok(None),
+            Err(e) => Err(e),
+        });
         inputs.push(SeqInput {
             tokens: feed,
             cache,
         });
-        preparers.push((sampler, *step, &**new_tokens));
     }
-    let forward =
-        |inputs: &mut [SeqInput<'_>]| model.forward(inputs).and_then(|l| l.to_vec2::<f32>());
-    fn prepare_all(
-        preparers: Vec<(&mut Box<dyn Sampler + '_>, u32, &[u32])>,
-    ) -> Vec<Result<Prepared, SamplerError>> {
-        preparers
-            .into_iter()
-            .map(|(sampler, step, new)| sampler.prepare(step, new))
-            .collect()
-    }
-    let n = preparers.len();
-    if preparers.iter().all(|(s, _, _)| s.prepare_is_trivial()) {
-        let prepared = prepare_all(preparers);
-        return (forward(&mut inputs), prepared);
-    }
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| prepare_all(preparers));
-        let logits = forward(&mut inputs);
-        let prepared = handle.join().unwrap_or_else(|_| {
-            (0..n)
-                .map(|_| {
-                    Err(SamplerError {
-                        sampler: "sampler".into(),
-                        message: "its prepare step panicked".into(),
-                        source: None,
-                    })
-                })
-                .collect()
-        });
-        (logits, prepared)
-    })
+    let logits = model.forward(&mut inputs).and_then(|l| l.to_vec2::<f32>());
+    (logits, prepared)
 }

@@ -10,10 +10,10 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use deepwasm_engine::Generator;
 use deepwasm_engine::agent::{
-    AgentBudgets, AgentEvent, AgentHost, AgentRequest, CALL_STEP_BUDGET, EventSink, run_agent,
+    AgentBudgets, AgentEvent, AgentHost, AgentRequest, EventSink, run_agent,
 };
-use deepwasm_engine::{Generator, MissPolicy};
 use deepwasm_plugins::{AgentPlugin, HostInterface, KvAccess, Sandbox, ToolPlugin, World};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -117,7 +117,7 @@ pub async fn run(
         .grants
         .allows(HostInterface::Kv)
         .then(|| tenant.kv.clone() as Arc<dyn KvAccess>);
-    let call_sampler = st.sampler(&tenant, None, CALL_STEP_BUDGET, MissPolicy::Fail)?;
+    let call_sampler = st.sampler(&tenant, None)?;
     let generator: Arc<dyn Generator> = Arc::new(st.runner.clone());
     let host = AgentHost::new(generator).with_call_sampler(call_sampler);
     let stop = Arc::new(AtomicBool::new(false));

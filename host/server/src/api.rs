@@ -208,10 +208,13 @@ pub struct SamplerRef {
     /// Its config: a JSON value (sent to the plugin as JSON text).
     #[serde(default)]
     pub config: Option<Value>,
-    /// Milliseconds a step may wait for it (default 25).
+    /// Milliseconds it has to answer a step (default 25, at most the
+    /// tenant's `max_step_budget_ms`); its sequence alone waits for it.
     #[serde(default)]
     pub step_budget_ms: Option<u64>,
-    /// `fail` or `fallback` (default) when it misses the budget.
+    /// When it misses the budget: `wait` (default: the sequence sits steps
+    /// out until it answers, at most 8 budgets), `fail` the request, or
+    /// `fallback` to the built-in sampler for that step.
     #[serde(default)]
     pub on_miss: Option<String>,
 }

@@ -16,7 +16,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use deepwasm_engine::agent::{CALL_STEP_BUDGET, CallSampler};
+use deepwasm_engine::agent::CallSampler;
 use deepwasm_engine::rewards::{Scored, WeightedReward, completion_seeds, score_samples};
 use deepwasm_engine::sampling::{MAX_TOP_LOGPROBS, SamplingParams, TokenLogprobs};
 use deepwasm_engine::{
@@ -247,25 +247,27 @@ fn plugin_steering(
         ));
     }
     let budget_ms = s.step_budget_ms.unwrap_or(25);
-    if !(1..=10_000).contains(&budget_ms) {
+    let max_ms = tenant.limits.max_step_budget_ms;
+    if !(1..=max_ms).contains(&budget_ms) {
         return Err(ApiError::invalid_param(
             "sampler.step_budget_ms",
-            format!("must be in 1..=10000, got {budget_ms}"),
+            format!("must be in 1..={max_ms} (this tenant's limit), got {budget_ms}"),
         ));
     }
     let policy = match s.on_miss.as_deref() {
-        None | Some("fallback") => MissPolicy::default(),
+        None | Some("wait") => MissPolicy::Wait,
         Some("fail") => MissPolicy::Fail,
+        Some("fallback") => MissPolicy::Fallback { max_misses: 3 },
         Some(other) => {
             return Err(ApiError::invalid_param(
                 "sampler.on_miss",
-                format!("must be `fail` or `fallback`, got `{other}`"),
+                format!("must be `wait`, `fail` or `fallback`, got `{other}`"),
             ));
         }
     };
     let budget = Duration::from_millis(budget_ms);
     Ok(Steering::Plugin {
-        plugin: st.sampler(tenant, Some(&stored), budget, policy)?,
+        plugin: st.sampler(tenant, Some(&stored))?,
         config: config_text(s.config.as_ref()),
         budget,
         policy,
@@ -306,7 +308,7 @@ fn format_steering(
         }
     };
     Ok(Some(Steering::Plugin {
-        plugin: st.sampler(tenant, None, JSON_STEP_BUDGET, MissPolicy::Fail)?,
+        plugin: st.sampler(tenant, None)?,
         config: config.to_string(),
         budget: JSON_STEP_BUDGET,
         policy: MissPolicy::Fail,
@@ -839,7 +841,7 @@ fn tool_call_steering(
     format
         .call_constraint(tools, named.as_deref())
         .map_err(|e| ApiError::invalid_param("tool_choice", e.to_string()))?;
-    let plugin = st.sampler(tenant, None, CALL_STEP_BUDGET, MissPolicy::Fail)?;
+    let plugin = st.sampler(tenant, None)?;
     Ok(Some(Steering::ToolCall {
         plugin,
         format,

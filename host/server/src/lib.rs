@@ -28,6 +28,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
+use deepwasm_engine::agent::CALL_STEP_BUDGET;
 use deepwasm_engine::{Engine, MissPolicy, ModelTokenizer, sampler_limits};
 use deepwasm_plugins::{
     Capabilities, Plugin, PluginEngine, RewardPlugin, SamplerPlugin, Sandbox, World,
@@ -60,13 +61,9 @@ impl Default for Config {
     }
 }
 
-type SamplerKey = (String, String, u64, MissPolicyKey);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum MissPolicyKey {
-    Fail,
-    Fallback(u32),
-}
+/// A pool of sampler instances: one per tenant and plugin, whatever the
+/// budgets and policies of the requests it serves.
+type SamplerKey = (String, String);
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -158,33 +155,28 @@ impl AppState {
         }
     }
 
-    /// A tenant's sampler, pooled per tenant, plugin and budget: built-in
-    /// (`json-schema`) when `stored` is `None`.
+    /// A tenant's sampler, pooled per tenant and plugin: built-in
+    /// (`json-schema`) when `stored` is `None`. Its calls may run up to the
+    /// hard deadline of the tenant's longest step budget (of the built-in
+    /// budgets, for a built-in); each request's calls carry their own.
     pub(crate) fn sampler(
         &self,
         tenant: &Tenant,
         stored: Option<&Stored>,
-        budget: Duration,
-        policy: MissPolicy,
     ) -> Result<SamplerPlugin, ApiError> {
-        let plugin = match stored {
-            Some(s) => s.plugin.clone(),
-            None => self.json_schema.clone(),
+        let (plugin, max_budget) = match stored {
+            Some(s) => (s.plugin.clone(), tenant.max_step_budget()),
+            None => (
+                self.json_schema.clone(),
+                tenant.max_step_budget().max(CALL_STEP_BUDGET),
+            ),
         };
-        let key = (
-            tenant.name.clone(),
-            plugin.id().to_owned(),
-            budget.as_micros() as u64,
-            match policy {
-                MissPolicy::Fail => MissPolicyKey::Fail,
-                MissPolicy::Fallback { max_misses } => MissPolicyKey::Fallback(max_misses),
-            },
-        );
+        let key = (tenant.name.clone(), plugin.id().to_owned());
         let mut cache = self.samplers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = cache.get(&key) {
             return Ok(s.clone());
         }
-        let mut limits = sampler_limits(budget, policy);
+        let mut limits = sampler_limits(max_budget, MissPolicy::Wait);
         if let Some(m) = tenant.limits.plugin_memory_mib {
             limits.memory_bytes = m * deepwasm_plugins::MIB;
         }

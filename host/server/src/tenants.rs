@@ -82,6 +82,9 @@ pub struct TenantLimits {
     pub tokens_per_minute: Option<u64>,
     /// Bytes of the key-value store tools may use (default 1 MiB).
     pub kv_bytes: usize,
+    /// The longest sampler step budget a request may ask for, ms (default
+    /// 250). A sampler call is cut at 8 budgets; its sequence alone waits.
+    pub max_step_budget_ms: u64,
 }
 
 impl Default for TenantLimits {
@@ -95,6 +98,7 @@ impl Default for TenantLimits {
             max_concurrent_requests: 8,
             tokens_per_minute: None,
             kv_bytes: 1 << 20,
+            max_step_budget_ms: 250,
         }
     }
 }
@@ -213,6 +217,11 @@ impl Tenant {
 
     /// The limits of this tenant's plugins of `world`: the world's defaults,
     /// narrowed (or, for memory and deadline, set) by the tenant's.
+    /// The longest step budget this tenant's requests may give a sampler.
+    pub fn max_step_budget(&self) -> Duration {
+        Duration::from_millis(self.limits.max_step_budget_ms.max(1))
+    }
+
     pub fn plugin_limits(&self, world: World) -> Limits {
         let mut limits = Limits::for_world(world);
         if let Some(m) = self.limits.plugin_memory_mib {

@@ -3,6 +3,7 @@
 //! that writes exactly one call under the tool-call grammar.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use deepwasm_model::toolcall::{THINK_END, ToolChoiceError};
 use deepwasm_model::{CallConstraint, OutputSplitter, Tokenizer, ToolCallFormat, ToolSpec};
@@ -10,7 +11,7 @@ use deepwasm_plugins::{SamplerPlugin, TokenSet};
 
 use super::CALL_STEP_BUDGET;
 use crate::plugin_sampler::{MissPolicy, PluginSampler};
-use crate::sampler::{Decision, Prepared, SampleSpec, Sampler, SamplerError, default_spec};
+use crate::sampler::{Decision, Prepared, Reply, SampleSpec, Sampler, SamplerError, default_spec};
 use crate::sampling::SamplingParams;
 
 /// What a [`Watch`] saw: the text generated, and where it stopped.
@@ -111,7 +112,12 @@ impl Sampler for Watch {
         "built-in"
     }
 
-    fn prepare(&mut self, _step: u32, new_tokens: &[u32]) -> Result<Prepared, SamplerError> {
+    fn prepare(
+        &mut self,
+        _step: u32,
+        new_tokens: &[u32],
+        _until: Instant,
+    ) -> Result<Reply<Prepared>, SamplerError> {
         for &t in new_tokens {
             if let Some(bytes) = self.tokenizer.token_bytes(t) {
                 self.bytes.extend_from_slice(bytes);
@@ -131,21 +137,22 @@ impl Sampler for Watch {
                 .find(THINK_END)
                 .map(|at| searched_from + at + THINK_END.len()),
         };
-        Ok(Prepared::Decided(match found {
+        Ok(Reply::Ready(Prepared::Decided(match found {
             Some(at) => {
                 *cut = Some(at);
                 Decision::Stop
             }
             None => Decision::Sample(default_spec()),
-        }))
+        })))
     }
 
-    fn decide(&mut self, _step: u32, _logits: &Arc<Vec<f32>>) -> Result<Decision, SamplerError> {
-        Ok(Decision::Sample(default_spec()))
-    }
-
-    fn prepare_is_trivial(&self) -> bool {
-        true
+    fn decide(
+        &mut self,
+        _step: u32,
+        _logits: &Arc<Vec<f32>>,
+        _until: Instant,
+    ) -> Result<Reply<Decision>, SamplerError> {
+        Ok(Reply::Ready(Decision::Sample(default_spec())))
     }
 }
 
@@ -188,6 +195,9 @@ pub struct CallSampler {
     /// The tokens the next `prepare` gets were forced by this sampler, not
     /// written by the model or the JSON sampler.
     forced: bool,
+    /// The step whose `prepare` the JSON sampler has not answered yet: the
+    /// next call for it only collects the answer.
+    asked: Option<u32>,
 }
 
 impl CallSampler {
@@ -236,6 +246,7 @@ impl CallSampler {
             params: SamplingParams::default(),
             stage,
             forced: false,
+            asked: None,
         })
     }
 
@@ -284,8 +295,13 @@ impl Sampler for CallSampler {
         Ok(())
     }
 
-    fn prepare(&mut self, _step: u32, new_tokens: &[u32]) -> Result<Prepared, SamplerError> {
-        let mut new = if std::mem::take(&mut self.forced) {
+    fn prepare(
+        &mut self,
+        step: u32,
+        new_tokens: &[u32],
+        until: Instant,
+    ) -> Result<Reply<Prepared>, SamplerError> {
+        let mut new = if self.asked.take() == Some(step) || std::mem::take(&mut self.forced) {
             &[][..]
         } else {
             new_tokens
@@ -296,7 +312,7 @@ impl Sampler for CallSampler {
                     self.stage = *next;
                     if !tokens.is_empty() {
                         self.forced = true;
-                        return Ok(Prepared::Decided(Decision::Force(tokens)));
+                        return Ok(Reply::Ready(Prepared::Decided(Decision::Force(tokens))));
                     }
                 }
                 Stage::Choose {
@@ -329,10 +345,12 @@ impl Sampler for CallSampler {
                         return Err(self.error("the tool name written matches no tool"));
                     }
                     self.stage = Stage::Choose { names, written };
-                    return Ok(Prepared::Decided(Decision::Sample(SampleSpec {
-                        allow: Some(TokenSet::Ids(next)),
-                        ..default_spec()
-                    })));
+                    return Ok(Reply::Ready(Prepared::Decided(Decision::Sample(
+                        SampleSpec {
+                            allow: Some(TokenSet::Ids(next)),
+                            ..default_spec()
+                        },
+                    ))));
                 }
                 Stage::Json { config, suffix } => {
                     let mut sampler = Box::new(PluginSampler::new(
@@ -354,34 +372,48 @@ impl Sampler for CallSampler {
                     next_step,
                     suffix,
                 } => {
-                    let prepared = sampler.prepare(next_step, new);
+                    let prepared = sampler.prepare(next_step, new, until);
+                    let answered = matches!(prepared, Ok(Reply::Ready(_)));
                     self.stage = Stage::Writing {
                         sampler,
-                        next_step: next_step + 1,
+                        next_step: next_step + u32::from(answered),
                         suffix,
                     };
-                    match prepared? {
-                        Prepared::NeedLogits => return Ok(Prepared::NeedLogits),
-                        Prepared::Decided(d) => match self.through(d) {
-                            Some(d) => return Ok(Prepared::Decided(d)),
-                            None => return Ok(Prepared::Decided(Decision::Stop)),
-                        },
-                    }
+                    let decision = match prepared? {
+                        Reply::Pending => {
+                            self.asked = Some(step);
+                            return Ok(Reply::Pending);
+                        }
+                        Reply::Ready(Prepared::NeedLogits) => {
+                            return Ok(Reply::Ready(Prepared::NeedLogits));
+                        }
+                        Reply::Ready(Prepared::Decided(d)) => d,
+                    };
+                    return Ok(Reply::Ready(Prepared::Decided(
+                        self.through(decision).unwrap_or(Decision::Stop),
+                    )));
                 }
-                Stage::Done => return Ok(Prepared::Decided(Decision::Stop)),
+                Stage::Done => return Ok(Reply::Ready(Prepared::Decided(Decision::Stop))),
             }
         }
     }
 
-    fn decide(&mut self, _step: u32, logits: &Arc<Vec<f32>>) -> Result<Decision, SamplerError> {
+    fn decide(
+        &mut self,
+        _step: u32,
+        logits: &Arc<Vec<f32>>,
+        until: Instant,
+    ) -> Result<Reply<Decision>, SamplerError> {
         let Stage::Writing {
             sampler, next_step, ..
         } = &mut self.stage
         else {
             return Err(self.error("asked to decide outside the JSON part"));
         };
-        let decision = sampler.decide(*next_step - 1, logits)?;
-        Ok(self.through(decision).unwrap_or(Decision::Stop))
+        match sampler.decide(*next_step - 1, logits, until)? {
+            Reply::Pending => Ok(Reply::Pending),
+            Reply::Ready(d) => Ok(Reply::Ready(self.through(d).unwrap_or(Decision::Stop))),
+        }
     }
 }
 

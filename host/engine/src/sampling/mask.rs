@@ -1,7 +1,7 @@
 //! Pipeline steps 1–4: penalties, logit bias, a plugin's mask and its bias.
 //! All edit the logits in place.
 
-use deepwasm_plugins::{TokenBias, TokenSet, for_each_run};
+use deepwasm_plugins::{SetTooLarge, TokenBias, TokenSet, for_each_run, normalize};
 
 use super::history::TokenHistory;
 use super::kernels::{BLOCK, max_of};
@@ -53,14 +53,20 @@ pub fn apply_bias(logits: &mut [f32], bias: &[TokenBias]) {
     }
 }
 
-/// A plugin's mask left no token to pick.
+/// A plugin's mask or bias that cannot be applied.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error(
-    "the sampler plugin's token mask leaves no token that can be picked ({vocab} in vocabulary)"
-)]
-pub struct MaskError {
-    /// The vocabulary size the mask was applied to.
-    pub vocab: usize,
+pub enum MaskError {
+    /// The mask left no token to pick.
+    #[error(
+        "the sampler plugin's token mask leaves no token that can be picked ({vocab} in vocabulary)"
+    )]
+    Empty {
+        /// The vocabulary size the mask was applied to.
+        vocab: usize,
+    },
+    /// A set or bias list longer than the host takes.
+    #[error("the sampler plugin sent {0}")]
+    TooLarge(#[from] SetTooLarge),
 }
 
 /// Applies a plugin's mask in place: tokens in `deny`, then tokens outside
@@ -68,21 +74,30 @@ pub struct MaskError {
 ///
 /// Fails when a set was given and no token is left with a logit above -inf
 /// (NaN does not count): sampling would otherwise pick a token the plugin
-/// forbade. Costs O(set size) for `deny` and one pass over the vocabulary
-/// for `allow`.
+/// forbade. Sets are normalised to bitsets first (see
+/// [`normalize`]), so the cost is O(n log n) in the set's entries at worst
+/// plus passes over the vocabulary, however the plugin repeated itself; a
+/// set of more than [`max_set_entries`](deepwasm_plugins::max_set_entries)
+/// entries is refused.
 pub fn apply_mask(
     logits: &mut [f32],
     allow: Option<&TokenSet>,
     deny: Option<&TokenSet>,
 ) -> Result<(), MaskError> {
     let len = logits.len().min(u32::MAX as usize) as u32;
+    let bitset = |set: &TokenSet| -> Result<TokenSet, MaskError> {
+        match set {
+            TokenSet::Bitset(_) => Ok(set.clone()),
+            _ => Ok(normalize(set, len)?),
+        }
+    };
     if let Some(deny) = deny {
-        for_each_run(deny, len, |start, end| {
+        for_each_run(&bitset(deny)?, len, |start, end| {
             logits[start as usize..end as usize].fill(f32::NEG_INFINITY);
         });
     }
     if let Some(allow) = allow {
-        let keep = keep_bits(allow, len);
+        let keep = keep_bits(&bitset(allow)?, len);
         for (block, &bits) in logits.chunks_mut(BLOCK).zip(&keep) {
             if bits == u64::MAX {
                 continue;
@@ -99,7 +114,7 @@ pub fn apply_mask(
         }
     }
     if (allow.is_some() || deny.is_some()) && !has_pickable(logits) {
-        return Err(MaskError {
+        return Err(MaskError::Empty {
             vocab: logits.len(),
         });
     }
@@ -305,7 +320,7 @@ mod tests {
     fn a_mask_that_leaves_nothing_is_an_error() {
         let mut l = vec![0.0f32; 70];
         let e = apply_mask(&mut l, Some(&TokenSet::Ids(vec![])), None).unwrap_err();
-        assert_eq!(e, MaskError { vocab: 70 });
+        assert_eq!(e, MaskError::Empty { vocab: 70 });
         assert!(e.to_string().contains("no token"));
 
         // Allowed only out of range.
@@ -331,6 +346,32 @@ mod tests {
         // No mask at all is not the mask's fault.
         let mut l = vec![NEG; 3];
         assert!(apply_mask(&mut l, None, None).is_ok());
+    }
+
+    #[test]
+    fn a_wide_deny_costs_one_pass_not_one_per_range() {
+        // 200,000 ranges, each of every token but 0: the mask leaves token
+        // 0, quickly (filling the vocabulary once per range took seconds).
+        use deepwasm_plugins::TokenRange;
+        let mut l = vec![1.0f32; 49_152];
+        let deny = TokenSet::Ranges(vec![
+            TokenRange {
+                start: 1,
+                end: u32::MAX
+            };
+            98_304
+        ]);
+        let start = std::time::Instant::now();
+        apply_mask(&mut l, None, Some(&deny)).unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_millis(500));
+        assert_eq!(finite_ids(&l), [0]);
+        // One range more than twice the vocabulary is refused.
+        let TokenSet::Ranges(mut r) = deny else {
+            unreachable!()
+        };
+        r.push(TokenRange { start: 0, end: 1 });
+        let e = apply_mask(&mut l, None, Some(&TokenSet::Ranges(r))).unwrap_err();
+        assert!(matches!(e, MaskError::TooLarge(_)), "{e}");
     }
 
     #[test]
