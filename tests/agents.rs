@@ -330,6 +330,30 @@ fn token_tool_call_and_time_budgets_end_looping_runs() {
         started.elapsed()
     );
 
+    // A tool that sleeps in WASI (30 s against its own 5 s deadline) is cut
+    // at what is left of the run's deadline, not at its own.
+    let started = Instant::now();
+    let run = run_task(
+        artifacts::LOOPING_AGENT,
+        with_budgets(
+            request(
+                "-",
+                json!({"mode": "tools", "tool": "sleep"}),
+                &[artifacts::HOSTILE_TOOL],
+            ),
+            |b| b.deadline = Duration::from_millis(800),
+        ),
+    );
+    assert_eq!(
+        run.outcome,
+        Err(AgentFailure::Deadline { deadline_ms: 800 })
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+
     // The caller's stop flag.
     let stop = Arc::new(AtomicBool::new(true));
     let run = run_task(

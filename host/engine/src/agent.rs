@@ -486,6 +486,11 @@ impl RunState {
         self.started.elapsed() >= self.deadline
     }
 
+    /// What is left of the run's deadline.
+    fn time_left(&self) -> Duration {
+        self.deadline.saturating_sub(self.started.elapsed())
+    }
+
     fn deadline_failure(&self) -> AgentFailure {
         AgentFailure::Deadline {
             deadline_ms: millis_of(self.deadline),

@@ -1,6 +1,8 @@
 //! Tool plugins: describing their tools and running calls, each call in a
 //! fresh instance.
 
+use std::time::{Duration, Instant};
+
 use crate::bindings::{tool_provider, types};
 use crate::error::PluginError;
 use crate::host::{CallOutput, Capabilities, Wasi};
@@ -64,13 +66,35 @@ impl ToolPlugin {
 
     /// The tools this plugin offers.
     pub fn describe(&self) -> Result<Vec<types::ToolSpec>, PluginError> {
-        self.run(|guest, store| guest.call_describe(store))
+        self.run(None, |guest, store| guest.call_describe(store))
             .map(|(specs, _)| specs)
     }
 
     /// Run tool `name` with a JSON `arguments` object.
     pub fn call(&self, name: &str, arguments: &str) -> Result<ToolResult, PluginError> {
-        let (result, log) = self.run(|guest, store| guest.call_call(store, name, arguments))?;
+        self.call_by(None, name, arguments)
+    }
+
+    /// `call`, with instantiation and the call together bounded by
+    /// `deadline` as well as by the sandbox's limits: what an agent's tool
+    /// call gets when its run has less time left than a tool call's
+    /// deadline.
+    pub fn call_within(
+        &self,
+        deadline: Duration,
+        name: &str,
+        arguments: &str,
+    ) -> Result<ToolResult, PluginError> {
+        self.call_by(Some(Instant::now() + deadline), name, arguments)
+    }
+
+    fn call_by(
+        &self,
+        by: Option<Instant>,
+        name: &str,
+        arguments: &str,
+    ) -> Result<ToolResult, PluginError> {
+        let (result, log) = self.run(by, |guest, store| guest.call_call(store, name, arguments))?;
         let output = result.map_err(|e| PluginError::guest(self.plugin.name(), e))?;
         let len = match &output {
             types::ToolOutput::Text(t) | types::ToolOutput::Json(t) => t.len(),
@@ -86,21 +110,36 @@ impl ToolPlugin {
         Ok(ToolResult { output, log })
     }
 
+    /// Run `f` in a fresh instance, within the sandbox's limits and, when
+    /// given, by the instant `by` (instantiation included).
     fn run<R>(
         &self,
+        by: Option<Instant>,
         f: impl FnOnce(
             &tool_provider::Guest,
             &mut wasmtime::Store<crate::host::HostState>,
         ) -> wasmtime::Result<R>,
     ) -> Result<(R, CallOutput), PluginError> {
-        let mut session = self.plugin.instantiate(&self.sandbox, Wasi::Live)?;
+        let left = || {
+            by.map(|t| {
+                t.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            })
+        };
+        let mut sandbox = self.sandbox.clone();
+        if let Some(left) = left() {
+            sandbox.limits.setup_deadline = sandbox.limits.setup_deadline.min(left);
+        }
+        let mut session = self.plugin.instantiate(&sandbox, Wasi::Live)?;
         let guest = self
             .indices
             .load(&mut session.store, &session.instance)
             .map_err(|e| PluginError::protocol(self.plugin.name(), format!("{e:#}")))?;
-        let r = session.call(self.sandbox.limits.call_deadline, 1, |store, _| {
-            f(&guest, store)
-        })?;
+        let deadline = match left() {
+            Some(left) => sandbox.limits.call_deadline.min(left),
+            None => sandbox.limits.call_deadline,
+        };
+        let r = session.call(deadline, 1, |store, _| f(&guest, store))?;
         Ok((r, std::mem::take(&mut session.last_output)))
     }
 }

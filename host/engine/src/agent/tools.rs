@@ -121,7 +121,12 @@ impl GrantedTools {
             }
             return Err(types::Error::InvalidInput(message));
         }
-        let output = match tool.plugin.call(name, arguments) {
+        // The tool may take its own deadline, but never past the run's.
+        let left = self.run.time_left();
+        if left.is_zero() {
+            return Err(self.run.exhaust(self.run.deadline_failure()));
+        }
+        let output = match tool.plugin.call_within(left, name, arguments) {
             Ok(result) => result.output,
             // The tool's own error passes through as it is.
             Err(PluginError::Guest { error, .. }) => return Err(error.into()),
