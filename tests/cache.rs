@@ -5,6 +5,7 @@ use crate::util::artifacts;
 fn engine(dir: &std::path::Path) -> PluginEngine {
     PluginEngine::new(EngineConfig {
         cache_dir: Some(dir.to_owned()),
+        ..EngineConfig::default()
     })
     .unwrap()
 }

@@ -236,3 +236,50 @@ fn an_export_with_the_right_name_and_the_wrong_type_is_refused_at_load() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_refused_component_is_never_compiled_or_cached() {
+    // Its world and imports are read from its bytes first: nothing lands
+    // in the compile cache for a component the host refuses, nor for one
+    // whose exports turn out mistyped after compiling.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = deepwasm_plugins::PluginEngine::new(deepwasm_plugins::EngineConfig {
+        cache_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap();
+    let err = engine
+        .load(
+            "sneaky",
+            &tool_importing("deepwasm:plugin/inference@0.1.0"),
+            &Grants::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, LoadError::OutsideWorld { .. }), "{err}");
+    let mistyped = wat::parse_str(
+        r#"(component
+            (core module $m (func (export "f") (param i32)))
+            (core instance $i (instantiate $m))
+            (func $score (param "x" u32) (canon lift (core func $i "f")))
+            (instance $scorer (export "score" (func $score)))
+            (export "deepwasm:plugin/scorer@0.1.0" (instance $scorer))
+        )"#,
+    )
+    .unwrap();
+    let err = engine
+        .load("mistyped", &mistyped, &Grants::default())
+        .unwrap_err();
+    assert!(matches!(err, LoadError::ExportType { .. }), "{err}");
+    let cached: Vec<_> = std::fs::read_dir(dir.path())
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "{cached:?}");
+    // A good one is cached as before.
+    engine
+        .load_file(
+            std::path::Path::new(artifacts::CALCULATOR),
+            &Grants::default(),
+        )
+        .unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

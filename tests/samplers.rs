@@ -301,3 +301,72 @@ fn host_work_on_a_plugins_token_set_is_bounded_by_the_vocabulary() {
         "{err}"
     );
 }
+
+#[test]
+fn a_tenants_instance_share_bounds_its_live_instances() {
+    // A meter with a share of 3 instances, two sampler pools under it.
+    let meter = Arc::new(deepwasm_plugins::Meter::with_instance_share(3));
+    let pool = |max_idle| {
+        SamplerPlugin::with_max_idle(
+            plugin(artifacts::HOSTILE_SAMPLER),
+            sandbox(World::Sampler, |_| {}).with_meter(meter.clone()),
+            max_idle,
+        )
+        .unwrap()
+    };
+    let (a, b) = (pool(4), pool(4));
+    let ok = r#"{"mode": "ok"}"#;
+    let open = |s: &SamplerPlugin| s.open(ok, &[1], &params());
+    let held: Vec<_> = (0..3).map(|_| open(&a).unwrap()).collect();
+    assert_eq!(meter.usage().live_instances, 3);
+    let err = open(&b).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PluginError::Limit {
+                limit: LimitHit::Instances(3),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Back in the pool they still count, but they are given up when the
+    // tenant needs the slots for work.
+    drop(held);
+    assert_eq!(a.idle_instances(), 3);
+    assert_eq!(meter.usage().live_instances, 3);
+    let in_b: Vec<_> = (0..3).map(|_| open(&b).unwrap()).collect();
+    assert_eq!(a.idle_instances(), 0);
+    assert_eq!(meter.usage().live_instances, 3);
+    drop(in_b);
+    // Evicting a pool frees its slots at once.
+    assert_eq!(b.evict_idle(), 3);
+    assert_eq!(meter.usage().live_instances, 0);
+}
+
+#[test]
+fn idle_instances_are_counted_engine_wide_and_freed_with_their_pool() {
+    let engine =
+        deepwasm_plugins::PluginEngine::new(deepwasm_plugins::EngineConfig::default()).unwrap();
+    let bytes = std::fs::read(artifacts::HOSTILE_SAMPLER).unwrap();
+    let p = engine
+        .load(
+            "hostile-sampler",
+            &bytes,
+            &deepwasm_plugins::Grants::default(),
+        )
+        .unwrap();
+    let s = SamplerPlugin::new(p, sandbox(World::Sampler, |_| {})).unwrap();
+    let seqs: Vec<_> = (0..2)
+        .map(|_| s.open(r#"{"mode": "ok"}"#, &[1], &params()).unwrap())
+        .collect();
+    assert_eq!(engine.idle_instances().0, 0);
+    drop(seqs);
+    let (count, bytes) = engine.idle_instances();
+    assert_eq!(count, 2);
+    assert!(bytes > 0, "their memory is counted");
+    // The last handle on the pool goes (a deleted plugin): so do its
+    // instances.
+    drop(s);
+    assert_eq!(engine.idle_instances(), (0, 0));
+}

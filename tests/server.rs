@@ -50,6 +50,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("TOP_K", artifacts::TOP_K),
     ("CALCULATOR", artifacts::CALCULATOR),
     ("REACT_AGENT", artifacts::REACT_AGENT),
+    ("JSON_SCHEMA", artifacts::JSON_SCHEMA),
 ];
 
 /// The largest JSON body the test servers take: small, so the 413 test has

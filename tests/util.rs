@@ -15,6 +15,7 @@ pub fn engine() -> &'static PluginEngine {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
         PluginEngine::new(EngineConfig {
             cache_dir: Some(dir),
+            ..EngineConfig::default()
         })
         .expect("creating the plugin engine")
     })

@@ -103,6 +103,7 @@ fn load_twice(
     let cache = tempfile::tempdir()?;
     let config = || EngineConfig {
         cache_dir: Some(cache.path().to_owned()),
+        ..EngineConfig::default()
     };
     let start = Instant::now();
     PluginEngine::new(config())?

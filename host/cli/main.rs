@@ -63,15 +63,30 @@ enum Command {
 }
 
 impl Cli {
-    fn engine(&self) -> anyhow::Result<PluginEngine> {
-        let cache_dir = if self.no_cache {
+    fn cache_dir(&self) -> Option<std::path::PathBuf> {
+        if self.no_cache {
             None
         } else {
             self.cache_dir
                 .clone()
                 .or_else(EngineConfig::default_cache_dir)
-        };
-        PluginEngine::new(EngineConfig { cache_dir })
+        }
+    }
+
+    fn engine(&self) -> anyhow::Result<PluginEngine> {
+        PluginEngine::new(EngineConfig {
+            cache_dir: self.cache_dir(),
+            ..EngineConfig::default()
+        })
+    }
+
+    /// The plugin engine for a server: it compiles on one thread (see
+    /// `EngineConfig::compile_on_one_thread`).
+    fn server_engine(&self) -> anyhow::Result<PluginEngine> {
+        PluginEngine::new(EngineConfig {
+            cache_dir: self.cache_dir(),
+            compile_on_one_thread: true,
+        })
     }
 }
 

@@ -71,7 +71,7 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,
     };
-    let state = deepwasm_server::AppState::new(engine, tenants, cli.engine()?, config)?;
+    let state = deepwasm_server::AppState::new(engine, tenants, cli.server_engine()?, config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("deepwasm-http")

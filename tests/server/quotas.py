@@ -1,11 +1,13 @@
 """Tenants' quotas: a tenant over its concurrent requests or its tokens per
 minute gets 429 with a Retry-After, and other tenants are not affected."""
 
+import os
+import threading
 import time
 
 import openai
 
-from common import chat, client, http, run
+from common import chat, client, http, plugin_bytes, run, upload
 
 PROMPT = "Tell me a long story about a dragon."
 
@@ -69,6 +71,52 @@ def test_tokens_per_minute_over_the_limit_are_429():
         )
         assert r.status_code == 429 and "retry-after" in r.headers, r.text
     assert chat(client("alpha"), "hi", max_tokens=2).choices
+
+
+def fresh_copy(data):
+    """`data` with a custom section of random bytes appended: the same
+    plugin under a new content id, so the server must compile it anew."""
+
+    def leb(n):
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    name = b"nonce"
+    payload = leb(len(name)) + name + os.urandom(16)
+    return data + b"\x00" + leb(len(payload)) + payload
+
+
+def test_uploads_compile_one_at_a_time_per_tenant():
+    # The JSON-schema sampler (llguidance inside) compiles for seconds: a
+    # second upload by the same tenant meanwhile is told to come back,
+    # while another tenant's upload is admitted.
+    big = plugin_bytes("json-schema")
+    results = {}
+
+    def first():
+        with http("single") as h:
+            results["first"] = upload(h, "slow-compile", fresh_copy(big))
+
+    t = threading.Thread(target=first)
+    t.start()
+    time.sleep(0.3)
+    with http("single") as h:
+        r = upload(h, "second", fresh_copy(plugin_bytes("word-ban")))
+    assert r.status_code == 429, r.text
+    assert "already uploading a plugin" in r.json()["error"]["message"], r.text
+    assert r.headers.get("retry-after") == "1", r.headers
+    with http("alpha") as h:
+        r = upload(h, "meanwhile", fresh_copy(plugin_bytes("word-ban")))
+    assert r.status_code == 201, r.text
+    t.join()
+    assert results["first"].status_code == 201, results["first"].text
+    # Done: the tenant may upload again.
+    with http("single") as h:
+        assert upload(h, "second", fresh_copy(plugin_bytes("word-ban"))).status_code == 201
 
 
 run(globals())

@@ -88,6 +88,11 @@ impl CompileCache {
         }
     }
 
+    /// Drop the entry under `key`, if any.
+    pub(crate) fn remove(&self, key: &str) {
+        let _ = fs::remove_file(self.path(key));
+    }
+
     /// Write `component` under `key`, atomically.
     pub(crate) fn store(&self, key: &str, component: &Component) -> anyhow::Result<()> {
         let bytes = component.serialize().map_err(anyhow::Error::from)?;

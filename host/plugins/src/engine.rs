@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,11 @@ pub struct EngineConfig {
     /// memory only. The directory must be private to this host: its files
     /// are loaded as machine code.
     pub cache_dir: Option<PathBuf>,
+    /// Compile each component on the calling thread alone. A server sets
+    /// this: parallel compilation runs on the process-wide rayon pool, which
+    /// the model's kernels share, so one tenant's large upload would slow
+    /// every stream; on one thread it costs one core for its duration.
+    pub compile_on_one_thread: bool,
 }
 
 impl EngineConfig {
@@ -51,6 +57,63 @@ struct Inner {
     cache: Option<CompileCache>,
     /// Components compiled or loaded in this process, by content key.
     compiled: Mutex<HashMap<String, Component>>,
+    idle: IdleBudget,
+}
+
+/// Idle pooled instances kept across every pool and tenant of an engine, at
+/// most. Each holds a pooling-allocator slot and its touched memory.
+pub const MAX_IDLE_INSTANCES: usize = 256;
+/// Linear memory of idle pooled instances kept, at most, in bytes: an
+/// llguidance sampler on the DeepSeek vocabulary holds ~100 MiB, so this
+/// keeps about twenty of those warm.
+pub const MAX_IDLE_BYTES: u64 = 2 << 30;
+
+/// What idle pooled instances hold now, against the engine-wide bounds.
+#[derive(Debug, Default)]
+pub(crate) struct IdleBudget {
+    count: AtomicUsize,
+    bytes: AtomicU64,
+}
+
+impl IdleBudget {
+    /// Count one more idle instance of `bytes`, unless that would pass a
+    /// bound (then the instance should be dropped instead of pooled).
+    pub(crate) fn try_add(&self, bytes: u64) -> bool {
+        if self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < MAX_IDLE_INSTANCES).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return false;
+        }
+        if self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| {
+                b.checked_add(bytes).filter(|&t| t <= MAX_IDLE_BYTES)
+            })
+            .is_err()
+        {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// An idle instance of `bytes` left the pool.
+    pub(crate) fn remove(&self, bytes: u64) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Idle instances and their bytes, now.
+    pub(crate) fn held(&self) -> (usize, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -72,7 +135,7 @@ impl PluginEngine {
             // Relaxed SIMD gives the same answers on every machine, so a
             // reward scores the same everywhere.
             .relaxed_simd_deterministic(true)
-            .parallel_compilation(true)
+            .parallel_compilation(!config.compile_on_one_thread)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
         let engine = Engine::new(&cfg).map_err(anyhow::Error::from)?;
 
@@ -99,6 +162,7 @@ impl PluginEngine {
                 linker,
                 cache,
                 compiled: Mutex::new(HashMap::new()),
+                idle: IdleBudget::default(),
             }),
         })
     }
@@ -109,6 +173,16 @@ impl PluginEngine {
 
     pub(crate) fn linker(&self) -> &Linker<HostState> {
         &self.inner.linker
+    }
+
+    pub(crate) fn idle_budget(&self) -> &IdleBudget {
+        &self.inner.idle
+    }
+
+    /// Idle pooled instances across all pools and their linear memory in
+    /// bytes, now.
+    pub fn idle_instances(&self) -> (usize, u64) {
+        self.inner.idle.held()
     }
 
     /// Load a plugin from its component bytes. `name` is how errors and logs
@@ -174,6 +248,15 @@ impl PluginEngine {
         self.lock_compiled().remove(&key);
     }
 
+    /// Forget a compiled component everywhere, the disk cache included: one
+    /// that compiled but was refused (its exports mistyped, say) is not kept.
+    pub(crate) fn discard(&self, id: &str) {
+        self.evict(id);
+        if let Some(cache) = &self.inner.cache {
+            cache.remove(&cache.key(id));
+        }
+    }
+
     fn lock_compiled(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
         self.inner
             .compiled
@@ -199,6 +282,11 @@ pub(crate) struct Compiled {
     pub(crate) source: CompileSource,
 }
 
+/// Component instances alive at once across every plugin and tenant: the
+/// pooling allocator's slots. Tenants get shares of these (see
+/// [`Meter::with_instance_share`](crate::Meter::with_instance_share)).
+pub const TOTAL_INSTANCES: usize = 1_000;
+
 /// Slots whose memory is returned to the kernel together.
 const DECOMMIT_BATCH: usize = 32;
 
@@ -212,7 +300,7 @@ const DECOMMIT_BATCH: usize = 32;
 /// touched.
 fn pooling_config() -> PoolingAllocationConfig {
     let mut p = PoolingAllocationConfig::new();
-    p.total_component_instances(1_000)
+    p.total_component_instances(TOTAL_INSTANCES as u32)
         // Interpreted guests (componentize-py, componentize-js) are made of
         // a dozen core modules each.
         .total_core_instances(10_000)

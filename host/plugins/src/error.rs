@@ -95,6 +95,7 @@ impl PluginError {
                 LimitHit::Memory { .. } => "memory",
                 LimitHit::TableElements(_) => "tables",
                 LimitHit::Stack => "stack",
+                LimitHit::Instances(_) => "instances",
             },
             PluginError::Trap { .. } => "trap",
             PluginError::Guest { .. } => "guest-error",

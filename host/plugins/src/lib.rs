@@ -28,7 +28,10 @@ mod tool;
 pub use agent::{AgentAnswer, AgentControl, AgentPlugin, LogSink};
 pub use bindings::{inference, log, logits as logits_api, tokenizer, types};
 pub use cache::write_atomically;
-pub use engine::{CompileSource, EPOCH_TICK, EngineConfig, PluginEngine};
+pub use engine::{
+    CompileSource, EPOCH_TICK, EngineConfig, MAX_IDLE_BYTES, MAX_IDLE_INSTANCES, PluginEngine,
+    TOTAL_INSTANCES,
+};
 pub use error::{GuestError, PluginError};
 pub use host::logits::{
     LogitsHandle, SetTooLarge, argmax, for_each_run, log_sum_exp, max_set_entries, normalize, top_k,
@@ -44,8 +47,8 @@ pub use plugin::{
 };
 pub use reward::{RewardPlugin, Sample, Score};
 pub use sampler::{
-    Decision, Prepared, SampleSpec, SamplerPlugin, SamplerSequence, SamplingParams, TokenBias,
-    TokenRange, TokenSet,
+    DEFAULT_MAX_IDLE, Decision, IDLE_TTL, Prepared, SampleSpec, SamplerPlugin, SamplerSequence,
+    SamplingParams, TokenBias, TokenRange, TokenSet,
 };
 pub use sandbox::{Meter, Sandbox, Usage};
 pub use tool::{MAX_TOOL_OUTPUT_BYTES, ToolPlugin, ToolResult};

@@ -156,6 +156,8 @@ pub enum LimitHit {
     TableElements(usize),
     /// Wasm stack exhaustion (unbounded recursion).
     Stack,
+    /// The tenant's share of live instances was all in use.
+    Instances(usize),
 }
 
 impl std::fmt::Display for LimitHit {
@@ -171,11 +173,17 @@ impl std::fmt::Display for LimitHit {
             ),
             LimitHit::TableElements(n) => write!(f, "table limit of {n} elements"),
             LimitHit::Stack => write!(f, "stack limit (unbounded recursion?)"),
+            LimitHit::Instances(n) => write!(f, "share of {n} live plugin instances"),
         }
     }
 }
 
 impl StoreLimiter {
+    /// Linear memory the store's instance holds now, in bytes.
+    pub(crate) fn memory_in_use(&self) -> u64 {
+        self.memory_in_use
+    }
+
     pub(crate) fn new(limits: &Limits) -> StoreLimiter {
         StoreLimiter {
             memory_bytes: limits.memory_bytes,

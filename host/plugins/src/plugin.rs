@@ -17,7 +17,7 @@ use crate::engine::{CompileSource, PluginEngine, deadline_ticks};
 use crate::error::{PluginError, classify};
 use crate::host::wait::CallDeadline;
 use crate::host::{CallOutput, HostState, Wasi};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{InstanceSlot, Sandbox};
 
 /// The package every deepwasm interface belongs to.
 pub const PACKAGE: &str = "deepwasm:plugin";
@@ -324,6 +324,15 @@ impl Plugin {
     ) -> Result<Plugin, LoadError> {
         let start = Instant::now();
         check_header(name, bytes)?;
+        // What the component is and what it imports are read from its
+        // bytes and checked before anything is compiled: a refused upload
+        // costs a parse, not a compile (seconds and hundreds of MiB for a
+        // large component) nor a compile-cache entry.
+        let names = top_level_names(name, bytes)?;
+        let world = world_of(name, &names.exports)?;
+        for import in &names.imports {
+            check_import(name, world, grants, import)?;
+        }
         let id = content_id(bytes);
         let compiled = engine.compile(&id, bytes).map_err(|e| LoadError::Invalid {
             name: name.to_owned(),
@@ -333,56 +342,20 @@ impl Plugin {
         let ty = component.component_type();
         let wt = engine.engine();
 
-        let mut exports = Vec::new();
-        let mut worlds = Vec::new();
-        for (export, item) in ty.exports(wt) {
-            let functions = match &item.ty {
-                ComponentItem::ComponentInstance(i) => i
-                    .exports(wt)
-                    .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
-                    .map(|(f, _)| f.to_owned())
-                    .collect(),
-                _ => Vec::new(),
-            };
-            if let Some((PACKAGE, interface, version)) = split_interface_name(export)
-                && let Some(world) = World::ALL.into_iter().find(|w| w.export() == interface)
-                && version == PACKAGE_VERSION
-            {
-                worlds.push(world);
-            }
-            exports.push(ExportInfo {
+        let exports = ty
+            .exports(wt)
+            .map(|(export, item)| ExportInfo {
                 name: export.to_owned(),
-                functions,
-            });
-        }
-        let world = match worlds[..] {
-            [world] => world,
-            [] => {
-                let list = exports
-                    .iter()
-                    .map(|e| format!("`{}`", e.name))
-                    .collect::<Vec<_>>();
-                return Err(LoadError::NoWorld {
-                    name: name.to_owned(),
-                    exports: if list.is_empty() {
-                        "nothing".to_owned()
-                    } else {
-                        list.join(", ")
-                    },
-                });
-            }
-            _ => {
-                return Err(LoadError::SeveralWorlds {
-                    name: name.to_owned(),
-                    worlds: worlds
-                        .iter()
-                        .map(|w| w.name())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
-        };
-
+                functions: match &item.ty {
+                    ComponentItem::ComponentInstance(i) => i
+                        .exports(wt)
+                        .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
+                        .map(|(f, _)| f.to_owned())
+                        .collect(),
+                    _ => Vec::new(),
+                },
+            })
+            .collect();
         let mut imports = Vec::new();
         for (import, _) in ty.imports(wt) {
             let provider = check_import(name, world, grants, import)?;
@@ -392,13 +365,13 @@ impl Plugin {
             });
         }
 
-        let pre = engine
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link {
+        let pre = engine.linker().instantiate_pre(&component).map_err(|e| {
+            engine.discard(&id);
+            LoadError::Link {
                 name: name.to_owned(),
                 reason: format!("{e:#}"),
-            })?;
+            }
+        })?;
 
         let info = PluginInfo {
             name: name.to_owned(),
@@ -418,7 +391,10 @@ impl Plugin {
                 pre,
             }),
         };
-        plugin.check_export_types()?;
+        if let Err(e) = plugin.check_export_types() {
+            engine.discard(plugin.id());
+            return Err(e);
+        }
         Ok(plugin)
     }
 
@@ -520,6 +496,13 @@ impl Plugin {
         sandbox: &Sandbox,
         wasi: Wasi,
     ) -> Result<Session, PluginError> {
+        let slot = sandbox
+            .meter
+            .take_slot()
+            .map_err(|limit| PluginError::Limit {
+                plugin: self.name().to_owned(),
+                limit,
+            })?;
         let state = HostState::new(
             self.inner.name.clone(),
             &sandbox.limits,
@@ -559,7 +542,87 @@ impl Plugin {
             sandbox: sandbox.clone(),
             poisoned: false,
             last_output,
+            _slot: slot,
         })
+    }
+}
+
+/// The names a component imports and exports at its top level.
+struct TopLevelNames {
+    imports: Vec<String>,
+    exports: Vec<String>,
+}
+
+/// Read the top-level import and export names of a component without
+/// compiling it (nested modules and components are skipped).
+fn top_level_names(name: &str, bytes: &[u8]) -> Result<TopLevelNames, LoadError> {
+    use wasmparser::{Parser, Payload};
+    let invalid = |e: wasmparser::BinaryReaderError| LoadError::Invalid {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut names = TopLevelNames {
+        imports: Vec::new(),
+        exports: Vec::new(),
+    };
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(section) if depth == 0 => {
+                for import in section {
+                    names
+                        .imports
+                        .push(import.map_err(invalid)?.name.name.to_owned());
+                }
+            }
+            Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    names
+                        .exports
+                        .push(export.map_err(invalid)?.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
+/// The one deepwasm world whose interface a component exports.
+fn world_of(name: &str, exports: &[String]) -> Result<World, LoadError> {
+    let worlds: Vec<World> = exports
+        .iter()
+        .filter_map(|export| match split_interface_name(export) {
+            Some((PACKAGE, interface, version)) if version == PACKAGE_VERSION => {
+                World::ALL.into_iter().find(|w| w.export() == interface)
+            }
+            _ => None,
+        })
+        .collect();
+    match worlds[..] {
+        [world] => Ok(world),
+        [] => Err(LoadError::NoWorld {
+            name: name.to_owned(),
+            exports: if exports.is_empty() {
+                "nothing".to_owned()
+            } else {
+                exports
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        }),
+        _ => Err(LoadError::SeveralWorlds {
+            name: name.to_owned(),
+            worlds: worlds
+                .iter()
+                .map(|w| w.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 
@@ -660,6 +723,8 @@ pub(crate) struct Session {
     pub(crate) poisoned: bool,
     /// What the guest wrote during the last call.
     pub(crate) last_output: CallOutput,
+    /// Its place in the tenant's instance share, given back with it.
+    _slot: InstanceSlot,
 }
 
 impl Session {

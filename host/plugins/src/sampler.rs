@@ -7,9 +7,15 @@
 //! a sequence that traps or overruns takes down only its own instance. Pools
 //! belong to a `SamplerPlugin`, which belongs to one sandbox (one tenant):
 //! an instance never carries state from one tenant to another.
+//!
+//! Idle instances are bounded three ways: per pool (`max_idle`), across the
+//! engine ([`MAX_IDLE_INSTANCES`](crate::MAX_IDLE_INSTANCES) and
+//! [`MAX_IDLE_BYTES`](crate::MAX_IDLE_BYTES)), and in time (`IDLE_TTL`).
+//! They count against their tenant's instance share, which takes them
+//! back when the tenant needs the slots for work.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Resource, ResourceAny};
 
@@ -21,10 +27,13 @@ use crate::error::PluginError;
 use crate::host::logits::LogitsHandle;
 use crate::host::{CallOutput, Wasi};
 use crate::plugin::{LoadError, Plugin, Session, World};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{IdlePool, Sandbox};
 
 /// Idle instances kept per sampler plugin by default.
 pub const DEFAULT_MAX_IDLE: usize = 4;
+
+/// How long an idle instance is kept unused before it is dropped.
+pub const IDLE_TTL: Duration = Duration::from_secs(120);
 
 /// A sampler plugin with its pool of instances. Cheap to clone.
 #[derive(Clone)]
@@ -36,8 +45,31 @@ struct Inner {
     plugin: Plugin,
     sandbox: Sandbox,
     indices: controller::GuestIndices,
-    idle: Mutex<Vec<Instance>>,
+    idle: Mutex<Vec<Idle>>,
     max_idle: usize,
+}
+
+/// A pooled instance, since when it waits, and the memory it holds.
+struct Idle {
+    instance: Instance,
+    since: Instant,
+    bytes: u64,
+}
+
+impl IdlePool for Inner {
+    fn evict_idle(&self) -> usize {
+        let evicted = std::mem::take(&mut *self.lock_idle());
+        for i in &evicted {
+            self.plugin.engine().idle_budget().remove(i.bytes);
+        }
+        evicted.len()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.evict_idle();
+    }
 }
 
 impl std::fmt::Debug for SamplerPlugin {
@@ -67,15 +99,16 @@ impl SamplerPlugin {
     ) -> Result<Self, LoadError> {
         plugin.expect_world(World::Sampler)?;
         let indices = plugin.indices(controller::GuestIndices::new)?;
-        Ok(SamplerPlugin {
-            inner: Arc::new(Inner {
-                plugin,
-                sandbox,
-                indices,
-                idle: Mutex::new(Vec::new()),
-                max_idle,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            plugin,
+            sandbox,
+            indices,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        });
+        let pool: Weak<dyn IdlePool> = Arc::downgrade(&inner) as Weak<dyn IdlePool>;
+        inner.sandbox.meter.register_pool(pool);
+        Ok(SamplerPlugin { inner })
     }
 
     pub fn plugin(&self) -> &Plugin {
@@ -89,6 +122,12 @@ impl SamplerPlugin {
     /// Instances waiting for a sequence.
     pub fn idle_instances(&self) -> usize {
         self.inner.lock_idle().len()
+    }
+
+    /// Drop every idle instance now (a deleted plugin's, say); returns how
+    /// many.
+    pub fn evict_idle(&self) -> usize {
+        self.inner.evict_idle()
     }
 
     /// Create an instance and run its `setup` now, so the first request does
@@ -108,7 +147,7 @@ impl SamplerPlugin {
         params: &SamplingParams,
     ) -> Result<SamplerSequence, PluginError> {
         let inner = &self.inner;
-        let mut instance = match inner.lock_idle().pop() {
+        let mut instance = match inner.take_idle() {
             Some(i) => i,
             None => inner.new_instance()?,
         };
@@ -135,7 +174,7 @@ impl SamplerPlugin {
 }
 
 impl Inner {
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -152,13 +191,37 @@ impl Inner {
         Ok(Instance { session, guest })
     }
 
+    /// The most recently pooled instance, after dropping those idle past
+    /// `IDLE_TTL`.
+    fn take_idle(&self) -> Option<Instance> {
+        let budget = self.plugin.engine().idle_budget();
+        let mut idle = self.lock_idle();
+        idle.retain(|i| {
+            let fresh = i.since.elapsed() < IDLE_TTL;
+            if !fresh {
+                budget.remove(i.bytes);
+            }
+            fresh
+        });
+        let i = idle.pop()?;
+        budget.remove(i.bytes);
+        Some(i.instance)
+    }
+
+    /// Pool `instance` for the next sequence, if it is healthy and every
+    /// bound has room; otherwise it is dropped, freeing its slot.
     fn put_back(&self, instance: Instance) {
         if instance.session.poisoned {
             return;
         }
+        let bytes = instance.session.store.data().limiter.memory_in_use();
         let mut idle = self.lock_idle();
-        if idle.len() < self.max_idle {
-            idle.push(instance);
+        if idle.len() < self.max_idle && self.plugin.engine().idle_budget().try_add(bytes) {
+            idle.push(Idle {
+                instance,
+                since: Instant::now(),
+                bytes,
+            });
         }
     }
 }

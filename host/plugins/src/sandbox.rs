@@ -1,12 +1,12 @@
 //! What a plugin instance runs inside: its limits, its capabilities, and the
 //! meter that counts what it used.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::host::Capabilities;
-use crate::limits::Limits;
+use crate::limits::{LimitHit, Limits};
 
 /// The bounds, capabilities and meter of the instances a caller creates.
 ///
@@ -40,13 +40,46 @@ impl Sandbox {
     }
 }
 
-/// Counts plugin work; shared by everything one tenant runs.
-#[derive(Debug, Default)]
+/// Counts plugin work, and holds the instance share; shared by everything
+/// one tenant runs.
+#[derive(Default)]
 pub struct Meter {
     calls: AtomicU64,
     fuel: AtomicU64,
     wall_ns: AtomicU64,
     limit_hits: AtomicU64,
+    /// Plugin instances alive now (idle pooled ones included).
+    live: AtomicUsize,
+    /// The most that may be alive at once; 0 means no bound.
+    max_live: AtomicUsize,
+    /// Pools of idle instances made under this meter, asked to give some
+    /// back when the share is used up.
+    pools: Mutex<Vec<Weak<dyn IdlePool>>>,
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter")
+            .field("usage", &self.usage())
+            .field("max_live", &self.max_live.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pool of idle instances that can give them back.
+pub(crate) trait IdlePool: Send + Sync {
+    /// Drop every idle instance; returns how many.
+    fn evict_idle(&self) -> usize;
+}
+
+/// One live instance's place in its meter's share; given back on drop.
+#[derive(Debug)]
+pub(crate) struct InstanceSlot(Arc<Meter>);
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A reading of a `Meter`.
@@ -58,8 +91,11 @@ pub struct Usage {
     pub fuel: u64,
     /// Wall time spent inside plugins, in microseconds.
     pub wall_us: u64,
-    /// Calls stopped by a limit (deadline, fuel, memory, stack, tables).
+    /// Calls stopped by a limit (deadline, fuel, memory, stack, tables,
+    /// instances).
     pub limit_hits: u64,
+    /// Plugin instances alive now, idle pooled ones included.
+    pub live_instances: u64,
 }
 
 impl Meter {
@@ -82,6 +118,61 @@ impl Meter {
             fuel: self.fuel.load(Ordering::Relaxed),
             wall_us: self.wall_ns.load(Ordering::Relaxed) / 1000,
             limit_hits: self.limit_hits.load(Ordering::Relaxed),
+            live_instances: self.live.load(Ordering::Relaxed) as u64,
         }
+    }
+
+    /// A meter whose plugins may hold at most `max` instances at once: a
+    /// tenant's share of the engine's instance slots.
+    pub fn with_instance_share(max: usize) -> Self {
+        let m = Meter::default();
+        m.max_live.store(max, Ordering::Relaxed);
+        m
+    }
+
+    /// The instance share (0: none).
+    pub fn instance_share(&self) -> usize {
+        self.max_live.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn register_pool(&self, pool: Weak<dyn IdlePool>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(pool);
+    }
+
+    /// A slot for one more instance, within the share. When the share is
+    /// used up, this meter's idle pooled instances are given back first;
+    /// when that is not enough, the answer is the limit.
+    pub(crate) fn take_slot(self: &Arc<Self>) -> Result<InstanceSlot, LimitHit> {
+        let max = self.max_live.load(Ordering::Relaxed);
+        if max == 0 {
+            self.live.fetch_add(1, Ordering::Relaxed);
+            return Ok(InstanceSlot(self.clone()));
+        }
+        for attempt in 0..2 {
+            let taken = self
+                .live
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                });
+            if taken.is_ok() {
+                return Ok(InstanceSlot(self.clone()));
+            }
+            if attempt == 0 {
+                let pools: Vec<_> = self
+                    .pools
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .collect();
+                for pool in pools {
+                    pool.evict_idle();
+                }
+            }
+        }
+        self.record_limit_hit();
+        Err(LimitHit::Instances(max))
     }
 }

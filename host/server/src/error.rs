@@ -160,6 +160,16 @@ impl From<deepwasm_engine::GenerateError> for ApiError {
             G::Invalid(_) | G::PromptTooLong { .. } | G::Template(_) | G::Tokenize(_) => {
                 ApiError::invalid(message)
             }
+            // The tenant's instance share is in use: its own load, so
+            // come back shortly.
+            G::Sampler(deepwasm_engine::SamplerError {
+                source:
+                    Some(deepwasm_plugins::PluginError::Limit {
+                        limit: deepwasm_plugins::LimitHit::Instances(_),
+                        ..
+                    }),
+                ..
+            }) => ApiError::rate_limited(message, 1),
             G::Sampler(_) => ApiError::plugin(message),
             G::Model(_) | G::Cancelled => ApiError::internal(message),
         }

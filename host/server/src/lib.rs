@@ -61,6 +61,11 @@ impl Default for Config {
     }
 }
 
+/// Plugin compiles the server runs at once, across all tenants: each takes
+/// a core (see `EngineConfig::compile_on_one_thread`) and up to hundreds of
+/// MiB, so this bounds what uploads can take from the model.
+pub const MAX_COMPILES: usize = 2;
+
 /// A pool of sampler instances: one per tenant and plugin, whatever the
 /// budgets and policies of the requests it serves.
 type SamplerKey = (String, String);
@@ -79,8 +84,10 @@ pub struct AppState {
     tokenizer: Arc<ModelTokenizer>,
     /// The built-in JSON-schema sampler behind `response_format`.
     json_schema: Plugin,
-    /// Pooled sampler instances, per tenant, plugin and step budget.
+    /// Pooled sampler instances, per tenant and plugin.
     samplers: Mutex<HashMap<SamplerKey, SamplerPlugin>>,
+    /// Plugin compiles running at once, across tenants.
+    pub(crate) compiles: Arc<tokio::sync::Semaphore>,
     rewards: Mutex<HashMap<(String, String), RewardPlugin>>,
 }
 
@@ -138,6 +145,7 @@ impl AppState {
             json_schema,
             samplers: Mutex::new(HashMap::new()),
             rewards: Mutex::new(HashMap::new()),
+            compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
         }))
     }
 
@@ -213,10 +221,18 @@ impl AppState {
 
     /// Forget the pooled instances of a deleted plugin.
     pub(crate) fn forget(&self, tenant: &str, id: &str) {
+        // Requests still running keep their instances until they end; the
+        // idle ones go now.
         self.samplers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| !(k.0 == tenant && k.1 == id));
+            .retain(|k, s| {
+                let keep = !(k.0 == tenant && k.1 == id);
+                if !keep {
+                    s.evict_idle();
+                }
+                keep
+            });
         self.rewards
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -32,7 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deepwasm_plugins::{Grants, HostInterface, Limits, MIB, MemoryKv, Meter, World};
+use deepwasm_plugins::{
+    Grants, HostInterface, Limits, MIB, MemoryKv, Meter, TOTAL_INSTANCES, World,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -85,6 +87,9 @@ pub struct TenantLimits {
     /// The longest sampler step budget a request may ask for, ms (default
     /// 250). A sampler call is cut at 8 budgets; its sequence alone waits.
     pub max_step_budget_ms: u64,
+    /// Plugin instances alive at once, idle pooled ones included (default:
+    /// an equal share of the host's 1,000 instance slots, at least 16).
+    pub max_plugin_instances: Option<usize>,
 }
 
 impl Default for TenantLimits {
@@ -99,6 +104,7 @@ impl Default for TenantLimits {
             tokens_per_minute: None,
             kv_bytes: 1 << 20,
             max_step_budget_ms: 250,
+            max_plugin_instances: None,
         }
     }
 }
@@ -133,6 +139,8 @@ pub struct Tenant {
     pub completion_tokens: AtomicU64,
     pub requests: AtomicU64,
     concurrency: Arc<Semaphore>,
+    /// One plugin compile at a time per tenant.
+    compiles: Arc<Semaphore>,
     window: Mutex<Window>,
 }
 
@@ -150,22 +158,27 @@ pub struct Admission {
 }
 
 impl Tenant {
+    /// A tenant whose plugins may hold `instances` live instances at once
+    /// (its `max_plugin_instances` when set).
     fn new(
         name: String,
         key_hashes: Vec<String>,
         limits: TenantLimits,
         grants: Grants,
         tools: Vec<String>,
+        instances: usize,
     ) -> Self {
+        let share = limits.max_plugin_instances.unwrap_or(instances);
         Tenant {
             concurrency: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
+            compiles: Arc::new(Semaphore::new(1)),
             kv: Arc::new(MemoryKv::new(limits.kv_bytes)),
             name,
             key_hashes,
             limits,
             grants,
             tools,
-            meter: Arc::new(Meter::default()),
+            meter: Arc::new(Meter::with_instance_share(share)),
             prompt_tokens: AtomicU64::new(0),
             completion_tokens: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -202,6 +215,20 @@ impl Tenant {
         })?;
         self.requests.fetch_add(1, Ordering::Relaxed);
         Ok(Admission { _permit: permit })
+    }
+
+    /// Admit a plugin upload: one compile at a time per tenant (compiling
+    /// takes a core for up to seconds and hundreds of MiB), or a 429.
+    pub fn admit_compile(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.compiles.clone().try_acquire_owned().map_err(|_| {
+            ApiError::rate_limited(
+                format!(
+                    "tenant `{}` is already uploading a plugin; send the next when it is done",
+                    self.name
+                ),
+                1,
+            )
+        })
     }
 
     /// Count tokens a request used.
@@ -274,6 +301,7 @@ impl Tenants {
             },
             Grants::default(),
             vec!["*".into()],
+            TOTAL_INSTANCES,
         ));
         Tenants {
             list: vec![t],
@@ -294,6 +322,9 @@ impl Tenants {
         let mut by_hash = HashMap::new();
         let mut list = Vec::new();
         let mut names = std::collections::HashSet::new();
+        // An equal share of the instance slots, so that no tenant can take
+        // them all.
+        let share = (TOTAL_INSTANCES / file.tenants.len()).max(16);
         for t in file.tenants {
             if !names.insert(t.name.clone()) {
                 anyhow::bail!("{}: tenant `{}` is listed twice", path.display(), t.name);
@@ -334,6 +365,7 @@ impl Tenants {
                 t.limits,
                 grants,
                 t.grants.tools,
+                share,
             ));
             for h in &t.api_keys {
                 if by_hash
