@@ -71,3 +71,31 @@ fn a_corrupt_cache_entry_is_replaced_not_trusted() {
         "the entry was rewritten whole"
     );
 }
+
+#[test]
+fn partial_files_a_crash_left_are_swept_once_old() {
+    use deepwasm_plugins::{PARTIAL_MAX_AGE, PARTIAL_PREFIX, sweep_partial, write_atomically};
+    let dir = tempfile::tempdir().unwrap();
+    write_atomically(&dir.path().join("whole.cwasm"), b"whole").unwrap();
+    let old = dir.path().join(format!("{PARTIAL_PREFIX}old"));
+    let young = dir.path().join(format!("{PARTIAL_PREFIX}young"));
+    for p in [&old, &young] {
+        std::fs::write(p, b"half").unwrap();
+    }
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - PARTIAL_MAX_AGE * 2)
+        .unwrap();
+    assert_eq!(sweep_partial(dir.path()), 1);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [format!("{PARTIAL_PREFIX}young"), "whole.cwasm".into()]
+    );
+}

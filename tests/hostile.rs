@@ -302,3 +302,29 @@ fn an_agent_sleeping_in_wasi_meets_its_run_deadline() {
         "took {elapsed:?}"
     );
 }
+
+#[test]
+fn an_agents_answer_is_capped_not_its_memory() {
+    let agent = deepwasm_plugins::AgentPlugin::new(
+        plugin(artifacts::LOOPING_AGENT),
+        sandbox(World::Agent, |_| {}),
+    )
+    .unwrap();
+    let control = deepwasm_plugins::AgentControl {
+        deadline: Duration::from_secs(10),
+        stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        on_log: None,
+    };
+    let err = agent
+        .run(
+            Capabilities::default(),
+            "task",
+            r#"{"mode": "big-answer"}"#,
+            &control,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, PluginError::Protocol { message, .. } if message.contains("1048576")),
+        "{err}"
+    );
+}

@@ -116,8 +116,14 @@ struct Server {
 }
 
 impl Server {
+    /// Start with the compiled components every test server shares.
     fn start(tenants: &Path, store: &Path) -> Server {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+        Server::start_with_cache(tenants, store, &cache)
+    }
+
+    /// Start with compiled components cached in `cache`.
+    fn start_with_cache(tenants: &Path, store: &Path, cache: &Path) -> Server {
         let mut child = Command::new(deepwasm_bin())
             .arg("serve")
             .arg("--model")
@@ -352,6 +358,280 @@ fn plugins_survive_a_restart() {
     server.kill();
     let server = Server::start(&tenants, &store);
     server.python("restart.py", &["after"]);
+}
+
+/// Where an upload is when its server is killed.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// This long after the request is sent: the component is compiling.
+    Delay(Duration),
+    /// As a new file appears in the compile cache: the compiled form is
+    /// being written.
+    CacheWrite,
+    /// As the nth new file appears in the tenant's store: the component
+    /// (1) or its record (2) is being written.
+    StoreWrite(usize),
+    /// As soon as the component is in the store, its record not yet.
+    BeforeRecord,
+}
+
+/// One upload of the JSON-schema sampler (seconds of compiling on the
+/// server's one compile thread) killed at each point, in turn.
+const KILLS: &[KillAt] = &[
+    KillAt::Delay(Duration::from_millis(500)),
+    KillAt::CacheWrite,
+    KillAt::StoreWrite(1),
+    KillAt::BeforeRecord,
+    KillAt::StoreWrite(2),
+    KillAt::Delay(Duration::from_millis(1500)),
+];
+
+/// Longer than any upload here takes; a kill point not reached by then
+/// never will be.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The messages of a server that found something partial on disk, or
+/// fell over.
+const UNCLEAN_LOG: &[&str] = &[
+    "panicked",
+    "plugin store: skipping",
+    "dropping unusable cache entry",
+    "could not cache",
+];
+
+/// `component` with a custom section of random bytes appended: the same
+/// plugin under a content id no cache holds.
+fn fresh_copy(component: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut nonce = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut nonce))
+        .unwrap();
+    let name = b"nonce";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(&nonce);
+    let mut out = component.to_vec();
+    out.push(0);
+    leb128(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The files of `dir` that `real` does not name (temporary files, left
+/// behind by a kill), with their sizes.
+fn strays(dir: &Path, real: impl Fn(&str) -> bool) -> Vec<(String, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let len = e.metadata().ok()?.len();
+            (!real(&name)).then_some((name, len))
+        })
+        .collect()
+}
+
+fn file_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
+fn is_cache_entry(name: &str) -> bool {
+    name.ends_with(".cwasm")
+}
+
+fn is_store_file(name: &str) -> bool {
+    name.ends_with(".wasm") || name.ends_with(".json")
+}
+
+/// Whether the compile cache holds an entry for the component `id`.
+fn cached(cache: &Path, id: &str) -> bool {
+    std::fs::read_dir(cache).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!("{id}-")) && is_cache_entry(&name)
+        })
+    })
+}
+
+/// Every record in the tenant's store has its component beside it, and
+/// the component is the one its id names.
+fn check_store(tenant_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(tenant_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let wasm = path.with_extension("wasm");
+        let bytes = std::fs::read(&wasm)
+            .unwrap_or_else(|e| panic!("{} has no component: {e}", path.display()));
+        let id = path.file_stem().unwrap().to_string_lossy();
+        assert_eq!(
+            deepwasm_plugins::content_id(&bytes),
+            id,
+            "{} is not the component its record names",
+            wasm.display()
+        );
+    }
+}
+
+impl Server {
+    /// Send `bytes` as `tenant`'s plugin `name`, kill the server at `at`,
+    /// and say what the kill left on disk.
+    fn kill_mid_upload(
+        self,
+        (tenant, key): (&str, &str),
+        name: &str,
+        bytes: &[u8],
+        at: KillAt,
+        store: &Path,
+        cache: &Path,
+    ) -> String {
+        let id = deepwasm_plugins::content_id(bytes);
+        let tenant_dir = store.join(tenant);
+        let component = tenant_dir.join(format!("{id}.wasm"));
+        let record = tenant_dir.join(format!("{id}.json"));
+        let cache_files = file_count(cache);
+        let store_files = file_count(&tenant_dir);
+        let addr = self.url.strip_prefix("http://").unwrap();
+        let mut request = TcpStream::connect(addr).unwrap();
+        write!(
+            request,
+            "POST /v1/plugins?name={name} HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {key}\r\nContent-Type: application/wasm\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            bytes.len()
+        )
+        .unwrap();
+        request.write_all(bytes).unwrap();
+        let sent = Instant::now();
+        let reached = match at {
+            KillAt::Delay(d) => {
+                std::thread::sleep(d);
+                !record.exists()
+            }
+            KillAt::CacheWrite => wait_until(&record, || file_count(cache) > cache_files),
+            KillAt::StoreWrite(n) => {
+                wait_until(&record, || file_count(&tenant_dir) >= store_files + n)
+            }
+            KillAt::BeforeRecord => wait_until(&record, || component.exists()),
+        };
+        let after = sent.elapsed();
+        self.kill();
+        // The upload's answer, if it came before the kill; a connection
+        // error otherwise.
+        let _ = request.read_to_end(&mut Vec::new());
+        let mut left = vec![format!(
+            "component {}, record {}, cache entry {}",
+            yes_no(component.exists()),
+            yes_no(record.exists()),
+            yes_no(cached(cache, &id))
+        )];
+        for (stray, len) in strays(cache, is_cache_entry) {
+            left.push(format!("cache/{stray} ({len} bytes)"));
+        }
+        for (stray, len) in strays(&tenant_dir, is_store_file) {
+            left.push(format!("store/{tenant}/{stray} ({len} bytes)"));
+        }
+        format!(
+            "{at:?} {} after {:.2} s: {}",
+            if reached {
+                "reached"
+            } else {
+                "missed, the upload was done"
+            },
+            after.as_secs_f64(),
+            left.join("; ")
+        )
+    }
+
+    /// Fail with the log if the server found something partial on disk.
+    fn assert_clean_log(&self) {
+        let log = self.log();
+        for message in UNCLEAN_LOG {
+            assert!(
+                !log.contains(message),
+                "the server logged `{message}`:\n{}",
+                tail(&log, 4000)
+            );
+        }
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Poll for `hit` until the upload has written `record`: whether `hit`
+/// came first.
+fn wait_until(record: &Path, hit: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + UPLOAD_TIMEOUT;
+    loop {
+        if hit() {
+            return true;
+        }
+        if record.exists() || Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// A SIGKILL anywhere in an upload (compiling, writing the compile cache,
+/// writing the store) leaves nothing partial: the restarted server lists
+/// only whole plugins, loads every cache entry it meets, and takes the
+/// upload again.
+#[test]
+fn uploads_killed_midway_leave_nothing_partial() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let store = dir.path().join("store");
+    // Its own compile cache: every upload here really compiles, and the
+    // kills' leftovers stay out of other tests' way.
+    let cache = dir.path().join("components");
+    let uploads = dir.path().join("uploads");
+    std::fs::create_dir(&uploads).unwrap();
+    let (tenant, key, _) = TENANTS[0];
+    let json_schema = std::fs::read(artifacts::JSON_SCHEMA).unwrap();
+    let arg = |p: &Path| p.to_str().unwrap().to_owned();
+
+    let mut server = Server::start_with_cache(&tenants, &store, &cache);
+    let mut last = PathBuf::new();
+    for (i, &at) in KILLS.iter().enumerate() {
+        let name = format!("killed-{i}");
+        let bytes = fresh_copy(&json_schema);
+        last = uploads.join(format!("{name}.wasm"));
+        std::fs::write(&last, &bytes).unwrap();
+        let left = server.kill_mid_upload((tenant, key), &name, &bytes, at, &store, &cache);
+        println!("kill {i}: {left}");
+        check_store(&store.join(tenant));
+        server = Server::start_with_cache(&tenants, &store, &cache);
+        server.python("killed.py", &["check", &arg(&uploads), &arg(&cache)]);
+        server.assert_clean_log();
+    }
+    server.python("killed.py", &["upload", &arg(&last)]);
+    server.kill();
+    let server = Server::start_with_cache(&tenants, &store, &cache);
+    server.python("killed.py", &["listed", &arg(&last)]);
+    server.python("killed.py", &["check", &arg(&uploads), &arg(&cache)]);
+    server.assert_clean_log();
 }
 
 #[test]

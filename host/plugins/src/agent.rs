@@ -71,6 +71,11 @@ impl std::fmt::Debug for AgentPlugin {
     }
 }
 
+/// The largest answer an agent may give, in bytes: the host keeps it and
+/// sends it on, so it is bounded like a tool's output, not by the agent's
+/// memory.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
 /// What a stopped run's trap says; the caller knows why it stopped.
 const STOPPED: &str = "the host stopped the run";
 
@@ -139,6 +144,15 @@ impl AgentPlugin {
         });
         session.store.data_mut().output.set_sink(None);
         let answer = result?.map_err(|e| PluginError::guest(name, e))?;
+        if answer.len() > MAX_ANSWER_BYTES {
+            return Err(PluginError::protocol(
+                name,
+                format!(
+                    "answered with {} bytes, more than the {MAX_ANSWER_BYTES} an answer may hold",
+                    answer.len()
+                ),
+            ));
+        }
         Ok(AgentAnswer {
             answer,
             log: std::mem::take(&mut session.last_output),

@@ -12,6 +12,7 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -47,6 +48,7 @@ impl CompileCache {
         fs::create_dir_all(&dir).map_err(|e| {
             anyhow::anyhow!("cannot create the component cache {}: {e}", dir.display())
         })?;
+        sweep_partial(&dir);
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_hash = hex::encode(&hasher.0.finalize()[..8]);
@@ -104,9 +106,15 @@ impl CompileCache {
 /// Write `bytes` to `path` so that readers see either the old file or the
 /// whole new one: write a temporary file beside it, sync, rename, sync the
 /// directory.
+///
+/// The temporary file's name starts with [`PARTIAL_PREFIX`]: one left by a
+/// crash is never mistaken for the real thing, and [`sweep_partial`]
+/// removes it later.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(PARTIAL_PREFIX)
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -114,4 +122,37 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// How the temporary files of [`write_atomically`] are named.
+pub const PARTIAL_PREFIX: &str = ".deepwasm-partial-";
+
+/// How old a partial file must be before [`sweep_partial`] removes it: a
+/// directory may be shared by processes, and a younger file may be another
+/// one's write in progress.
+pub const PARTIAL_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// Remove the partial files a crash left in `dir` (those of
+/// [`write_atomically`] older than [`PARTIAL_MAX_AGE`]); returns how many.
+pub fn sweep_partial(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(PARTIAL_PREFIX))
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= PARTIAL_MAX_AGE);
+        if stale && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }

@@ -25,9 +25,9 @@ mod sampler;
 mod sandbox;
 mod tool;
 
-pub use agent::{AgentAnswer, AgentControl, AgentPlugin, LogSink};
+pub use agent::{AgentAnswer, AgentControl, AgentPlugin, LogSink, MAX_ANSWER_BYTES};
 pub use bindings::{inference, log, logits as logits_api, tokenizer, types};
-pub use cache::write_atomically;
+pub use cache::{PARTIAL_MAX_AGE, PARTIAL_PREFIX, sweep_partial, write_atomically};
 pub use engine::{
     CompileSource, EPOCH_TICK, EngineConfig, MAX_IDLE_BYTES, MAX_IDLE_INSTANCES, PluginEngine,
     TOTAL_INSTANCES,

@@ -115,6 +115,9 @@ impl Store {
         for (tenant, grants) in tenants {
             let mut plugins = BTreeMap::new();
             let tdir = dir.join(tenant);
+            // What a crash left half-written is never read (it has no
+            // `.json` name), and goes once it is old enough.
+            deepwasm_plugins::sweep_partial(&tdir);
             let Ok(entries) = std::fs::read_dir(&tdir) else {
                 all.insert(tenant.clone(), plugins);
                 continue;

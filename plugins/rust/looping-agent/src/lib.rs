@@ -12,6 +12,7 @@
 //! | `chat` (default) | calls `inference.chat([user("Count from 1 to 10.")])` forever: `max-tokens` 16, temperature 0, no tools (`tool-choice: none`) |
 //! | `tools`     | calls `tools.call(<tool>, <arguments>)` forever, `<tool>` being `tool` or else the first of `tools.available()`; `not-found` at once when no tool is granted |
 //! | `sleep`     | sleeps 30 s in WASI (a clock pollable), then answers `slept` |
+//! | `big-answer` | answers 2 MiB of `x` at once |
 //! | `ungranted` | calls `tools.call("not-a-granted-tool", "{}")` once. When it fails, as it must, the answer is `"<kind>: <message>"` of the error, `kind` being the WIT case (`not-granted: …`); when it succeeds the run fails with `failed` |
 //!
 //! In the looping modes the results of the calls are ignored, errors
@@ -48,6 +49,8 @@ pub enum Mode {
     Ungranted,
     /// A 30 s sleep in WASI.
     Sleep,
+    /// An answer of 2 MiB.
+    BigAnswer,
 }
 
 /// The agent's settings, from its config.
@@ -74,10 +77,11 @@ pub fn settings(config: &str) -> Result<Settings, Error> {
         "tools" => Mode::Tools(cfg.get("tool")?, arguments),
         "ungranted" => Mode::Ungranted,
         "sleep" => Mode::Sleep,
+        "big-answer" => Mode::BigAnswer,
         other => {
             return Err(cfg.error(
                 "mode",
-                format!("unknown mode {other:?}; the modes are chat, tools, sleep and ungranted"),
+                format!("unknown mode {other:?}; the modes are chat, tools, sleep, big-answer and ungranted"),
             ));
         }
     };
@@ -185,6 +189,7 @@ pub fn run(env: &mut impl Env, settings: &Settings) -> Result<String, Error> {
             std::thread::sleep(std::time::Duration::from_secs(30));
             Ok("slept".to_string())
         }
+        Mode::BigAnswer => Ok("x".repeat(2 << 20)),
         Mode::Ungranted => match env.call_tool(UNGRANTED_TOOL, "{}") {
             Err(e) => Ok(format!("{}: {}", kind(&e), e.message())),
             Ok(_) => Err(Error::failed(format!(
@@ -204,6 +209,7 @@ impl Guest for LoopingAgent {
             Mode::Tools(..) => "tools",
             Mode::Ungranted => "ungranted",
             Mode::Sleep => "sleep",
+            Mode::BigAnswer => "big-answer",
         };
         log::log(Level::Info, &format!("looping-agent: mode {mode}"));
         run(&mut Host, &settings)
