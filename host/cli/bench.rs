@@ -30,6 +30,9 @@ pub enum BenchCommand {
     /// Concurrent streaming clients against the HTTP API: aggregate
     /// tokens/s and time to first token, with and without a sampler plugin.
     Server(crate::bench_server::ServerBenchArgs),
+    /// Neighbour latency under attack: one tenant's short chats, idle and
+    /// while another tenant runs hostile plugins.
+    Attack(crate::bench_attack::AttackBenchArgs),
 }
 
 #[derive(Args)]
@@ -61,6 +64,7 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Sampler(args) => crate::bench_sampler::run(cli, args),
         BenchCommand::Languages(args) => crate::bench_langs::run(args),
         BenchCommand::Server(args) => crate::bench_server::run(cli, args),
+        BenchCommand::Attack(args) => crate::bench_attack::run(cli, args),
     }
 }
 
@@ -79,7 +83,7 @@ pub(crate) fn no_params() -> SamplingParams {
 }
 
 /// Median and 99th percentile of `samples`.
-fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
+pub(crate) fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99))

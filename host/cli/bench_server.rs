@@ -16,7 +16,7 @@ use clap::Args;
 use deepwasm_engine::Engine;
 use deepwasm_server::tenants::Tenants;
 use http_body_util::{BodyExt, Full};
-use hyper::Request;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
@@ -66,59 +66,75 @@ const PROMPTS: [&str; 8] = [
 ];
 
 /// One request's measurements.
-struct Timing {
-    ttft: Duration,
-    total: Duration,
-    tokens: usize,
+pub(crate) struct Timing {
+    pub(crate) ttft: Duration,
+    pub(crate) total: Duration,
+    pub(crate) tokens: usize,
 }
 
 pub fn run(cli: &Cli, args: &ServerBenchArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let (base, label) = match &args.url {
         Some(url) => (url.trim_end_matches('/').to_owned(), url.clone()),
-        None => {
-            let loaded = args.model.load()?;
-            let store = tempfile::tempdir().context("cannot make a plugin store")?;
-            let config = deepwasm_server::Config {
-                store_dir: store.path().to_owned(),
-                max_batch: args.max_batch,
-                ..Default::default()
-            };
-            let state = deepwasm_server::AppState::new(
-                Engine::from(loaded),
+        None => (
+            start_in_process(
+                &runtime,
+                cli,
+                &args.model,
                 Tenants::single(),
-                cli.engine()?,
-                config,
-            )?;
-            let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-            let addr = listener.local_addr()?;
-            runtime.spawn(deepwasm_server::serve_on(state, listener));
-            // The store lives as long as the process.
-            std::mem::forget(store);
-            (
-                format!("http://{addr}"),
-                format!("deepwasm (max batch {})", args.max_batch),
-            )
-        }
+                args.max_batch,
+            )?,
+            format!("deepwasm (max batch {})", args.max_batch),
+        ),
     };
-    runtime.block_on(bench(&base, &label, args))
+    runtime.block_on(bench(&Client::new(&base, None), &label, args))
 }
 
-async fn bench(base: &str, label: &str, args: &ServerBenchArgs) -> anyhow::Result<()> {
-    let models = request(base, "GET", "/v1/models", None).await?;
-    let model = models["data"][0]["id"]
-        .as_str()
-        .context("the server lists no model")?
-        .to_owned();
+/// The async runtime the benchmark's clients (and an in-process server) run on.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Start the server on `runtime`, listening on 127.0.0.1 (a free port),
+/// with `model` and `tenants`; its plugin store is a temporary directory
+/// that lives as long as the process. Its base URL.
+pub(crate) fn start_in_process(
+    runtime: &tokio::runtime::Runtime,
+    cli: &Cli,
+    model: &ModelArgs,
+    tenants: Tenants,
+    max_batch: usize,
+) -> anyhow::Result<String> {
+    let loaded = model.load()?;
+    let store = tempfile::tempdir().context("cannot make a plugin store")?;
+    let config = deepwasm_server::Config {
+        store_dir: store.path().to_owned(),
+        max_batch,
+        ..Default::default()
+    };
+    let state = deepwasm_server::AppState::new(
+        Engine::from(loaded),
+        tenants,
+        cli.server_engine()?,
+        config,
+    )?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(deepwasm_server::serve_on(state, listener));
+    std::mem::forget(store);
+    Ok(format!("http://{addr}"))
+}
+
+async fn bench(client: &Client, label: &str, args: &ServerBenchArgs) -> anyhow::Result<()> {
+    let model = client.model().await?;
     let mut passes: Vec<(String, Option<Value>)> = vec![("no sampler plugin".into(), None)];
     if let Some(path) = &args.sampler {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let name = "bench-sampler";
-        let uploaded = upload(base, name, bytes).await?;
+        let uploaded = client.upload("bench-sampler", bytes).await?;
         let config: Value =
             serde_json::from_str(&args.sampler_config).context("--sampler-config is not JSON")?;
         let file = path
@@ -144,19 +160,25 @@ async fn bench(base: &str, label: &str, args: &ServerBenchArgs) -> anyhow::Resul
             let started = Instant::now();
             let mut tasks = Vec::new();
             for c in 0..clients {
-                let base = base.to_owned();
+                let client = client.clone();
                 let model = model.clone();
                 let sampler = sampler.clone();
                 let (requests, max_tokens) = (args.requests, args.max_tokens);
                 tasks.push(tokio::spawn(async move {
                     let mut timings = Vec::new();
                     for r in 0..requests {
-                        let prompt = PROMPTS[(c + r) % PROMPTS.len()];
-                        let seed = (c * requests + r) as u64;
-                        timings.push(
-                            stream_chat(&base, &model, prompt, max_tokens, seed, sampler.as_ref())
-                                .await?,
-                        );
+                        let mut body = json!({
+                            "model": model,
+                            "messages": [{"role": "user", "content": PROMPTS[(c + r) % PROMPTS.len()]}],
+                            "max_tokens": max_tokens,
+                            "temperature": 0.8,
+                            "seed": c * requests + r,
+                            "ignore_eos": true,
+                        });
+                        if let Some(s) = &sampler {
+                            body["sampler"] = s.clone();
+                        }
+                        timings.push(client.stream_chat(body).await?);
                     }
                     anyhow::Ok(timings)
                 }));
@@ -168,15 +190,13 @@ async fn bench(base: &str, label: &str, args: &ServerBenchArgs) -> anyhow::Resul
             let wall = started.elapsed();
             let tokens: usize = timings.iter().map(|t| t.tokens).sum();
             let rate = tokens as f64 / wall.as_secs_f64();
-            let mut ttft: Vec<Duration> = timings.iter().map(|t| t.ttft).collect();
-            ttft.sort();
-            let pct = |p: f64| ttft[((ttft.len() - 1) as f64 * p).round() as usize];
+            let (p50, p99) = crate::bench::stats(timings.iter().map(|t| t.ttft).collect());
             let base_rate = *one.get_or_insert(rate);
             println!(
                 "{clients:>7}  {:>9}  {tokens:>9}  {rate:>9.1}  {:>8.0}ms  {:>8.0}ms  {:>7.2}×",
                 timings.len(),
-                pct(0.5).as_secs_f64() * 1e3,
-                pct(0.99).as_secs_f64() * 1e3,
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
                 rate / base_rate
             );
             let slowest = timings.iter().map(|t| t.total).max().unwrap_or_default();
@@ -186,165 +206,183 @@ async fn bench(base: &str, label: &str, args: &ServerBenchArgs) -> anyhow::Resul
     Ok(())
 }
 
-/// Open a connection to `base` and send one request.
-async fn send(
-    base: &str,
-    req: Request<Full<Bytes>>,
-) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-    let authority = base
-        .strip_prefix("http://")
-        .context("the URL must start with http://")?
-        .trim_end_matches('/');
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("cannot connect to {authority}"))?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender.send_request(req).await?)
+/// A small HTTP/1 client for one server, sending as one tenant: a fresh
+/// connection per request, so no request waits behind another's.
+#[derive(Clone)]
+pub(crate) struct Client {
+    /// `http://HOST:PORT`.
+    base: String,
+    /// The tenant's API key (none for a server without a tenants file).
+    key: Option<String>,
 }
 
-fn build(
-    base: &str,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: Bytes,
-) -> anyhow::Result<Request<Full<Bytes>>> {
-    let host = base.trim_start_matches("http://").trim_end_matches('/');
-    Ok(Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host)
-        .header("content-type", content_type)
-        .body(Full::new(body))?)
-}
+impl Client {
+    pub(crate) fn new(base: &str, key: Option<&str>) -> Self {
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.map(str::to_owned),
+        }
+    }
 
-async fn request(
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
-    let resp = send(base, build(base, method, path, "application/json", body)?).await?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!(
-            "{method} {path}: {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
+    /// Send one request; the response with its body still to read.
+    pub(crate) async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let authority = self
+            .base
+            .strip_prefix("http://")
+            .context("the URL must start with http://")?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", authority)
+            .header("content-type", content_type);
+        if let Some(key) = &self.key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        let req = req.body(Full::new(body))?;
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("cannot connect to {authority}"))?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(sender.send_request(req).await?)
     }
-    Ok(serde_json::from_slice(&bytes)?)
-}
 
-/// Upload a plugin; its id.
-async fn upload(base: &str, name: &str, bytes: Vec<u8>) -> anyhow::Result<String> {
-    let path = format!("/v1/plugins?name={name}");
-    let resp = send(
-        base,
-        build(base, "POST", &path, "application/wasm", Bytes::from(bytes))?,
-    )
-    .await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!(
-            "uploading the sampler: {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+    /// Send one request and read the whole answer, whatever its status.
+    pub(crate) async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let resp = self.send(method, path, content_type, body).await?;
+        let status = resp.status();
+        Ok((status, resp.into_body().collect().await?.to_bytes()))
     }
-    let v: Value = serde_json::from_slice(&body)?;
-    Ok(v["id"]
-        .as_str()
-        .context("the upload answer has no id")?
-        .to_owned())
-}
 
-/// One streaming chat request: time to the first content, total time, and
-/// the completion tokens the final usage chunk reports.
-async fn stream_chat(
-    base: &str,
-    model: &str,
-    prompt: &str,
-    max_tokens: usize,
-    seed: u64,
-    sampler: Option<&Value>,
-) -> anyhow::Result<Timing> {
-    let mut body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0.8,
-        "seed": seed,
-        "ignore_eos": true,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    if let Some(s) = sampler {
-        body["sampler"] = s.clone();
+    /// A JSON request whose answer must be a success.
+    pub(crate) async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let (status, bytes) = self
+            .exchange(method, path, "application/json", body)
+            .await?;
+        if !status.is_success() {
+            bail!(
+                "{method} {path}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        Ok(serde_json::from_slice(&bytes)?)
     }
-    let started = Instant::now();
-    let req = build(
-        base,
-        "POST",
-        "/v1/chat/completions",
-        "application/json",
-        Bytes::from(body.to_string()),
-    )?;
-    let resp = send(base, req).await?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    if !status.is_success() {
-        let bytes = body.collect().await?.to_bytes();
-        bail!(
-            "chat request: {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
+
+    /// The id of the model the server serves.
+    pub(crate) async fn model(&self) -> anyhow::Result<String> {
+        let models = self.request("GET", "/v1/models", None).await?;
+        Ok(models["data"][0]["id"]
+            .as_str()
+            .context("the server lists no model")?
+            .to_owned())
     }
-    let mut buf = Vec::new();
-    let mut ttft = None;
-    let mut tokens = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        buf.extend_from_slice(data);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            for line in text.lines() {
-                let Some(data) = line.strip_prefix("data: ") else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    continue;
-                }
-                let chunk: Value =
-                    serde_json::from_str(data).context("a stream chunk is not JSON")?;
-                if let Some(e) = chunk.get("error") {
-                    bail!("the stream failed: {e}");
-                }
-                let has_text = chunk["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .is_some_and(|t| !t.is_empty())
-                    || chunk["choices"][0]["delta"]["reasoning_content"]
+
+    /// Upload a plugin as `name`; its id.
+    pub(crate) async fn upload(&self, name: &str, bytes: Vec<u8>) -> anyhow::Result<String> {
+        let path = format!("/v1/plugins?name={name}");
+        let (status, body) = self
+            .exchange("POST", &path, "application/wasm", Bytes::from(bytes))
+            .await?;
+        if !status.is_success() {
+            bail!(
+                "uploading {name}: {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let v: Value = serde_json::from_slice(&body)?;
+        Ok(v["id"]
+            .as_str()
+            .context("the upload answer has no id")?
+            .to_owned())
+    }
+
+    /// One streaming chat request (`body` without `stream` and
+    /// `stream_options`, which are set here): time to the first content,
+    /// total time, and the completion tokens the final usage chunk reports.
+    pub(crate) async fn stream_chat(&self, mut body: Value) -> anyhow::Result<Timing> {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let started = Instant::now();
+        let resp = self
+            .send(
+                "POST",
+                "/v1/chat/completions",
+                "application/json",
+                Bytes::from(body.to_string()),
+            )
+            .await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            bail!(
+                "chat request: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let mut buf = Vec::new();
+        let mut ttft = None;
+        let mut tokens = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            buf.extend_from_slice(data);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                for line in text.lines() {
+                    let Some(data) = line.strip_prefix("data: ") else {
+                        continue;
+                    };
+                    if data == "[DONE]" {
+                        continue;
+                    }
+                    let chunk: Value =
+                        serde_json::from_str(data).context("a stream chunk is not JSON")?;
+                    if let Some(e) = chunk.get("error") {
+                        bail!("the stream failed: {e}");
+                    }
+                    let has_text = chunk["choices"][0]["delta"]["content"]
                         .as_str()
-                        .is_some_and(|t| !t.is_empty());
-                if has_text && ttft.is_none() {
-                    ttft = Some(started.elapsed());
-                }
-                if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
-                    tokens = Some(n as usize);
+                        .is_some_and(|t| !t.is_empty())
+                        || chunk["choices"][0]["delta"]["reasoning_content"]
+                            .as_str()
+                            .is_some_and(|t| !t.is_empty());
+                    if has_text && ttft.is_none() {
+                        ttft = Some(started.elapsed());
+                    }
+                    if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
+                        tokens = Some(n as usize);
+                    }
                 }
             }
         }
+        Ok(Timing {
+            ttft: ttft.context("the stream had no text")?,
+            total: started.elapsed(),
+            tokens: tokens.context("the stream had no usage chunk")?,
+        })
     }
-    Ok(Timing {
-        ttft: ttft.context("the stream had no text")?,
-        total: started.elapsed(),
-        tokens: tokens.context("the stream had no usage chunk")?,
-    })
 }

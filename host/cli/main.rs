@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod bench_attack;
 mod bench_langs;
 mod bench_model;
 mod bench_sampler;
