@@ -370,3 +370,48 @@ fn idle_instances_are_counted_engine_wide_and_freed_with_their_pool() {
     drop(s);
     assert_eq!(engine.idle_instances(), (0, 0));
 }
+
+#[test]
+fn a_sampler_that_keeps_hitting_its_limits_is_throttled() {
+    let s = SamplerPlugin::new(
+        plugin(artifacts::HOSTILE_SAMPLER),
+        sandbox(World::Sampler, |_| {}),
+    )
+    .unwrap();
+    let looping = |s: &SamplerPlugin| {
+        let mut seq = s.open(r#"{"mode": "loop-prepare"}"#, &[1], &params())?;
+        seq.prepare(0, &[]).map(drop)
+    };
+    for _ in 0..deepwasm_plugins::STRIKES {
+        let err = looping(&s).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PluginError::Limit {
+                    limit: LimitHit::Deadline(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    // Three deadlines in a row: new sequences are refused for a second,
+    // at once and without an instance.
+    let err = s.open(r#"{"mode": "ok"}"#, &[1], &params()).unwrap_err();
+    match err {
+        PluginError::Limit {
+            limit: LimitHit::Throttled(left),
+            ..
+        } => assert!(left <= deepwasm_plugins::FIRST_BACKOFF, "{left:?}"),
+        other => panic!("expected the throttle, got {other}"),
+    }
+    assert!(s.throttled().is_some());
+    std::thread::sleep(deepwasm_plugins::FIRST_BACKOFF);
+    // Then it may try again; an answer clears the strikes.
+    let mut seq = s.open(r#"{"mode": "ok"}"#, &[1], &params()).unwrap();
+    seq.prepare(0, &[]).unwrap();
+    drop(seq);
+    assert!(s.throttled().is_none());
+    looping(&s).unwrap_err();
+    assert!(s.open(r#"{"mode": "ok"}"#, &[1], &params()).is_ok());
+}

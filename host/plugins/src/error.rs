@@ -96,6 +96,7 @@ impl PluginError {
                 LimitHit::TableElements(_) => "tables",
                 LimitHit::Stack => "stack",
                 LimitHit::Instances(_) => "instances",
+                LimitHit::Throttled(_) => "throttled",
             },
             PluginError::Trap { .. } => "trap",
             PluginError::Guest { .. } => "guest-error",

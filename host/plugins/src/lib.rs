@@ -47,8 +47,8 @@ pub use plugin::{
 };
 pub use reward::{RewardPlugin, Sample, Score};
 pub use sampler::{
-    DEFAULT_MAX_IDLE, Decision, IDLE_TTL, Prepared, SampleSpec, SamplerPlugin, SamplerSequence,
-    SamplingParams, TokenBias, TokenRange, TokenSet,
+    DEFAULT_MAX_IDLE, Decision, FIRST_BACKOFF, IDLE_TTL, MAX_BACKOFF, Prepared, STRIKES,
+    SampleSpec, SamplerPlugin, SamplerSequence, SamplingParams, TokenBias, TokenRange, TokenSet,
 };
 pub use sandbox::{Meter, Sandbox, Usage};
 pub use tool::{MAX_TOOL_OUTPUT_BYTES, ToolPlugin, ToolResult};

@@ -158,6 +158,9 @@ pub enum LimitHit {
     Stack,
     /// The tenant's share of live instances was all in use.
     Instances(usize),
+    /// The plugin hit its limits call after call, and is refused new work
+    /// for this long.
+    Throttled(Duration),
 }
 
 impl std::fmt::Display for LimitHit {
@@ -174,6 +177,11 @@ impl std::fmt::Display for LimitHit {
             LimitHit::TableElements(n) => write!(f, "table limit of {n} elements"),
             LimitHit::Stack => write!(f, "stack limit (unbounded recursion?)"),
             LimitHit::Instances(n) => write!(f, "share of {n} live plugin instances"),
+            LimitHit::Throttled(left) => write!(
+                f,
+                "throttle: it hit its limits call after call, and takes no new sequence for {} ms",
+                left.as_millis()
+            ),
         }
     }
 }

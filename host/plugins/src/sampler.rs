@@ -14,6 +14,7 @@
 //! They count against their tenant's instance share, which takes them
 //! back when the tenant needs the slots for work.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use crate::bindings::controller;
 use crate::error::PluginError;
 use crate::host::logits::LogitsHandle;
 use crate::host::{CallOutput, Wasi};
+use crate::limits::LimitHit;
 use crate::plugin::{LoadError, Plugin, Session, World};
 use crate::sandbox::{IdlePool, Sandbox};
 
@@ -47,6 +49,7 @@ struct Inner {
     indices: controller::GuestIndices,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
+    health: Health,
 }
 
 /// A pooled instance, since when it waits, and the memory it holds.
@@ -105,6 +108,7 @@ impl SamplerPlugin {
             indices,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            health: Health::default(),
         });
         let pool: Weak<dyn IdlePool> = Arc::downgrade(&inner) as Weak<dyn IdlePool>;
         inner.sandbox.meter.register_pool(pool);
@@ -146,6 +150,33 @@ impl SamplerPlugin {
         prompt: &[u32],
         params: &SamplingParams,
     ) -> Result<SamplerSequence, PluginError> {
+        if let Some(left) = self.throttled() {
+            return Err(PluginError::Limit {
+                plugin: self.inner.plugin.name().to_owned(),
+                limit: LimitHit::Throttled(left),
+            });
+        }
+        let opened = self.open_sequence(config, prompt, params);
+        if let Err(e) = &opened {
+            // A sequence that opens has not proven anything yet: only an
+            // answered step clears the strikes.
+            self.inner.health.strike(e);
+        }
+        opened
+    }
+
+    /// How long new sequences are still refused after repeated limit hits
+    /// (`None`: they are not). See [`STRIKES`].
+    pub fn throttled(&self) -> Option<Duration> {
+        self.inner.health.throttled()
+    }
+
+    fn open_sequence(
+        &self,
+        config: &str,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<SamplerSequence, PluginError> {
         let inner = &self.inner;
         let mut instance = match inner.take_idle() {
             Some(i) => i,
@@ -170,6 +201,60 @@ impl SamplerPlugin {
             instance: Some(instance),
             handle: Some(handle),
         })
+    }
+}
+
+/// Consecutive calls of a pool's instances that ended at a limit this many
+/// times make the pool refuse new sequences for a while: a plugin that
+/// keeps sleeping or looping to its deadline would otherwise cost the
+/// batch a prefill per request, as fast as its tenant can send them.
+pub const STRIKES: u32 = 3;
+/// How long new sequences are refused at the first throttling; it doubles
+/// with each further limit hit, up to `MAX_BACKOFF`.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a pool refuses new sequences at once.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Limit hits in a row, and until when new sequences are refused.
+#[derive(Default)]
+struct Health {
+    strikes: AtomicU32,
+    closed_until: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    /// Count a step's outcome: an answer clears the strikes, a failure is
+    /// counted by `strike`.
+    fn record<T>(&self, outcome: &Result<T, PluginError>) {
+        match outcome {
+            Ok(_) => self.strikes.store(0, Ordering::Relaxed),
+            Err(e) => self.strike(e),
+        }
+    }
+
+    /// A limit hit is a strike; errors of the guest's own (a refused
+    /// config) and traps are not (a trap discards its instance anyway).
+    fn strike(&self, e: &PluginError) {
+        let PluginError::Limit { limit, .. } = e else {
+            return;
+        };
+        if matches!(limit, LimitHit::Instances(_) | LimitHit::Throttled(_)) {
+            return;
+        }
+        let n = self.strikes.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= STRIKES {
+            let doublings = (n - STRIKES).min(16);
+            let backoff = (FIRST_BACKOFF * (1 << doublings)).min(MAX_BACKOFF);
+            *self.closed_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + backoff);
+        }
+    }
+
+    fn throttled(&self) -> Option<Duration> {
+        let until = (*self.closed_until.lock().unwrap_or_else(|e| e.into_inner()))?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
     }
 }
 
@@ -269,14 +354,13 @@ impl SamplerSequence {
         let deadline = deadline.min(sampler.sandbox.limits.call_deadline);
         let (instance, handle) = self.parts()?;
         let guest = instance.guest.clone();
-        instance
-            .session
-            .call(deadline, 1, |store, _| {
-                guest
-                    .sequence()
-                    .call_prepare(store, handle, step, new_tokens)
-            })?
-            .map_err(|e| PluginError::guest(sampler.plugin.name(), e))
+        let called = instance.session.call(deadline, 1, |store, _| {
+            guest
+                .sequence()
+                .call_prepare(store, handle, step, new_tokens)
+        });
+        sampler.health.record(&called);
+        called?.map_err(|e| PluginError::guest(sampler.plugin.name(), e))
     }
 
     /// Phase two: the decision given this step's logits.
@@ -297,20 +381,19 @@ impl SamplerSequence {
         let deadline = deadline.min(sampler.sandbox.limits.call_deadline);
         let (instance, handle) = self.parts()?;
         let guest = instance.guest.clone();
-        instance
-            .session
-            .call(deadline, 1, |store, _| {
-                let own = store.data_mut().table.push(LogitsHandle::new(logits))?;
-                // Lend the logits as a plain borrow: nothing to track once
-                // the call returns, when the entry is removed.
-                let borrow = Resource::<LogitsHandle>::new_borrow(own.rep());
-                let result = guest
-                    .sequence()
-                    .call_decide(&mut *store, handle, step, borrow);
-                store.data_mut().table.delete(own)?;
-                result
-            })?
-            .map_err(|e| PluginError::guest(sampler.plugin.name(), e))
+        let called = instance.session.call(deadline, 1, |store, _| {
+            let own = store.data_mut().table.push(LogitsHandle::new(logits))?;
+            // Lend the logits as a plain borrow: nothing to track once the
+            // call returns, when the entry is removed.
+            let borrow = Resource::<LogitsHandle>::new_borrow(own.rep());
+            let result = guest
+                .sequence()
+                .call_decide(&mut *store, handle, step, borrow);
+            store.data_mut().table.delete(own)?;
+            result
+        });
+        sampler.health.record(&called);
+        called?.map_err(|e| PluginError::guest(sampler.plugin.name(), e))
     }
 
     /// What the plugin wrote during its last call.

@@ -266,8 +266,21 @@ fn plugin_steering(
         }
     };
     let budget = Duration::from_millis(budget_ms);
+    let plugin = st.sampler(tenant, Some(&stored))?;
+    // A plugin that keeps running into its limits is refused before its
+    // request costs the batch anything.
+    if let Some(left) = plugin.throttled() {
+        return Err(ApiError::rate_limited(
+            format!(
+                "sampler `{}` hit its limits call after call; it takes no new request for {} ms",
+                s.plugin,
+                left.as_millis()
+            ),
+            left.as_secs() + 1,
+        ));
+    }
     Ok(Steering::Plugin {
-        plugin: st.sampler(tenant, Some(&stored))?,
+        plugin,
         config: config_text(s.config.as_ref()),
         budget,
         policy,

@@ -165,7 +165,9 @@ impl From<deepwasm_engine::GenerateError> for ApiError {
             G::Sampler(deepwasm_engine::SamplerError {
                 source:
                     Some(deepwasm_plugins::PluginError::Limit {
-                        limit: deepwasm_plugins::LimitHit::Instances(_),
+                        limit:
+                            deepwasm_plugins::LimitHit::Instances(_)
+                            | deepwasm_plugins::LimitHit::Throttled(_),
                         ..
                     }),
                 ..
