@@ -26,6 +26,11 @@ mod samplers;
 /// host serving the next call.
 mod hostile;
 
+/// Property tests of the component loader: random bytes, bytes behind a
+/// component header and mutated real components give a plugin or a
+/// `LoadError`, never a panic.
+mod fuzz;
+
 /// The `deepwasm` command line.
 mod cli;
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -57,6 +58,14 @@ impl Checkpoint {
     /// Open a GGUF file; returns the checkpoint and its metadata.
     pub fn open_gguf(path: &Path, device: &Device) -> Result<Self, ModelError> {
         let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // candle divides by the alignment the file gives: refuse a 0 first.
+        if gguf_alignment(BufReader::new(&mut file)) == Some(0) {
+            return Err(ModelError::Format {
+                path: path.to_owned(),
+                reason: "not a readable GGUF file: `general.alignment` is 0".into(),
+            });
+        }
+        file.rewind().map_err(|e| ModelError::io(path, e))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::Format {
             path: path.to_owned(),
             reason: format!("not a readable GGUF file: {e}"),
@@ -162,6 +171,32 @@ impl Checkpoint {
             .get(&name.gguf)
             .ok_or_else(|| self.missing(name))?;
         self.check_shape(name, info.shape.dims(), shape)?;
+        // candle counts the elements and bytes of the shape the file gives
+        // unchecked (and checks the bytes against the file's length after),
+        // and reads an empty tensor's buffer through a misaligned pointer:
+        // refuse both first.
+        let dtype = info.ggml_dtype;
+        let bytes = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| (n / dtype.block_size()).checked_mul(dtype.type_size()));
+        let problem = match bytes {
+            None => "is too large to count",
+            Some(0) => "has no elements",
+            Some(_) => "",
+        };
+        if !problem.is_empty() {
+            return Err(ModelError::Format {
+                path: self.path.clone(),
+                reason: format!(
+                    "tensor `{}`: shape {:?} {problem}",
+                    name.gguf,
+                    info.shape.dims()
+                ),
+            });
+        }
         let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
         content
             .tensor(&mut *file, &name.gguf, &self.device)
@@ -332,6 +367,119 @@ impl Checkpoint {
                 Linear::dense(w, bias).map_err(|e| self.format_error(name, e))
             }
         }
+    }
+}
+
+/// The `general.alignment` candle's reader will take from a GGUF file (the
+/// last such key, if its value is an integer type it reads as one), or
+/// `None`. Reads as far as it must and stops at the first thing it cannot
+/// read, which candle then reports: every count and length is bounded by
+/// the bytes that are there.
+fn gguf_alignment(reader: impl Read) -> Option<u64> {
+    const KEY: &[u8] = b"general.alignment";
+    let mut scan = GgufScan {
+        reader,
+        wide_lengths: true,
+    };
+    if ![0x4655_4747, 0x4747_5546].contains(&scan.u32()?) {
+        return None;
+    }
+    scan.wide_lengths = match scan.u32()? {
+        1 => false,
+        2 | 3 => true,
+        _ => return None,
+    };
+    let _tensors = scan.len()?;
+    let entries = scan.len()?;
+    let mut alignment = None;
+    for _ in 0..entries {
+        let n = scan.len()?;
+        let is_alignment = if n <= 64 {
+            let mut key = vec![0; n as usize];
+            scan.reader.read_exact(&mut key).ok()?;
+            // candle drops a key's trailing NULs.
+            while key.last() == Some(&0) {
+                key.pop();
+            }
+            key == KEY
+        } else {
+            scan.skip(n)?;
+            false
+        };
+        let value_type = scan.u32()?;
+        let value = scan.value(value_type, 0)?;
+        if is_alignment {
+            alignment = value;
+        }
+    }
+    alignment
+}
+
+/// Just enough of a GGUF reader for [`gguf_alignment`].
+struct GgufScan<R> {
+    reader: R,
+    /// Lengths are u64 from version 2 on, u32 before.
+    wide_lengths: bool,
+}
+
+impl<R: Read> GgufScan<R> {
+    fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut b = [0; N];
+        self.reader.read_exact(&mut b).ok()?;
+        Some(b)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.bytes().map(u32::from_le_bytes)
+    }
+
+    fn len(&mut self) -> Option<u64> {
+        if self.wide_lengths {
+            self.bytes().map(u64::from_le_bytes)
+        } else {
+            self.u32().map(u64::from)
+        }
+    }
+
+    fn skip(&mut self, n: u64) -> Option<()> {
+        let skipped = std::io::copy(&mut (&mut self.reader).take(n), &mut std::io::sink()).ok()?;
+        (skipped == n).then_some(())
+    }
+
+    /// Read past one value of type `value_type`: `Some(alignment)` for the
+    /// integer types candle takes an alignment from (`None` for a negative
+    /// one, or another type); `None` when it cannot be read.
+    fn value(&mut self, value_type: u32, depth: usize) -> Option<Option<u64>> {
+        // candle refuses values nested deeper.
+        if depth > 64 {
+            return None;
+        }
+        let non_negative = |v: i64| u64::try_from(v).ok();
+        Some(match value_type {
+            0 => Some(self.bytes::<1>()?[0].into()),
+            1 => non_negative(i8::from_le_bytes(self.bytes()?).into()),
+            2 => Some(u16::from_le_bytes(self.bytes()?).into()),
+            3 => non_negative(i16::from_le_bytes(self.bytes()?).into()),
+            4 => Some(self.u32()?.into()),
+            5 => non_negative(i32::from_le_bytes(self.bytes()?).into()),
+            // f32, bool
+            6 => self.skip(4).map(|()| None)?,
+            7 => self.skip(1).map(|()| None)?,
+            8 => {
+                let n = self.len()?;
+                self.skip(n).map(|()| None)?
+            }
+            9 => {
+                let item = self.u32()?;
+                for _ in 0..self.len()? {
+                    self.value(item, depth + 1)?;
+                }
+                None
+            }
+            // u64, i64, f64
+            10..=12 => self.skip(8).map(|()| None)?,
+            _ => return None,
+        })
     }
 }
 

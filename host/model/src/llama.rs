@@ -92,7 +92,48 @@ impl LlamaConfig {
 
     pub fn head_dim(&self) -> usize {
         self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+            .unwrap_or_else(|| self.hidden_size / self.num_attention_heads)
+    }
+
+    /// Why these sizes cannot describe a model, if they cannot: a count or
+    /// width of zero, heads that do not share key/value heads evenly, or
+    /// shapes too large to count. Checked before any weight is read; past
+    /// it, every size is bounded by a weight that the file must hold.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, value) in [
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+        ] {
+            if value == 0 {
+                return Err(format!("`{name}` is 0"));
+            }
+        }
+        let (heads, kv_heads) = (self.num_attention_heads, self.kv_heads());
+        if !heads.is_multiple_of(kv_heads) {
+            return Err(format!(
+                "{heads} attention heads is not a multiple of {kv_heads} key/value heads"
+            ));
+        }
+        let hd = self.head_dim();
+        if hd == 0 {
+            return Err("the head dimension is 0".into());
+        }
+        // The widest projection, and the cache of a token in the widest dtype.
+        let sizes = [
+            heads.checked_mul(hd),
+            [2, self.num_hidden_layers, kv_heads, hd, 8]
+                .into_iter()
+                .try_fold(1usize, usize::checked_mul),
+        ];
+        if sizes.contains(&None) {
+            return Err(format!(
+                "{heads} heads of {hd} dimensions in {} layers are too many to count",
+                self.num_hidden_layers
+            ));
+        }
+        Ok(())
     }
 
     /// Read the `<arch>.*` keys of a GGUF file (`arch` is
@@ -277,17 +318,13 @@ impl Llama {
         ckpt: &Checkpoint,
         rope_style: RopeStyle,
     ) -> std::result::Result<Self, ModelError> {
+        cfg.check().map_err(|reason| ModelError::Config {
+            path: ckpt.path().to_owned(),
+            reason,
+        })?;
         let d = cfg.hidden_size;
         let hd = cfg.head_dim();
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
-        if heads % kv_heads != 0 {
-            return Err(ModelError::Config {
-                path: ckpt.path().to_owned(),
-                reason: format!(
-                    "{heads} attention heads is not a multiple of {kv_heads} key/value heads"
-                ),
-            });
-        }
         let norm = |hf: String, gguf: String| -> std::result::Result<RmsNorm, ModelError> {
             Ok(RmsNorm {
                 weight: ckpt.dense(&TensorName::new(hf, gguf), &[d])?,
@@ -296,7 +333,9 @@ impl Llama {
         };
         let embed_name = TensorName::new("model.embed_tokens.weight", "token_embd.weight");
         let embed = ckpt.embedding(&embed_name, cfg.vocab_size, d)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // Not `with_capacity`: the count comes from the file, and only the
+        // layers' weights, read one by one, bound how far this grows.
+        let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let hf = |s: &str| format!("model.layers.{i}.{s}");
             let gg = |s: &str| format!("blk.{i}.{s}");

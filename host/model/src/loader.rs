@@ -199,3 +199,6 @@ fn load_hf_dir(
     };
     Ok((model, tokenizer))
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -32,6 +32,8 @@
 
 mod constraint;
 mod formats;
+#[cfg(test)]
+mod fuzz;
 mod split;
 #[cfg(test)]
 mod tests;

@@ -167,6 +167,55 @@ impl DeepSeekConfig {
             )
     }
 
+    /// Why these sizes cannot describe a model, if they cannot: no layers,
+    /// no width or no heads, or projection shapes too large to count.
+    /// Checked before any weight is read; past it, every size is bounded by
+    /// a weight that the file must hold.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+        ] {
+            if value == 0 {
+                return Err(format!("`{name}` is 0"));
+            }
+        }
+        let (h, nope, rope, v) = (
+            self.num_attention_heads,
+            self.qk_nope_head_dim,
+            self.qk_rope_head_dim,
+            self.v_head_dim,
+        );
+        let product = |factors: &[usize]| {
+            factors
+                .iter()
+                .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        };
+        // Every projection's width, and a token's cache in the widest dtype
+        // (heads × (nope + rope + v) bounds the latent's rank + rope too).
+        let sizes = [
+            nope.checked_add(rope)
+                .and_then(|q| q.checked_add(v))
+                .and_then(|w| product(&[self.num_hidden_layers, h, w, 8])),
+            self.kv_lora_rank
+                .checked_add(rope)
+                .and_then(|w| product(&[self.num_hidden_layers, w, 8])),
+            product(&[
+                self.moe_intermediate_size,
+                self.n_shared_experts.unwrap_or(1),
+            ]),
+        ];
+        if sizes.contains(&None) {
+            return Err(format!(
+                "{h} heads of {nope} + {rope} + {v} dimensions (latent rank {}) in {} layers \
+                 are too many to count",
+                self.kv_lora_rank, self.num_hidden_layers
+            ));
+        }
+        Ok(())
+    }
+
     pub fn q_head_dim(&self) -> usize {
         self.qk_nope_head_dim + self.qk_rope_head_dim
     }

@@ -70,6 +70,10 @@ impl DeepSeek {
         ckpt: &Checkpoint,
         mode: MlaCache,
     ) -> std::result::Result<Self, ModelError> {
+        cfg.check().map_err(|reason| ModelError::Config {
+            path: ckpt.path().to_owned(),
+            reason,
+        })?;
         let d = cfg.hidden_size;
         let h = cfg.num_attention_heads;
         let (nope, rope, vd, rank) = (
@@ -105,7 +109,9 @@ impl DeepSeek {
             &name("model.embed_tokens.weight".into()),
             &[cfg.vocab_size, d],
         )?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // Not `with_capacity`: the count comes from the file, and only the
+        // layers' weights, read one by one, bound how far this grows.
+        let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let q = match cfg.q_lora_rank {
