@@ -51,6 +51,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("CALCULATOR", artifacts::CALCULATOR),
     ("REACT_AGENT", artifacts::REACT_AGENT),
     ("JSON_SCHEMA", artifacts::JSON_SCHEMA),
+    ("HOSTILE_REWARD", artifacts::HOSTILE_REWARD),
 ];
 
 /// The largest JSON body the test servers take: small, so the 413 test has

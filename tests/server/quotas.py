@@ -5,6 +5,7 @@ import os
 import threading
 import time
 
+import httpx2
 import openai
 
 from common import chat, client, http, plugin_bytes, run, upload
@@ -71,6 +72,39 @@ def test_tokens_per_minute_over_the_limit_are_429():
         )
         assert r.status_code == 429 and "retry-after" in r.headers, r.text
     assert chat(client("alpha"), "hi", max_tokens=2).choices
+
+
+def test_an_abandoned_scoring_keeps_its_place_until_it_ends():
+    # `single` runs one request at a time. Its scoring of looping samples
+    # (each stopped by its fuel) goes on after the client gives up, and
+    # holds the place until it ends: abandoning requests cannot pile up
+    # scoring threads.
+    with http("single") as h:
+        assert upload(h, "hostile", plugin_bytes("hostile-reward")).status_code == 201
+    samples = [{"prompt": "p", "completion": f"LOOP {i}"} for i in range(48)]
+    body = {"rewards": [{"plugin": "hostile"}], "samples": samples}
+    with http("single") as h:
+        try:
+            h.post("/v1/rewards/score", json=body, timeout=0.3)
+        except httpx2.TimeoutException:
+            pass
+        else:
+            raise AssertionError("the scoring was expected to outlast the client")
+    with http("single") as h:
+        r = h.post("/v1/rewards/score", json={"rewards": [{"plugin": "hostile"}], "samples": []})
+        assert r.status_code == 429 and "requests running" in r.text, r.text
+        deadline = time.monotonic() + 60
+        while True:
+            r = h.post(
+                "/v1/rewards/score",
+                json={"rewards": [{"plugin": "hostile"}], "samples": [{"completion": "fine"}]},
+            )
+            if r.status_code != 429:
+                break
+            assert time.monotonic() < deadline, "the place was never freed"
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        assert r.json()["data"][0]["rewards"]["hostile"] == 1.0, r.text
 
 
 def fresh_copy(data):

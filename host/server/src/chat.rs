@@ -560,6 +560,7 @@ async fn collect(
 async fn choose(
     plan: &Plan,
     completions: &[Completion],
+    admission: &Admission,
 ) -> Result<Vec<(usize, Option<Scored>)>, ApiError> {
     let scored: Option<Vec<Scored>> = if plan.rewards.is_empty() {
         None
@@ -572,13 +573,7 @@ async fn choose(
                 deepwasm_engine::rewards::sample_of(p.text.as_deref().unwrap_or(""), c, &plan.extra)
             })
             .collect();
-        let rewards = plan.rewards.clone();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Some(
-            tokio::task::spawn_blocking(move || score_samples(&rewards, &samples, threads, 64))
-                .await
-                .map_err(|e| ApiError::internal(format!("scoring stopped: {e}")))?,
-        )
+        Some(score_async(plan.rewards.clone(), samples, admission.clone()).await?)
     };
     let mut chosen = Vec::new();
     for pi in 0..plan.prompts.len() {
@@ -941,7 +936,7 @@ pub async fn chat_completions(
     let _guard = CancelOnDrop(cancelled.clone());
     let rx = plan.submit(&st, &cancelled)?;
     let completions = collect(rx, plan.total()).await?;
-    let chosen = choose(&plan, &completions).await?;
+    let chosen = choose(&plan, &completions, &admission).await?;
     let prompt_tokens = plan.prompts[0].ids.len();
     let completion_tokens: usize = completions.iter().map(|c| c.usage.completion_tokens).sum();
     tenant.record_tokens(prompt_tokens as u64, completion_tokens as u64);
@@ -1240,7 +1235,7 @@ pub async fn completions(
     let _guard = CancelOnDrop(cancelled.clone());
     let rx = plan.submit(&st, &cancelled)?;
     let completions = collect(rx, plan.total()).await?;
-    let chosen = choose(&plan, &completions).await?;
+    let chosen = choose(&plan, &completions, &admission).await?;
     let prompt_tokens: usize = plan.prompts.iter().map(|p| p.ids.len()).sum();
     let completion_tokens: usize = completions.iter().map(|c| c.usage.completion_tokens).sum();
     tenant.record_tokens(prompt_tokens as u64, completion_tokens as u64);
@@ -1417,13 +1412,20 @@ async fn end_stream(
     let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
 }
 
-/// Scores of samples by reward plugins (also used by rollouts).
+/// Scores of samples by reward plugins (also used by rollouts), on a
+/// blocking thread that holds the request's `admission` until it is done:
+/// a client that goes away does not free its place while its scoring still
+/// runs, so abandoned requests cannot pile up threads.
 pub(crate) async fn score_async(
     rewards: Vec<WeightedReward>,
     samples: Vec<deepwasm_plugins::Sample>,
+    admission: Admission,
 ) -> Result<Vec<Scored>, ApiError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tokio::task::spawn_blocking(move || score_samples(&rewards, &samples, threads, 64))
-        .await
-        .map_err(|e| ApiError::internal(format!("scoring stopped: {e}")))
+    tokio::task::spawn_blocking(move || {
+        let _admission = admission;
+        score_samples(&rewards, &samples, threads, 64)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("scoring stopped: {e}")))
 }

@@ -222,7 +222,7 @@ pub async fn score(
             ),
         ));
     }
-    let _admission = tenant.admit()?;
+    let admission = tenant.admit()?;
     let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
     let samples: Vec<Sample> = req
         .samples
@@ -235,7 +235,7 @@ pub async fn score(
         })
         .collect();
     let started = Instant::now();
-    let scored = crate::chat::score_async(rewards, samples).await?;
+    let scored = crate::chat::score_async(rewards, samples, admission).await?;
     let data: Vec<Value> = scored
         .iter()
         .enumerate()
@@ -380,7 +380,8 @@ pub async fn rollouts(
         }
     };
     tokio::spawn(async move {
-        let _admission = admission;
+        // The task holds the tenant's place (`admission`, used below) until
+        // the rollout and its scoring are done.
         struct Cancel(Arc<AtomicBool>);
         impl Drop for Cancel {
             fn drop(&mut self) {
@@ -424,13 +425,14 @@ pub async fn rollouts(
             let (text, ids, extra, extra_fields) = &prompts[pi];
             prompt_tokens += ids.len();
             let samples: Vec<Sample> = group.iter().map(|c| sample_of(text, c, extra)).collect();
-            let scored = match crate::chat::score_async(rewards.clone(), samples).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = out_tx.send(Ok(frame(&e.body()))).await;
-                    return;
-                }
-            };
+            let scored =
+                match crate::chat::score_async(rewards.clone(), samples, admission.clone()).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = out_tx.send(Ok(frame(&e.body()))).await;
+                        return;
+                    }
+                };
             let totals: Vec<Option<f64>> = scored.iter().map(|s| s.total).collect();
             let advantages = group_advantages(&totals);
             let seeds = completion_seeds(seed.wrapping_add(pi as u64), g);

@@ -153,8 +153,13 @@ impl std::fmt::Debug for Tenant {
 }
 
 /// Holds a tenant's place among its concurrent requests.
+///
+/// Clones share the place: work a request hands to other threads (scoring,
+/// say) holds a clone, so the place is freed only when all of it is done,
+/// even if the client went away first.
+#[derive(Clone)]
 pub struct Admission {
-    _permit: OwnedSemaphorePermit,
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl Tenant {
@@ -214,7 +219,9 @@ impl Tenant {
             )
         })?;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        Ok(Admission { _permit: permit })
+        Ok(Admission {
+            _permit: Arc::new(permit),
+        })
     }
 
     /// Admit a plugin upload: one compile at a time per tenant (compiling
