@@ -18,6 +18,10 @@ pub(crate) mod wait;
 
 use std::sync::Arc;
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha12Rng;
+use sha2::{Digest, Sha256};
+
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -130,13 +134,16 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         if let Wasi::Deterministic(seed) = wasi {
+            // ChaCha streams: the secure one from the seed, the insecure one
+            // and the insecure seed from its hash, so none repeats another.
+            let other: [u8; 32] = Sha256::digest(seed).into();
             let mut low = [0u8; 16];
-            low.copy_from_slice(&seed[..16]);
+            low.copy_from_slice(&other[16..]);
             builder
                 .wall_clock(output::FrozenClock)
                 .monotonic_clock(output::FrozenClock)
-                .secure_random(wasmtime_wasi::Deterministic::new(seed.to_vec()))
-                .insecure_random(wasmtime_wasi::Deterministic::new(seed.to_vec()))
+                .secure_random(ChaCha12Rng::from_seed(seed))
+                .insecure_random(ChaCha12Rng::from_seed(other))
                 .insecure_random_seed(u128::from_le_bytes(low));
         }
         HostState {
