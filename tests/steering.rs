@@ -285,6 +285,30 @@ fn invalid_sampling_overrides_from_a_plugin_are_its_error() {
         chain.contains("hostile-sampler") && chain.contains("200000 entries"),
         "{chain}"
     );
+    // A refused answer is a strike like a trap or a limit hit: after three
+    // in a row the plugin takes no new sequence for a while.
+    for _ in 0..2 {
+        run(
+            &greedy("Hello", 8),
+            &hostile,
+            r#"{"mode": "wide-deny"}"#,
+            MissPolicy::Fail,
+        )
+        .unwrap_err();
+    }
+    assert!(hostile.throttled().is_some());
+    let err = run(
+        &greedy("Hello", 8),
+        &hostile,
+        r#"{"mode": "ok"}"#,
+        MissPolicy::Fail,
+    )
+    .unwrap_err();
+    assert!(
+        error_chain(&err).contains("throttle"),
+        "{}",
+        error_chain(&err)
+    );
 }
 
 #[test]

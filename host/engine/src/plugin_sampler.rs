@@ -450,19 +450,26 @@ fn serve(
     };
     for call in calls {
         let answer = match call {
-            Call::Prepare(step, tokens) => Answer::Prepared(
-                seq.prepare_within(deadline, step, &tokens)
-                    .and_then(|mut p| {
-                        if let Prepared::Decided(d) = &mut p {
-                            tidy(d)?;
-                        }
-                        Ok(p)
-                    }),
-            ),
-            Call::Decide(step, logits) => Answer::Decided(
-                seq.decide_within(deadline, step, logits)
-                    .and_then(|mut d| tidy(&mut d).map(|()| d)),
-            ),
+            Call::Prepare(step, tokens) => {
+                let mut prepared = seq.prepare_within(deadline, step, &tokens);
+                if let Ok(Prepared::Decided(d)) = &mut prepared
+                    && let Err(e) = tidy(d)
+                {
+                    seq.record_failure(&e);
+                    prepared = Err(e);
+                }
+                Answer::Prepared(prepared)
+            }
+            Call::Decide(step, logits) => {
+                let mut decided = seq.decide_within(deadline, step, logits);
+                if let Ok(d) = &mut decided
+                    && let Err(e) = tidy(d)
+                {
+                    seq.record_failure(&e);
+                    decided = Err(e);
+                }
+                Answer::Decided(decided)
+            }
         };
         if answers.send(answer).is_err() {
             break;

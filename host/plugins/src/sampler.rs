@@ -165,7 +165,7 @@ impl SamplerPlugin {
         opened
     }
 
-    /// How long new sequences are still refused after repeated limit hits
+    /// How long new sequences are still refused after repeated failures
     /// (`None`: they are not). See [`STRIKES`].
     pub fn throttled(&self) -> Option<Duration> {
         self.inner.health.throttled()
@@ -200,14 +200,16 @@ impl SamplerPlugin {
             sampler: self.inner.clone(),
             instance: Some(instance),
             handle: Some(handle),
+            failed: false,
         })
     }
 }
 
-/// Consecutive calls of a pool's instances that ended at a limit this many
-/// times make the pool refuse new sequences for a while: a plugin that
-/// keeps sleeping or looping to its deadline would otherwise cost the
-/// batch a prefill per request, as fast as its tenant can send them.
+/// Consecutive calls of a pool's instances that failed (a limit hit, a
+/// trap, a broken protocol) this many times make the pool refuse new
+/// sequences for a while: a plugin that keeps sleeping to its deadline or
+/// sending what the host refuses would otherwise cost the batch a prefill
+/// per request, as fast as its tenant can send them.
 pub const STRIKES: u32 = 3;
 /// How long new sequences are refused at the first throttling; it doubles
 /// with each further limit hit, up to `MAX_BACKOFF`.
@@ -223,22 +225,23 @@ struct Health {
 }
 
 impl Health {
-    /// Count a step's outcome: an answer clears the strikes, a failure is
-    /// counted by `strike`.
-    fn record<T>(&self, outcome: &Result<T, PluginError>) {
-        match outcome {
-            Ok(_) => self.strikes.store(0, Ordering::Relaxed),
-            Err(e) => self.strike(e),
-        }
+    /// A sequence closed without a failure: the strikes are cleared.
+    fn clear(&self) {
+        self.strikes.store(0, Ordering::Relaxed);
     }
 
-    /// A limit hit is a strike; errors of the guest's own (a refused
-    /// config) and traps are not (a trap discards its instance anyway).
+    /// A limit hit, a trap or a broken protocol is a strike; an error value
+    /// of the guest's own (a refused config) is an answer, and the host's
+    /// own refusals (the instance share, the throttle) are not the plugin's.
     fn strike(&self, e: &PluginError) {
-        let PluginError::Limit { limit, .. } = e else {
-            return;
+        let counts = match e {
+            PluginError::Limit { limit, .. } => {
+                !matches!(limit, LimitHit::Instances(_) | LimitHit::Throttled(_))
+            }
+            PluginError::Trap { .. } | PluginError::Protocol { .. } => true,
+            PluginError::Guest { .. } | PluginError::Poisoned { .. } => false,
         };
-        if matches!(limit, LimitHit::Instances(_) | LimitHit::Throttled(_)) {
+        if !counts {
             return;
         }
         let n = self.strikes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -319,6 +322,8 @@ pub struct SamplerSequence {
     sampler: Arc<Inner>,
     instance: Option<Instance>,
     handle: Option<ResourceAny>,
+    /// A call failed: closing does not clear the pool's strikes.
+    failed: bool,
 }
 
 impl std::fmt::Debug for SamplerSequence {
@@ -359,8 +364,7 @@ impl SamplerSequence {
                 .sequence()
                 .call_prepare(store, handle, step, new_tokens)
         });
-        sampler.health.record(&called);
-        called?.map_err(|e| PluginError::guest(sampler.plugin.name(), e))
+        self.outcome(called)
     }
 
     /// Phase two: the decision given this step's logits.
@@ -392,8 +396,30 @@ impl SamplerSequence {
             store.data_mut().table.delete(own)?;
             result
         });
-        sampler.health.record(&called);
-        called?.map_err(|e| PluginError::guest(sampler.plugin.name(), e))
+        self.outcome(called)
+    }
+
+    /// A call's result as the caller sees it, its failure counted against
+    /// the pool (see [`STRIKES`]).
+    fn outcome<T>(
+        &mut self,
+        called: Result<Result<T, crate::bindings::types::Error>, PluginError>,
+    ) -> Result<T, PluginError> {
+        let name = self.sampler.plugin.name();
+        let result = called.and_then(|r| r.map_err(|e| PluginError::guest(name, e)));
+        if let Err(e) = &result {
+            self.record_failure(e);
+        }
+        result
+    }
+
+    /// Count a failure found in an answer by the caller (a token set past
+    /// its bounds, say) as a trap or a limit hit is counted: a strike
+    /// against the pool, and no clearing of strikes when this sequence
+    /// closes.
+    pub fn record_failure(&mut self, e: &PluginError) {
+        self.failed = true;
+        self.sampler.health.strike(e);
     }
 
     /// What the plugin wrote during its last call.
@@ -427,6 +453,10 @@ impl Drop for SamplerSequence {
             .call(deadline, 1, |store, _| handle.resource_drop(store))
             .is_ok()
         {
+            if !self.failed {
+                // A whole sequence served: the plugin is healthy again.
+                self.sampler.health.clear();
+            }
             self.sampler.put_back(instance);
         }
     }

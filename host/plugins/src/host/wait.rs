@@ -11,13 +11,13 @@
 //! frozen, so every pollable is ready at once and what a guest sees never
 //! depends on how fast the machine is or how loaded.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::io::poll::{Host as _, HostPollable as _};
-use wasmtime_wasi::runtime::in_tokio;
 
 use crate::host::{HostState, Wasi};
 use crate::limits::LimitHit;
@@ -25,6 +25,25 @@ use crate::limits::LimitHit;
 /// The WASI version whose `poll` interface we shadow: the one wasmtime-wasi
 /// links. Guests importing any other 0.2.x version resolve to it.
 const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
+
+/// The runtime every bounded wait runs on. Its own, not the caller's: a
+/// plugin called from a thread of an embedder's runtime (a server's
+/// blocking pool) must not have its wait fail, or panic, because that
+/// runtime is shutting down.
+static WAITS: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("deepwasm-waits")
+        .enable_time()
+        .build()
+        .expect("cannot start the runtime for plugin waits")
+});
+
+/// Run `f` to its end on the waits' runtime, from a thread outside any
+/// async context (plugin calls are blocking calls).
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    WAITS.block_on(f)
+}
 
 /// When the call in progress must end, and how long it was given.
 #[derive(Clone, Copy, Debug)]
@@ -91,7 +110,7 @@ fn poll_bounded(
     }
     let until = tokio::time::Instant::from_std(state.deadline.at);
     let table = &mut state.table;
-    let waited = in_tokio(async { tokio::time::timeout_at(until, table.poll(list)).await });
+    let waited = wait(async { tokio::time::timeout_at(until, table.poll(list)).await });
     match waited {
         Ok(ready) => ready,
         Err(_elapsed) => Err(state.deadline_passed()),
@@ -109,7 +128,7 @@ fn block_bounded(
     }
     let until = tokio::time::Instant::from_std(state.deadline.at);
     let table = &mut state.table;
-    let waited = in_tokio(async { tokio::time::timeout_at(until, table.block(pollable)).await });
+    let waited = wait(async { tokio::time::timeout_at(until, table.block(pollable)).await });
     match waited {
         Ok(done) => done,
         Err(_elapsed) => Err(state.deadline_passed()),
@@ -125,5 +144,5 @@ fn ready(
         state.table.get(&pollable)?;
         return Ok(true);
     }
-    in_tokio(state.table.ready(pollable))
+    wait(state.table.ready(pollable))
 }
