@@ -151,6 +151,14 @@ impl Attack {
         }
     }
 
+    /// The name under which tenant a uploads this attack's own copy of the
+    /// hostile sampler: each attack gets a plugin of its own, so that one
+    /// row's throttling (see `SamplerPlugin::throttled`) is not the next
+    /// row's.
+    fn sampler_name(self) -> String {
+        format!("hostile-sampler-{}", self.name())
+    }
+
     /// The `i`th request of the attack: its path and JSON body.
     fn request(self, model: &str, i: usize) -> (&'static str, Value) {
         let chat = json!({
@@ -161,7 +169,7 @@ impl Attack {
             "ignore_eos": true,
         });
         let sampler = |config: Value, budget_ms: Option<u64>, on_miss: Option<&str>| {
-            let mut s = json!({"plugin": "hostile-sampler", "config": config});
+            let mut s = json!({"plugin": self.sampler_name(), "config": config});
             if let Some(ms) = budget_ms {
                 s["step_budget_ms"] = json!(ms);
             }
@@ -285,6 +293,30 @@ pub fn run(cli: &Cli, args: &AttackBenchArgs) -> anyhow::Result<()> {
     result
 }
 
+/// `component` with a custom section `name` holding `data` appended: the
+/// same plugin under another content id.
+fn with_custom_section(component: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name.as_bytes());
+    payload.extend_from_slice(data);
+    let mut out = component.to_vec();
+    out.push(0);
+    leb128(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
 /// `plugins` in the target directory of this binary (`<target>/<profile>/
 /// deepwasm`, or `<target>/<triple>/<profile>/deepwasm`), where `cargo
 /// plugins` puts them; `target/plugins` when there is none.
@@ -328,8 +360,15 @@ async fn bench(
         Client::new(base, Some(KEY_B)),
     );
     let model = b.model().await?;
-    for (name, bytes) in components {
-        a.upload(name, bytes).await?;
+    for (name, bytes) in &components {
+        if *name == "hostile-sampler" {
+            for attack in attacks.iter().filter(|a| a.plugins().contains(name)) {
+                let copy = with_custom_section(bytes, "attack", attack.name().as_bytes());
+                a.upload(&attack.sampler_name(), copy).await?;
+            }
+        } else {
+            a.upload(name, bytes.clone()).await?;
+        }
     }
     // The first chat pays for warming up; it is not counted.
     if let Some(e) = chats(&b, &model, 1).await.1.first() {
