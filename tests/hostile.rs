@@ -271,27 +271,28 @@ fn sleeping_in_wasi_meets_the_deadline() {
     still_serves(&tool);
 }
 
-#[test]
-fn an_agent_sleeping_in_wasi_meets_its_run_deadline() {
+/// Run the looping agent with `config`, no capabilities, under `deadline`.
+fn run_looping_agent(
+    config: &str,
+    deadline: Duration,
+) -> Result<deepwasm_plugins::AgentAnswer, PluginError> {
     let agent = deepwasm_plugins::AgentPlugin::new(
         plugin(artifacts::LOOPING_AGENT),
         sandbox(World::Agent, |_| {}),
     )
     .unwrap();
     let control = deepwasm_plugins::AgentControl {
-        deadline: Duration::from_millis(300),
+        deadline,
         stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         on_log: None,
     };
+    agent.run(Capabilities::default(), "task", config, &control)
+}
+
+#[test]
+fn an_agent_sleeping_in_wasi_meets_its_run_deadline() {
     let start = Instant::now();
-    let err = agent
-        .run(
-            Capabilities::default(),
-            "task",
-            r#"{"mode": "sleep"}"#,
-            &control,
-        )
-        .unwrap_err();
+    let err = run_looping_agent(r#"{"mode": "sleep"}"#, Duration::from_millis(300)).unwrap_err();
     let elapsed = start.elapsed();
     assert!(
         matches!(err, PluginError::Limit { limit: LimitHit::Deadline(d), .. } if d == Duration::from_millis(300)),
@@ -305,24 +306,7 @@ fn an_agent_sleeping_in_wasi_meets_its_run_deadline() {
 
 #[test]
 fn an_agents_answer_is_capped_not_its_memory() {
-    let agent = deepwasm_plugins::AgentPlugin::new(
-        plugin(artifacts::LOOPING_AGENT),
-        sandbox(World::Agent, |_| {}),
-    )
-    .unwrap();
-    let control = deepwasm_plugins::AgentControl {
-        deadline: Duration::from_secs(10),
-        stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        on_log: None,
-    };
-    let err = agent
-        .run(
-            Capabilities::default(),
-            "task",
-            r#"{"mode": "big-answer"}"#,
-            &control,
-        )
-        .unwrap_err();
+    let err = run_looping_agent(r#"{"mode": "big-answer"}"#, Duration::from_secs(10)).unwrap_err();
     assert!(
         matches!(&err, PluginError::Protocol { message, .. } if message.contains("1048576")),
         "{err}"

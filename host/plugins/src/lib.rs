@@ -34,7 +34,8 @@ pub use engine::{
 };
 pub use error::{GuestError, PluginError};
 pub use host::logits::{
-    LogitsHandle, SetTooLarge, argmax, for_each_run, log_sum_exp, max_set_entries, normalize, top_k,
+    LogitsHandle, SetTooLarge, argmax, for_each_bit_run, for_each_run, log_sum_exp,
+    max_set_entries, normalize, normalize_words, top_k,
 };
 pub use host::{
     CallOutput, Capabilities, InferenceAccess, KvAccess, LogLine, MAX_PROMPT_BYTES,

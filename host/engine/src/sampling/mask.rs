@@ -1,7 +1,9 @@
 //! Pipeline steps 1–4: penalties, logit bias, a plugin's mask and its bias.
 //! All edit the logits in place.
 
-use deepwasm_plugins::{SetTooLarge, TokenBias, TokenSet, for_each_run, normalize};
+use std::borrow::Cow;
+
+use deepwasm_plugins::{SetTooLarge, TokenBias, TokenSet, for_each_bit_run, normalize_words};
 
 use super::history::TokenHistory;
 use super::kernels::{BLOCK, max_of};
@@ -85,19 +87,13 @@ pub fn apply_mask(
     deny: Option<&TokenSet>,
 ) -> Result<(), MaskError> {
     let len = logits.len().min(u32::MAX as usize) as u32;
-    let bitset = |set: &TokenSet| -> Result<TokenSet, MaskError> {
-        match set {
-            TokenSet::Bitset(_) => Ok(set.clone()),
-            _ => Ok(normalize(set, len)?),
-        }
-    };
     if let Some(deny) = deny {
-        for_each_run(&bitset(deny)?, len, |start, end| {
+        for_each_bit_run(&words(deny, len)?, len, |start, end| {
             logits[start as usize..end as usize].fill(f32::NEG_INFINITY);
         });
     }
     if let Some(allow) = allow {
-        let keep = keep_bits(&bitset(allow)?, len);
+        let keep = keep_bits(&words(allow, len)?, len);
         for (block, &bits) in logits.chunks_mut(BLOCK).zip(&keep) {
             if bits == u64::MAX {
                 continue;
@@ -121,39 +117,25 @@ pub fn apply_mask(
     Ok(())
 }
 
-/// One bit per token of a vocabulary of `len`, set for tokens in `set`, in
-/// words of [`BLOCK`] = 64 tokens.
-fn keep_bits(set: &TokenSet, len: u32) -> Vec<u64> {
-    let words = (len as usize).div_ceil(BLOCK);
-    let mut keep = vec![0u64; words];
-    match set {
-        TokenSet::Bitset(w32) => {
-            // Two 32-bit words make one 64-bit word; bits past `len` only
-            // name tokens that do not exist.
-            for (i, k) in keep.iter_mut().enumerate() {
-                let lo = w32.get(2 * i).copied().unwrap_or(0) as u64;
-                let hi = w32.get(2 * i + 1).copied().unwrap_or(0) as u64;
-                *k = lo | hi << 32;
-            }
-        }
-        _ => for_each_run(set, len, |start, end| set_bits(&mut keep, start, end)),
-    }
-    keep
+/// `set` as a bitset's words: ids and ranges normalised, a bitset as it is.
+fn words(set: &TokenSet, len: u32) -> Result<Cow<'_, [u32]>, SetTooLarge> {
+    Ok(match set {
+        TokenSet::Bitset(w) => Cow::Borrowed(w),
+        _ => Cow::Owned(normalize_words(set, len)?),
+    })
 }
 
-/// Sets bits `[start, end)`.
-fn set_bits(keep: &mut [u64], start: u32, end: u32) {
-    let (start, end) = (start as usize, end as usize);
-    let (first, last) = (start / 64, (end - 1) / 64);
-    let lo_mask = u64::MAX << (start % 64);
-    let hi_mask = u64::MAX >> (63 - (end - 1) % 64);
-    if first == last {
-        keep[first] |= lo_mask & hi_mask;
-    } else {
-        keep[first] |= lo_mask;
-        keep[first + 1..last].fill(u64::MAX);
-        keep[last] |= hi_mask;
-    }
+/// The bitset `w32` (32-bit words) as words of [`BLOCK`] = 64 tokens over
+/// a vocabulary of `len`; bits past `len` only name tokens that do not
+/// exist.
+fn keep_bits(w32: &[u32], len: u32) -> Vec<u64> {
+    (0..(len as usize).div_ceil(BLOCK))
+        .map(|i| {
+            let lo = w32.get(2 * i).copied().unwrap_or(0) as u64;
+            let hi = w32.get(2 * i + 1).copied().unwrap_or(0) as u64;
+            lo | hi << 32
+        })
+        .collect()
 }
 
 /// Whether some token has a logit above -inf (NaN does not count), so that

@@ -172,6 +172,11 @@ pub struct SetTooLarge {
 /// ids, O(n log n) for ranges, plus O(len / 32); a set longer than
 /// [`max_set_entries`] is refused before any of that.
 pub fn normalize(set: &TokenSet, len: u32) -> Result<TokenSet, SetTooLarge> {
+    normalize_words(set, len).map(TokenSet::Bitset)
+}
+
+/// [`normalize`], as the bitset's words.
+pub fn normalize_words(set: &TokenSet, len: u32) -> Result<Vec<u32>, SetTooLarge> {
     let words = (len as usize).div_ceil(32);
     let entries = match set {
         TokenSet::Ids(ids) => ids.len(),
@@ -225,7 +230,7 @@ pub fn normalize(set: &TokenSet, len: u32) -> Result<TokenSet, SetTooLarge> {
             }
         }
     }
-    Ok(TokenSet::Bitset(bits))
+    Ok(bits)
 }
 
 /// Sets bits `[start, end)` of a bitset of 32-bit words.
@@ -263,25 +268,30 @@ pub fn for_each_run(set: &TokenSet, len: u32, mut f: impl FnMut(u32, u32)) {
                 }
             }
         }
-        TokenSet::Bitset(words) => {
-            for (w, &word) in words.iter().enumerate() {
-                let mut bits = word;
-                while bits != 0 {
-                    let lo = bits.trailing_zeros();
-                    let run = (!(bits >> lo)).trailing_zeros();
-                    let start = w as u32 * 32 + lo;
-                    let end = (start + run).min(len);
-                    if start >= len {
-                        return;
-                    }
-                    f(start, end);
-                    bits = if lo + run >= 32 {
-                        0
-                    } else {
-                        bits & !(((1u32 << run) - 1) << lo)
-                    };
-                }
+        TokenSet::Bitset(words) => for_each_bit_run(words, len, f),
+    }
+}
+
+/// Calls `f` with the runs `[start, end)` of set bits in the bitset
+/// `words` (bit `t % 32` of word `t / 32`), clipped to `len`, in order;
+/// runs stop at word boundaries.
+pub fn for_each_bit_run(words: &[u32], len: u32, mut f: impl FnMut(u32, u32)) {
+    for (w, &word) in words.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let lo = bits.trailing_zeros();
+            let run = (!(bits >> lo)).trailing_zeros();
+            let start = w as u32 * 32 + lo;
+            let end = (start + run).min(len);
+            if start >= len {
+                return;
             }
+            f(start, end);
+            bits = if lo + run >= 32 {
+                0
+            } else {
+                bits & !(((1u32 << run) - 1) << lo)
+            };
         }
     }
 }
