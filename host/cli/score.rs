@@ -30,7 +30,8 @@ pub struct ScoreArgs {
     /// Threads scoring in parallel [default: the machine's cores].
     #[arg(long)]
     threads: Option<usize>,
-    /// Samples per plugin call.
+    /// Samples handed to a scoring thread at a time (each sample is scored
+    /// in a fresh instance of its own).
     #[arg(long, default_value_t = 256)]
     batch: usize,
 }

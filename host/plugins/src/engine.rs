@@ -318,7 +318,7 @@ fn pooling_config() -> PoolingAllocationConfig {
         // Returning a slot's pages to the kernel interrupts every core to
         // flush its TLB; batching the decommits of many slots into one
         // flush made that cost vanish from reward scoring, which gets a
-        // fresh instance per batch.
+        // fresh instance per sample.
         .decommit_batch_size(DECOMMIT_BATCH);
     p
 }
