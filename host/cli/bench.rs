@@ -33,6 +33,9 @@ pub enum BenchCommand {
     /// Neighbour latency under attack: one tenant's short chats, idle and
     /// while another tenant runs hostile plugins.
     Attack(crate::bench_attack::AttackBenchArgs),
+    /// A long run: many well-behaved clients beside every attack at once;
+    /// their errors, and the process's memory and threads over time.
+    Soak(crate::bench_soak::SoakBenchArgs),
 }
 
 #[derive(Args)]
@@ -65,6 +68,7 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Languages(args) => crate::bench_langs::run(args),
         BenchCommand::Server(args) => crate::bench_server::run(cli, args),
         BenchCommand::Attack(args) => crate::bench_attack::run(cli, args),
+        BenchCommand::Soak(args) => crate::bench_soak::run(cli, args),
     }
 }
 

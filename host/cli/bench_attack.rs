@@ -53,7 +53,7 @@ pub struct AttackBenchArgs {
 /// What tenant `a` does to the server, each with one of the hostile plugins
 /// (see their sources under `plugins/rust/` for the modes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Attack {
+pub(crate) enum Attack {
     /// No plugin: the same chats a sampler attack rides on, as a
     /// well-behaved neighbour would send them. The reference for the
     /// other rows: what sharing the model with `--concurrency` requests
@@ -82,11 +82,11 @@ enum Attack {
 }
 
 /// The API keys of the two tenants (loopback only, so fixed ones will do).
-const KEY_A: &str = "bench-attack-tenant-a";
-const KEY_B: &str = "bench-attack-tenant-b";
+pub(crate) const KEY_A: &str = "bench-attack-tenant-a";
+pub(crate) const KEY_B: &str = "bench-attack-tenant-b";
 
 /// Each tenant's `max_concurrent_requests`: the most `--concurrency` may be.
-const TENANT_CONCURRENCY: usize = 16;
+pub(crate) const TENANT_CONCURRENCY: usize = 16;
 
 /// Tenant b's chat: short and greedy, always `B_TOKENS` tokens.
 const B_PROMPT: &str = "Name a colour.";
@@ -128,7 +128,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How long requests still running at the end may take before the process
 /// leaves without them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Longest error message kept per outcome in the text output.
 const MESSAGE_CHARS: usize = 200;
@@ -226,13 +226,13 @@ impl Attack {
 }
 
 /// How one attack request ended.
-struct Call {
-    took: Duration,
+pub(crate) struct Call {
+    pub(crate) took: Duration,
     /// The HTTP status (`200+error` when a 200 answer reports a failure
     /// inside), or `timeout`, `cancelled`, `connection error`.
-    outcome: String,
+    pub(crate) outcome: String,
     /// The error message, if any.
-    message: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 /// One row: b's chats, idle or under one attack.
@@ -260,21 +260,11 @@ pub fn run(cli: &Cli, args: &AttackBenchArgs) -> anyhow::Result<()> {
         args.attacks.clone()
     };
     let dir = args.plugins_dir.clone().unwrap_or_else(default_plugins_dir);
-    let mut components = BTreeMap::new();
-    for name in attacks.iter().flat_map(|a| a.plugins()) {
-        let path = dir.join(format!("{name}.wasm"));
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "cannot read {} (build the plugins with `cargo plugins`, or name their directory with --plugins-dir)",
-                path.display()
-            )
-        })?;
-        components.insert(*name, bytes);
-    }
+    let components = read_components(&dir, &attacks)?;
     let tenants_dir =
         tempfile::tempdir().context("cannot make a directory for the tenants file")?;
     let tenants_path = tenants_dir.path().join("tenants.toml");
-    std::fs::write(&tenants_path, tenants_file())
+    std::fs::write(&tenants_path, tenants_file(TENANT_CONCURRENCY))
         .with_context(|| format!("cannot write {}", tenants_path.display()))?;
     let tenants = Tenants::load(&tenants_path)?;
 
@@ -291,6 +281,45 @@ pub fn run(cli: &Cli, args: &AttackBenchArgs) -> anyhow::Result<()> {
     // not keep the process alive.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result
+}
+
+/// The components `attacks` need, read from `dir`, by name.
+pub(crate) fn read_components(
+    dir: &std::path::Path,
+    attacks: &[Attack],
+) -> anyhow::Result<BTreeMap<&'static str, Vec<u8>>> {
+    let mut components = BTreeMap::new();
+    for name in attacks.iter().flat_map(|a| a.plugins()) {
+        let path = dir.join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read {} (build the plugins with `cargo plugins`, or name their directory with --plugins-dir)",
+                path.display()
+            )
+        })?;
+        components.insert(*name, bytes);
+    }
+    Ok(components)
+}
+
+/// Upload, as tenant `a`, what `attacks` need: each sampler attack its own
+/// copy of the hostile sampler, the other plugins once.
+pub(crate) async fn upload_attacks(
+    a: &Client,
+    components: &BTreeMap<&str, Vec<u8>>,
+    attacks: &[Attack],
+) -> anyhow::Result<()> {
+    for (name, bytes) in components {
+        if *name == "hostile-sampler" {
+            for attack in attacks.iter().filter(|a| a.plugins().contains(name)) {
+                let copy = with_custom_section(bytes, "attack", attack.name().as_bytes());
+                a.upload(&attack.sampler_name(), copy).await?;
+            }
+        } else {
+            a.upload(name, bytes.clone()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// `component` with a custom section `name` holding `data` appended: the
@@ -320,7 +349,7 @@ fn with_custom_section(component: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
 /// `plugins` in the target directory of this binary (`<target>/<profile>/
 /// deepwasm`, or `<target>/<triple>/<profile>/deepwasm`), where `cargo
 /// plugins` puts them; `target/plugins` when there is none.
-fn default_plugins_dir() -> PathBuf {
+pub(crate) fn default_plugins_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| {
@@ -333,20 +362,21 @@ fn default_plugins_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/plugins"))
 }
 
-/// Two tenants with the same limits and grants; only `a` may give its
-/// agents the hostile tool.
-fn tenants_file() -> String {
-    let tenant = |name: &str, key: &str, tools: &str| {
+/// Two tenants with the same grants; only `a` may give its agents the
+/// hostile tool, and `b` may run `b_concurrency` requests at once.
+pub(crate) fn tenants_file(b_concurrency: usize) -> String {
+    let tenant = |name: &str, key: &str, tools: &str, concurrency: usize| {
         format!(
             "[[tenant]]\nname = \"{name}\"\napi_keys = [\"{}\"]\n\n\
-             [tenant.limits]\nmax_concurrent_requests = {TENANT_CONCURRENCY}\n\n\
+             [tenant.limits]\nmax_concurrent_requests = {concurrency}\n\n\
              [tenant.grants]\n\
              interfaces = [\"tokenizer\", \"logits\", \"log\", \"kv\", \"inference\", \"tools\"]\n\
              tools = [{tools}]\n\n",
             hash_key(key)
         )
     };
-    tenant("a", KEY_A, "\"hostile-tool\"") + &tenant("b", KEY_B, "")
+    tenant("a", KEY_A, "\"hostile-tool\"", TENANT_CONCURRENCY)
+        + &tenant("b", KEY_B, "", b_concurrency)
 }
 
 async fn bench(
@@ -360,16 +390,7 @@ async fn bench(
         Client::new(base, Some(KEY_B)),
     );
     let model = b.model().await?;
-    for (name, bytes) in &components {
-        if *name == "hostile-sampler" {
-            for attack in attacks.iter().filter(|a| a.plugins().contains(name)) {
-                let copy = with_custom_section(bytes, "attack", attack.name().as_bytes());
-                a.upload(&attack.sampler_name(), copy).await?;
-            }
-        } else {
-            a.upload(name, bytes.clone()).await?;
-        }
-    }
+    upload_attacks(&a, &components, attacks).await?;
     // The first chat pays for warming up; it is not counted.
     if let Some(e) = chats(&b, &model, 1).await.1.first() {
         bail!("tenant b's first chat failed on the idle server: {e}");
@@ -471,16 +492,36 @@ async fn under_attack(
 
 /// One attacking task: the attack's requests one after another until told
 /// to stop, past `deadline`, or after `MAX_CALLS_PER_TASK`.
-async fn attacker(
+pub(crate) async fn attacker(
+    a: Client,
+    model: String,
+    attack: Attack,
+    sent: Arc<AtomicUsize>,
+    stop: watch::Receiver<bool>,
+    deadline: Instant,
+) -> Vec<Call> {
+    paced_attacker(a, model, attack, sent, stop, deadline, Duration::ZERO).await
+}
+
+/// `attacker`, pausing `pause` after each request (a long run's attacker
+/// would otherwise spend its call budget on answers refused at once).
+pub(crate) async fn paced_attacker(
     a: Client,
     model: String,
     attack: Attack,
     sent: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
     deadline: Instant,
+    pause: Duration,
 ) -> Vec<Call> {
     let mut calls = Vec::new();
     while !*stop.borrow() && calls.len() < MAX_CALLS_PER_TASK && Instant::now() < deadline {
+        if !pause.is_zero() && !calls.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => break,
+            }
+        }
         let (path, body) = attack.request(&model, sent.fetch_add(1, Ordering::Relaxed));
         let started = Instant::now();
         let (outcome, message) = tokio::select! {
@@ -497,7 +538,7 @@ async fn attacker(
 }
 
 /// Send one attack request: how it ended, and the error it reported.
-async fn attack_call(a: &Client, path: &str, body: &Value) -> (String, Option<String>) {
+pub(crate) async fn attack_call(a: &Client, path: &str, body: &Value) -> (String, Option<String>) {
     let exchange = a.exchange(
         "POST",
         path,

@@ -7,6 +7,7 @@ mod bench_langs;
 mod bench_model;
 mod bench_sampler;
 mod bench_server;
+mod bench_soak;
 mod generate;
 mod model;
 mod plugin;
