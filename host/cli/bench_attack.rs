@@ -261,26 +261,36 @@ pub fn run(cli: &Cli, args: &AttackBenchArgs) -> anyhow::Result<()> {
     };
     let dir = args.plugins_dir.clone().unwrap_or_else(default_plugins_dir);
     let components = read_components(&dir, &attacks)?;
-    let tenants_dir =
-        tempfile::tempdir().context("cannot make a directory for the tenants file")?;
-    let tenants_path = tenants_dir.path().join("tenants.toml");
-    std::fs::write(&tenants_path, tenants_file(TENANT_CONCURRENCY))
-        .with_context(|| format!("cannot write {}", tenants_path.display()))?;
-    let tenants = Tenants::load(&tenants_path)?;
-
     let runtime = crate::bench_server::runtime()?;
-    let base = crate::bench_server::start_in_process(
-        &runtime,
-        cli,
-        &args.model,
-        tenants,
-        deepwasm_server::Config::default().max_batch,
-    )?;
+    let base = start_two_tenants(&runtime, cli, &args.model, TENANT_CONCURRENCY)?;
     let result = runtime.block_on(bench(&base, components, &attacks, args));
     // Requests the host has not yet cut short (a sleeping plugin's) must
     // not keep the process alive.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result
+}
+
+/// Start the in-process server with tenants `a` and `b` (see
+/// `tenants_file`) on `runtime`; its base URL.
+pub(crate) fn start_two_tenants(
+    runtime: &tokio::runtime::Runtime,
+    cli: &Cli,
+    model: &ModelArgs,
+    b_concurrency: usize,
+) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir().context("cannot make a directory for the tenants file")?;
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(&path, tenants_file(b_concurrency))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // Read now: the file is not needed once the server has its tenants.
+    let tenants = Tenants::load(&path)?;
+    crate::bench_server::start_in_process(
+        runtime,
+        cli,
+        model,
+        tenants,
+        deepwasm_server::Config::default().max_batch,
+    )
 }
 
 /// The components `attacks` need, read from `dir`, by name.
@@ -364,7 +374,7 @@ pub(crate) fn default_plugins_dir() -> PathBuf {
 
 /// Two tenants with the same grants; only `a` may give its agents the
 /// hostile tool, and `b` may run `b_concurrency` requests at once.
-pub(crate) fn tenants_file(b_concurrency: usize) -> String {
+fn tenants_file(b_concurrency: usize) -> String {
     let tenant = |name: &str, key: &str, tools: &str, concurrency: usize| {
         format!(
             "[[tenant]]\nname = \"{name}\"\napi_keys = [\"{}\"]\n\n\

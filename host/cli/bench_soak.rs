@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use deepwasm_server::tenants::Tenants;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::Cli;
 use crate::bench_attack::{
     Attack, Call, KEY_A, KEY_B, SHUTDOWN_GRACE, attack_call, default_plugins_dir, paced_attacker,
-    read_components, tenants_file, upload_attacks,
+    read_components, upload_attacks,
 };
 use crate::bench_server::Client;
 use crate::model::ModelArgs;
@@ -89,20 +88,8 @@ pub fn run(cli: &Cli, args: &SoakBenchArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {} (run `cargo plugins`)", path.display()))?,
         );
     }
-    let tenants_dir =
-        tempfile::tempdir().context("cannot make a directory for the tenants file")?;
-    let tenants_path = tenants_dir.path().join("tenants.toml");
-    std::fs::write(&tenants_path, tenants_file(args.clients))
-        .with_context(|| format!("cannot write {}", tenants_path.display()))?;
-    let tenants = Tenants::load(&tenants_path)?;
     let runtime = crate::bench_server::runtime()?;
-    let base = crate::bench_server::start_in_process(
-        &runtime,
-        cli,
-        &args.model,
-        tenants,
-        deepwasm_server::Config::default().max_batch,
-    )?;
+    let base = crate::bench_attack::start_two_tenants(&runtime, cli, &args.model, args.clients)?;
     let result = runtime.block_on(soak(&base, &components, own, &attacks, args));
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result
