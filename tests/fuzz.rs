@@ -55,19 +55,6 @@ fn originals() -> &'static [Vec<u8>] {
     })
 }
 
-/// `n` as unsigned LEB128, as Wasm writes lengths.
-fn leb128(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// What may follow a component header: any bytes, or sections of any id
 /// whose lengths are mostly true (so that the parser reads into them) and
 /// sometimes any number.
@@ -82,7 +69,8 @@ fn component_body() -> impl Strategy<Value = Vec<u8>> {
         let mut out = Vec::new();
         for (id, length, payload) in sections {
             out.push(id);
-            leb128(length.unwrap_or(payload.len() as u64), &mut out);
+            // A length as Wasm writes it (unsigned LEB128), true or not.
+            wasm_encoder::Encode::encode(&length.unwrap_or(payload.len() as u64), &mut out);
             out.extend(payload);
         }
         out

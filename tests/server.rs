@@ -403,30 +403,17 @@ const UNCLEAN_LOG: &[&str] = &[
 /// `component` with a custom section of random bytes appended: the same
 /// plugin under a content id no cache holds.
 fn fresh_copy(component: &[u8]) -> Vec<u8> {
-    fn leb128(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    use wasm_encoder::ComponentSection;
     let mut nonce = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut nonce))
         .unwrap();
-    let name = b"nonce";
-    let mut payload = Vec::new();
-    leb128(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(&nonce);
     let mut out = component.to_vec();
-    out.push(0);
-    leb128(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
+    wasm_encoder::CustomSection {
+        name: "nonce".into(),
+        data: nonce[..].into(),
+    }
+    .append_to_component(&mut out);
     out
 }
 

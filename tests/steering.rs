@@ -39,6 +39,13 @@ fn greedy(text: &str, max_tokens: usize) -> GenerateRequest {
     }
 }
 
+/// Eight greedy tokens after "Hello", steered by `sampler` in `mode`, a
+/// miss failing the request.
+fn hello(sampler: &SamplerPlugin, mode: &str) -> Result<Completion, GenerateError> {
+    let config = format!(r#"{{"mode": "{mode}"}}"#);
+    run(&greedy("Hello", 8), sampler, &config, MissPolicy::Fail)
+}
+
 fn run(
     req: &GenerateRequest,
     sampler: &SamplerPlugin,
@@ -90,13 +97,7 @@ fn a_looping_sampler_fails_its_request_fast_under_the_fail_policy() {
         MissPolicy::Fail,
     );
     let start = Instant::now();
-    let err = run(
-        &greedy("Hello", 8),
-        &hostile,
-        r#"{"mode": "loop-prepare"}"#,
-        MissPolicy::Fail,
-    )
-    .unwrap_err();
+    let err = hello(&hostile, "loop-prepare").unwrap_err();
     let msg = format!("{err}");
     assert!(
         msg.contains("hostile-sampler") && msg.contains("25 ms"),
@@ -157,6 +158,8 @@ fn beside(
     sampler: &mut PluginSampler,
     b: &GenerateRequest,
 ) -> (Vec<Result<Completion, GenerateError>>, Duration, usize) {
+    // Loaded first: loading the model is not part of the timings.
+    let model = default_model();
     let start = Instant::now();
     let a_tokens = std::sync::atomic::AtomicUsize::new(0);
     let b_tokens = std::sync::atomic::AtomicUsize::new(0);
@@ -177,7 +180,7 @@ fn beside(
             );
         }
     };
-    let results = default_model().generate_batch(vec![
+    let results = model.generate_batch(vec![
         deepwasm_engine::BatchItem {
             req: a,
             sampler,
@@ -254,13 +257,7 @@ fn invalid_sampling_overrides_from_a_plugin_are_its_error() {
         Duration::from_millis(25),
         MissPolicy::Fail,
     );
-    let err = run(
-        &greedy("Hello", 8),
-        &hostile,
-        r#"{"mode": "bad-params"}"#,
-        MissPolicy::Fail,
-    )
-    .unwrap_err();
+    let err = hello(&hostile, "bad-params").unwrap_err();
     let chain = error_chain(&err);
     assert!(
         chain.contains("hostile-sampler")
@@ -270,13 +267,7 @@ fn invalid_sampling_overrides_from_a_plugin_are_its_error() {
     );
     // 200,000 deny ranges over a vocabulary of 49,152: more than twice it,
     // refused on the plugin's thread before the batch ever sees them.
-    let err = run(
-        &greedy("Hello", 8),
-        &hostile,
-        r#"{"mode": "wide-deny"}"#,
-        MissPolicy::Fail,
-    )
-    .unwrap_err();
+    let err = hello(&hostile, "wide-deny").unwrap_err();
     let chain = error_chain(&err);
     assert!(
         chain.contains("hostile-sampler") && chain.contains("200000 entries"),
@@ -285,22 +276,10 @@ fn invalid_sampling_overrides_from_a_plugin_are_its_error() {
     // A refused answer is a strike like a trap or a limit hit: after three
     // in a row the plugin takes no new sequence for a while.
     for _ in 0..2 {
-        run(
-            &greedy("Hello", 8),
-            &hostile,
-            r#"{"mode": "wide-deny"}"#,
-            MissPolicy::Fail,
-        )
-        .unwrap_err();
+        hello(&hostile, "wide-deny").unwrap_err();
     }
     assert!(hostile.throttled().is_some());
-    let err = run(
-        &greedy("Hello", 8),
-        &hostile,
-        r#"{"mode": "ok"}"#,
-        MissPolicy::Fail,
-    )
-    .unwrap_err();
+    let err = hello(&hostile, "ok").unwrap_err();
     assert!(
         error_chain(&err).contains("throttle"),
         "{}",
@@ -315,25 +294,13 @@ fn a_trapping_sampler_ends_only_its_own_request() {
         Duration::from_millis(25),
         MissPolicy::Fail,
     );
-    let err = run(
-        &greedy("Hello", 8),
-        &hostile,
-        r#"{"mode": "trap-prepare"}"#,
-        MissPolicy::Fail,
-    )
-    .unwrap_err();
+    let err = hello(&hostile, "trap-prepare").unwrap_err();
     assert!(
         error_chain(&err).contains("plugin `hostile-sampler` trapped"),
         "{}",
         error_chain(&err)
     );
-    let err = run(
-        &greedy("Hello", 8),
-        &hostile,
-        r#"{"mode": "bad-token"}"#,
-        MissPolicy::Fail,
-    )
-    .unwrap_err();
+    let err = hello(&hostile, "bad-token").unwrap_err();
     assert!(
         error_chain(&err).contains("outside the vocabulary"),
         "{}",

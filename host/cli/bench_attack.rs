@@ -335,24 +335,13 @@ pub(crate) async fn upload_attacks(
 /// `component` with a custom section `name` holding `data` appended: the
 /// same plugin under another content id.
 fn with_custom_section(component: &[u8], name: &str, data: &[u8]) -> Vec<u8> {
-    fn leb128(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                return;
-            }
-        }
-    }
-    let mut payload = Vec::new();
-    leb128(name.len(), &mut payload);
-    payload.extend_from_slice(name.as_bytes());
-    payload.extend_from_slice(data);
+    use wasm_encoder::ComponentSection;
     let mut out = component.to_vec();
-    out.push(0);
-    leb128(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
+    wasm_encoder::CustomSection {
+        name: name.into(),
+        data: data.into(),
+    }
+    .append_to_component(&mut out);
     out
 }
 
