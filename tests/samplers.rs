@@ -415,3 +415,31 @@ fn a_sampler_that_keeps_hitting_its_limits_is_throttled() {
     looping(&s).unwrap_err();
     assert!(s.open(r#"{"mode": "ok"}"#, &[1], &params()).is_ok());
 }
+
+#[test]
+fn a_tenant_keeps_only_its_part_of_the_idle_instances() {
+    // A share of 16 slots of the engine's 1,000 gives 4 idle instances,
+    // however many pools the tenant has.
+    let meter = Arc::new(deepwasm_plugins::Meter::with_instance_share(16));
+    assert_eq!(meter.idle_share(), 4);
+    let pool = || {
+        SamplerPlugin::with_max_idle(
+            plugin(artifacts::HOSTILE_SAMPLER),
+            sandbox(World::Sampler, |_| {}).with_meter(meter.clone()),
+            4,
+        )
+        .unwrap()
+    };
+    let (a, b) = (pool(), pool());
+    let ok = r#"{"mode": "ok"}"#;
+    for s in [&a, &b] {
+        let seqs: Vec<_> = (0..3)
+            .map(|_| s.open(ok, &[1], &params()).unwrap())
+            .collect();
+        drop(seqs);
+    }
+    assert_eq!(a.idle_instances(), 3);
+    assert_eq!(b.idle_instances(), 1);
+    // The others were dropped, freeing their slots.
+    assert_eq!(meter.usage().live_instances, 4);
+}

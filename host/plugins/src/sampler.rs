@@ -63,7 +63,7 @@ impl IdlePool for Inner {
     fn evict_idle(&self) -> usize {
         let evicted = std::mem::take(&mut *self.lock_idle());
         for i in &evicted {
-            self.plugin.engine().idle_budget().remove(i.bytes);
+            self.release(i.bytes);
         }
         evicted.len()
     }
@@ -282,18 +282,36 @@ impl Inner {
     /// The most recently pooled instance, after dropping those idle past
     /// `IDLE_TTL`.
     fn take_idle(&self) -> Option<Instance> {
-        let budget = self.plugin.engine().idle_budget();
         let mut idle = self.lock_idle();
         idle.retain(|i| {
             let fresh = i.since.elapsed() < IDLE_TTL;
             if !fresh {
-                budget.remove(i.bytes);
+                self.release(i.bytes);
             }
             fresh
         });
         let i = idle.pop()?;
-        budget.remove(i.bytes);
+        self.release(i.bytes);
         Some(i.instance)
+    }
+
+    /// Room for one more idle instance of `bytes`: in the tenant's part of
+    /// the idle bound and in the engine's.
+    fn reserve(&self, bytes: u64) -> bool {
+        if !self.sandbox.meter.try_add_idle() {
+            return false;
+        }
+        if self.plugin.engine().idle_budget().try_add(bytes) {
+            return true;
+        }
+        self.sandbox.meter.remove_idle();
+        false
+    }
+
+    /// An idle instance of `bytes` left the pool.
+    fn release(&self, bytes: u64) {
+        self.sandbox.meter.remove_idle();
+        self.plugin.engine().idle_budget().remove(bytes);
     }
 
     /// Pool `instance` for the next sequence, if it is healthy and every
@@ -304,7 +322,7 @@ impl Inner {
         }
         let bytes = instance.session.store.data().limiter.memory_in_use();
         let mut idle = self.lock_idle();
-        if idle.len() < self.max_idle && self.plugin.engine().idle_budget().try_add(bytes) {
+        if idle.len() < self.max_idle && self.reserve(bytes) {
             idle.push(Idle {
                 instance,
                 since: Instant::now(),

@@ -52,6 +52,8 @@ pub struct Meter {
     live: AtomicUsize,
     /// The most that may be alive at once; 0 means no bound.
     max_live: AtomicUsize,
+    /// Instances idle in pools now.
+    idle: AtomicUsize,
     /// Pools of idle instances made under this meter, asked to give some
     /// back when the share is used up.
     pools: Mutex<Vec<Weak<dyn IdlePool>>>,
@@ -133,6 +135,30 @@ impl Meter {
     /// The instance share (0: none).
     pub fn instance_share(&self) -> usize {
         self.max_live.load(Ordering::Relaxed)
+    }
+
+    /// The most instances this meter's pools keep idle: its part of the
+    /// engine's bound, in proportion to its share of the slots (at least
+    /// 4), so that one tenant cannot fill every pool of the host and leave
+    /// its neighbours paying setup on every request.
+    pub fn idle_share(&self) -> usize {
+        match self.max_live.load(Ordering::Relaxed) {
+            0 => crate::MAX_IDLE_INSTANCES,
+            share => (share * crate::MAX_IDLE_INSTANCES / crate::TOTAL_INSTANCES).max(4),
+        }
+    }
+
+    pub(crate) fn try_add_idle(&self) -> bool {
+        let cap = self.idle_share();
+        self.idle
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn remove_idle(&self) {
+        self.idle.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn register_pool(&self, pool: Weak<dyn IdlePool>) {
