@@ -118,7 +118,7 @@ pub(crate) fn start_in_process(
     let state = deepwasm_server::AppState::new(
         Engine::from(loaded),
         tenants,
-        cli.server_engine()?,
+        cli.server_engine(&crate::serve::CompileCaps::default())?,
         config,
     )?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;

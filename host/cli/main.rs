@@ -62,6 +62,10 @@ enum Command {
     /// Run benchmarks against their peers.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Compile the component on stdin to wasmtime's serialized form on
+    /// stdout: the worker `serve` runs each upload's compile in, under caps.
+    #[command(hide = true)]
+    CompileWorker,
 }
 
 impl Cli {
@@ -83,11 +87,13 @@ impl Cli {
     }
 
     /// The plugin engine for a server: it compiles on one thread (see
-    /// `EngineConfig::compile_on_one_thread`).
-    fn server_engine(&self) -> anyhow::Result<PluginEngine> {
+    /// `EngineConfig::compile_on_one_thread`), in a worker process held to
+    /// `caps`.
+    fn server_engine(&self, caps: &serve::CompileCaps) -> anyhow::Result<PluginEngine> {
         PluginEngine::new(EngineConfig {
             cache_dir: self.cache_dir(),
             compile_on_one_thread: true,
+            compile_worker: Some(caps.worker()?),
         })
     }
 }
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::CompileWorker => return deepwasm_plugins::compile_worker_main(),
         Command::Plugin(cmd) => plugin::run(&cli, cmd),
         Command::Generate(args) => generate::run(&cli, args),
         Command::Score(args) => score::run(&cli, args),

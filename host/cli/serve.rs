@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use deepwasm_engine::Engine;
+use deepwasm_plugins::{CompileWorker, DEFAULT_MAX_COMPILE_MEMORY, DEFAULT_MAX_COMPILE_TIME, MIB};
 use deepwasm_server::tenants::Tenants;
 
 use crate::model::ModelArgs;
@@ -32,6 +34,46 @@ pub struct ServeArgs {
     /// Largest JSON request body, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    #[command(flatten)]
+    compile: CompileCaps,
+}
+
+/// Caps on compiling a plugin, which the server does in a worker process
+/// (`deepwasm compile-worker`) it kills when the time is up.
+#[derive(Args, Clone, Debug)]
+pub struct CompileCaps {
+    /// Longest a plugin may take to compile, in seconds; an upload that
+    /// takes longer is refused (422).
+    #[arg(long, default_value_t = DEFAULT_MAX_COMPILE_TIME.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_compile_secs: u64,
+    /// Most memory compiling a plugin may take, in MiB; an upload that
+    /// needs more is refused (422).
+    #[arg(long, default_value_t = DEFAULT_MAX_COMPILE_MEMORY / MIB,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_compile_mib: u64,
+}
+
+impl Default for CompileCaps {
+    fn default() -> Self {
+        CompileCaps {
+            max_compile_secs: DEFAULT_MAX_COMPILE_TIME.as_secs(),
+            max_compile_mib: DEFAULT_MAX_COMPILE_MEMORY / MIB,
+        }
+    }
+}
+
+impl CompileCaps {
+    /// This very program, as the compile worker.
+    pub fn worker(&self) -> anyhow::Result<CompileWorker> {
+        let exe = std::env::current_exe()
+            .context("cannot find this program's path to run its compile worker")?;
+        Ok(CompileWorker {
+            max_time: Duration::from_secs(self.max_compile_secs),
+            max_memory_bytes: self.max_compile_mib.saturating_mul(MIB),
+            ..CompileWorker::new(exe, ["compile-worker".into()])
+        })
+    }
 }
 
 #[derive(Args)]
@@ -71,7 +113,8 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,
     };
-    let state = deepwasm_server::AppState::new(engine, tenants, cli.server_engine()?, config)?;
+    let plugins = cli.server_engine(&args.compile)?;
+    let state = deepwasm_server::AppState::new(engine, tenants, plugins, config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("deepwasm-http")

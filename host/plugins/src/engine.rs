@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::cache::CompileCache;
 use crate::host::HostState;
 use crate::plugin::{Grants, LoadError, Plugin};
+use crate::worker::{CompileError, CompileWorker};
 
 /// How often the engine's epoch advances: the resolution of every deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -29,6 +30,11 @@ pub struct EngineConfig {
     /// the model's kernels share, so one tenant's large upload would slow
     /// every stream; on one thread it costs one core for its duration.
     pub compile_on_one_thread: bool,
+    /// Compile in a child process under caps on its time and memory, for
+    /// components that are neither in memory nor in the disk cache. A server
+    /// that takes uploads sets this: in-process, nothing can stop a
+    /// component built to be slow or huge to compile.
+    pub compile_worker: Option<CompileWorker>,
 }
 
 impl EngineConfig {
@@ -58,6 +64,7 @@ struct Inner {
     /// Components compiled or loaded in this process, by content key.
     compiled: Mutex<HashMap<String, Component>>,
     idle: IdleBudget,
+    worker: Option<CompileWorker>,
 }
 
 /// Idle pooled instances kept across every pool and tenant of an engine, at
@@ -126,17 +133,8 @@ impl std::fmt::Debug for PluginEngine {
 
 impl PluginEngine {
     pub fn new(config: EngineConfig) -> anyhow::Result<Self> {
-        let mut cfg = Config::new();
-        cfg.wasm_component_model(true)
-            // Deadlines: the ticker below advances the epoch every EPOCH_TICK.
-            .epoch_interruption(true)
-            // Fuel meters every call and bounds the deterministic ones.
-            .consume_fuel(true)
-            // Relaxed SIMD gives the same answers on every machine, so a
-            // reward scores the same everywhere.
-            .relaxed_simd_deterministic(true)
-            .parallel_compilation(!config.compile_on_one_thread)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
+        let mut cfg = codegen_config(!config.compile_on_one_thread);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config()));
         let engine = Engine::new(&cfg).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::new(&engine);
@@ -163,6 +161,7 @@ impl PluginEngine {
                 cache,
                 compiled: Mutex::new(HashMap::new()),
                 idle: IdleBudget::default(),
+                worker: config.compile_worker,
             }),
         })
     }
@@ -206,7 +205,7 @@ impl PluginEngine {
 
     /// The compiled form of `bytes`: from this process, from the disk cache,
     /// or compiled now (and cached). `id` is the bytes' content hash.
-    pub(crate) fn compile(&self, id: &str, bytes: &[u8]) -> Result<Compiled, wasmtime::Error> {
+    pub(crate) fn compile(&self, id: &str, bytes: &[u8]) -> Result<Compiled, CompileError> {
         let key = match &self.inner.cache {
             Some(cache) => cache.key(id),
             None => id.to_owned(),
@@ -225,7 +224,7 @@ impl PluginEngine {
         let (component, source) = match cached {
             Some(c) => (c, CompileSource::DiskCache),
             None => {
-                let c = Component::new(&self.inner.engine, bytes)?;
+                let c = self.compile_now(bytes)?;
                 if let Some(cache) = &self.inner.cache
                     && let Err(e) = cache.store(&key, &c)
                 {
@@ -236,6 +235,25 @@ impl PluginEngine {
         };
         self.lock_compiled().insert(key, component.clone());
         Ok(Compiled { component, source })
+    }
+
+    /// Compile `bytes` in the worker, when there is one, else here.
+    fn compile_now(&self, bytes: &[u8]) -> Result<Component, CompileError> {
+        let Some(worker) = &self.inner.worker else {
+            return Component::new(&self.inner.engine, bytes)
+                .map_err(|e| CompileError::Invalid(format!("{e:#}")));
+        };
+        let artifact = worker.compile(bytes)?;
+        // SAFETY: `deserialize` runs the artifact's machine code. It came
+        // over a pipe from the compile worker, the program this host
+        // configured (not one a tenant chose), which compiled these bytes
+        // with this engine's code generation settings; an input that could
+        // subvert the compiler would do the same in-process. wasmtime
+        // additionally checks the header and engine compatibility of what
+        // it loads.
+        unsafe { Component::deserialize(&self.inner.engine, &artifact) }.map_err(|e| {
+            CompileError::Worker(format!("the compile worker's output did not load: {e:#}"))
+        })
     }
 
     /// Forget the in-process copy of a compiled component (the disk cache
@@ -280,6 +298,25 @@ pub enum CompileSource {
 pub(crate) struct Compiled {
     pub(crate) component: Component,
     pub(crate) source: CompileSource,
+}
+
+/// The settings that decide what compiled code is: shared by the plugin
+/// engine and the compile worker's (see [`crate::worker`]), so an artifact
+/// compiled by one loads in the other. `parallel` compiles a component's
+/// functions on the rayon pool.
+pub(crate) fn codegen_config(parallel: bool) -> Config {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        // Deadlines: the plugin engine's ticker advances the epoch every
+        // EPOCH_TICK.
+        .epoch_interruption(true)
+        // Fuel meters every call and bounds the deterministic ones.
+        .consume_fuel(true)
+        // Relaxed SIMD gives the same answers on every machine, so a
+        // reward scores the same everywhere.
+        .relaxed_simd_deterministic(true)
+        .parallel_compilation(parallel);
+    cfg
 }
 
 /// Component instances alive at once across every plugin and tenant: the

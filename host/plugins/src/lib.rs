@@ -24,6 +24,7 @@ mod reward;
 mod sampler;
 mod sandbox;
 mod tool;
+mod worker;
 
 pub use agent::{AgentAnswer, AgentControl, AgentPlugin, LogSink, MAX_ANSWER_BYTES};
 pub use bindings::{inference, log, logits as logits_api, tokenizer, types};
@@ -53,3 +54,6 @@ pub use sampler::{
 };
 pub use sandbox::{Meter, Sandbox, Usage};
 pub use tool::{MAX_TOOL_OUTPUT_BYTES, ToolPlugin, ToolResult};
+pub use worker::{
+    CompileWorker, DEFAULT_MAX_COMPILE_MEMORY, DEFAULT_MAX_COMPILE_TIME, compile_worker_main,
+};

@@ -18,6 +18,7 @@ use crate::error::{PluginError, classify};
 use crate::host::wait::CallDeadline;
 use crate::host::{CallOutput, HostState, Wasi};
 use crate::sandbox::{InstanceSlot, Sandbox};
+use crate::worker::CompileError;
 
 /// The package every deepwasm interface belongs to.
 pub const PACKAGE: &str = "deepwasm:plugin";
@@ -220,6 +221,20 @@ pub enum LoadError {
     WrongVersion { name: String, import: String },
     #[error("`{name}` imports `{import}`, which deepwasm does not provide")]
     Unknown { name: String, import: String },
+    #[error(
+        "`{name}` was refused: compiling it took longer than the {} s allowed; \
+         make the component smaller (fewer, smaller functions)",
+        limit.as_secs_f64()
+    )]
+    CompileTime { name: String, limit: Duration },
+    #[error(
+        "`{name}` was refused: compiling it needed more than the {} MiB of memory allowed; \
+         make the component smaller (fewer, smaller functions)",
+        limit_bytes / crate::MIB
+    )]
+    CompileMemory { name: String, limit_bytes: u64 },
+    #[error("`{name}` could not be compiled: {reason}")]
+    CompileWorker { name: String, reason: String },
     #[error("`{name}` cannot be linked: {reason}")]
     Link { name: String, reason: String },
     #[error(
@@ -334,9 +349,16 @@ impl Plugin {
             check_import(name, world, grants, import)?;
         }
         let id = content_id(bytes);
-        let compiled = engine.compile(&id, bytes).map_err(|e| LoadError::Invalid {
-            name: name.to_owned(),
-            reason: format!("{e:#}"),
+        let compiled = engine.compile(&id, bytes).map_err(|e| {
+            let name = name.to_owned();
+            match e {
+                CompileError::Invalid(reason) => LoadError::Invalid { name, reason },
+                CompileError::TimeLimit(limit) => LoadError::CompileTime { name, limit },
+                CompileError::MemoryLimit(limit_bytes) => {
+                    LoadError::CompileMemory { name, limit_bytes }
+                }
+                CompileError::Worker(reason) => LoadError::CompileWorker { name, reason },
+            }
         })?;
         let component = compiled.component;
         let ty = component.component_type();

@@ -102,6 +102,18 @@ impl ApiError {
         )
     }
 
+    /// 422: the component is well-formed but compiling it passed the
+    /// server's cap on compile time or memory; the same bytes always will.
+    pub fn compile_limit(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            message,
+        );
+        e.code = Some("compile_limit_exceeded");
+        e
+    }
+
     /// 429 with a Retry-After.
     pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);

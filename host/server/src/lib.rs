@@ -62,8 +62,10 @@ impl Default for Config {
 }
 
 /// Plugin compiles the server runs at once, across all tenants: each takes
-/// a core (see `EngineConfig::compile_on_one_thread`) and up to hundreds of
-/// MiB, so this bounds what uploads can take from the model.
+/// a core (see `EngineConfig::compile_on_one_thread`) and, in the compile
+/// worker `deepwasm serve` sets up, at most its caps on time and memory
+/// (`--max-compile-secs`, `--max-compile-mib`), so this bounds what uploads
+/// can take from the model.
 pub const MAX_COMPILES: usize = 2;
 
 /// A pool of sampler instances: one per tenant and plugin, whatever the

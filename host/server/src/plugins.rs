@@ -1,7 +1,8 @@
 //! `/v1/plugins`: a tenant's own plugins. Uploads are validated (a
 //! component of one deepwasm world, importing only what the tenant was
-//! granted), compiled, and stored content-addressed; another tenant's
-//! plugin answers 404 as if it did not exist.
+//! granted), compiled (in a worker process under the server's caps on
+//! compile time and memory, when it has one), and stored content-addressed;
+//! another tenant's plugin answers 404 as if it did not exist.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use deepwasm_plugins::LoadError;
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -94,6 +96,15 @@ pub async fn upload(
                 StatusCode::OK
             };
             Ok((status, axum::Json(stored.json())).into_response())
+        }
+        Err(UploadError::Load(
+            e @ (LoadError::CompileTime { .. } | LoadError::CompileMemory { .. }),
+        )) => {
+            tracing::warn!("tenant `{}`: {e}", tenant.name);
+            Err(ApiError::compile_limit(e.to_string()))
+        }
+        Err(UploadError::Load(e @ LoadError::CompileWorker { .. })) => {
+            Err(ApiError::internal(e.to_string()))
         }
         Err(UploadError::Load(e)) => Err(ApiError::invalid(e.to_string())),
         Err(e @ UploadError::NameTaken { .. }) => {
