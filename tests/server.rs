@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::util::{artifacts, deepwasm_bin, default_model_path, models_dir};
 
 /// The tenants every test server has: name, API key, and `[tenant.limits]`.
-const TENANTS: &[(&str, &str, &str)] = &[
+pub(crate) const TENANTS: &[(&str, &str, &str)] = &[
     ("alpha", "sk-deepwasm-test-alpha", ""),
     ("beta", "sk-deepwasm-test-beta", ""),
     // Its counters are read exactly by `rewards.py`: no other script uses it.
@@ -67,7 +67,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(300);
 const FUZZ_EXAMPLES: &str = "16";
 
 /// One server at a time.
-fn turn() -> MutexGuard<'static, ()> {
+pub(crate) fn turn() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -93,7 +93,7 @@ fn venv_bin(tool: &str) -> PathBuf {
 }
 
 /// A tenants file for [`TENANTS`], keys stored as `deepwasm hash-key` would.
-fn write_tenants(dir: &Path) -> PathBuf {
+pub(crate) fn write_tenants(dir: &Path) -> PathBuf {
     let mut text = String::new();
     for (name, key, limits) in TENANTS {
         let hash = deepwasm_server::tenants::hash_key(key);
@@ -107,7 +107,7 @@ fn write_tenants(dir: &Path) -> PathBuf {
 }
 
 /// A running `deepwasm serve`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     url: String,
@@ -125,6 +125,17 @@ impl Server {
 
     /// Start with compiled components cached in `cache`.
     fn start_with_cache(tenants: &Path, store: &Path, cache: &Path) -> Server {
+        Server::start_with_args(tenants, store, cache, &[])
+    }
+
+    /// Start with compiled components cached in `cache` and `args` added to
+    /// `deepwasm serve`'s.
+    pub(crate) fn start_with_args(
+        tenants: &Path,
+        store: &Path,
+        cache: &Path,
+        args: &[&str],
+    ) -> Server {
         let mut child = Command::new(deepwasm_bin())
             .arg("serve")
             .arg("--model")
@@ -135,6 +146,7 @@ impl Server {
             .arg("--store")
             .arg(store)
             .args(["--max-body-bytes", &MAX_BODY_BYTES.to_string()])
+            .args(args)
             .env("DEEPWASM_COMPONENT_CACHE", cache)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -200,7 +212,7 @@ impl Server {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -229,11 +241,17 @@ impl Server {
     /// Run a script of `tests/server/` and fail with its output (and the
     /// server's log) unless it passes.
     fn python(&self, script: &str, args: &[&str]) {
+        self.python_with_env(script, args, &[]);
+    }
+
+    /// [`Server::python`] with `env` added to the script's environment.
+    pub(crate) fn python_with_env(&self, script: &str, args: &[&str], env: &[(&str, &str)]) {
         let out = Command::new(venv_bin("python"))
             .arg(script)
             .args(args)
             .current_dir(script_dir())
             .envs(self.env())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("running python");
@@ -252,6 +270,11 @@ impl Server {
             out.status,
             tail(&self.log(), 4000)
         );
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stop the server the hard way: whatever it stored must already be
@@ -402,7 +425,7 @@ const UNCLEAN_LOG: &[&str] = &[
 
 /// `component` with a custom section of random bytes appended: the same
 /// plugin under a content id no cache holds.
-fn fresh_copy(component: &[u8]) -> Vec<u8> {
+pub(crate) fn fresh_copy(component: &[u8]) -> Vec<u8> {
     use wasm_encoder::ComponentSection;
     let mut nonce = [0u8; 16];
     std::fs::File::open("/dev/urandom")
@@ -446,7 +469,7 @@ fn is_store_file(name: &str) -> bool {
 }
 
 /// Whether the compile cache holds an entry for the component `id`.
-fn cached(cache: &Path, id: &str) -> bool {
+pub(crate) fn cached(cache: &Path, id: &str) -> bool {
     std::fs::read_dir(cache).is_ok_and(|entries| {
         entries.flatten().any(|e| {
             let name = e.file_name().to_string_lossy().into_owned();

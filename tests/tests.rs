@@ -71,6 +71,11 @@ mod rollout;
 /// schemathesis fuzz pass against a real `deepwasm serve` on loopback.
 mod server;
 
+/// Compiling out of process: a plugin compiled by the compile worker runs
+/// and is cached like any; a compile bomb meets the worker's time or memory
+/// cap, in the library and through a real server, which serves on.
+mod compiling;
+
 /// The same plugins written in Rust, Python, JavaScript and C: every
 /// language's build passes the same behavioural tests, with the same
 /// scores, sampler decisions and tool answers as the Rust build.

@@ -94,3 +94,72 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
         .join("tests/fixtures")
         .join(name)
 }
+
+/// A "compile bomb": a component whose one core module holds `functions`
+/// tiny functions (`x + i`), which costs Cranelift ~60 µs and ~6 KiB each
+/// to compile; 100,000 of them are a 1.1 MB upload that takes ~6 s of CPU
+/// and ~590 MiB. It exports the scorer world with a mistyped `score`, so
+/// past the compile it would still be refused, never run.
+pub fn compile_bomb(functions: u32) -> Vec<u8> {
+    use wasm_encoder::{
+        Alias, CanonicalFunctionSection, CodeSection, Component, ComponentAliasSection,
+        ComponentExportKind, ComponentExportSection, ComponentInstanceSection,
+        ComponentTypeSection, ExportKind, ExportSection, Function, FunctionSection,
+        InstanceSection, Module, ModuleArg, ModuleSection, PrimitiveValType, TypeSection, ValType,
+    };
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::I32], [ValType::I32]);
+    module.section(&types);
+    let mut funcs = FunctionSection::new();
+    let mut code = CodeSection::new();
+    for i in 0..functions {
+        funcs.function(0);
+        let mut f = Function::new([]);
+        f.instructions()
+            .local_get(0)
+            .i32_const(i as i32)
+            .i32_add()
+            .end();
+        code.function(&f);
+    }
+    module.section(&funcs);
+    let mut exports = ExportSection::new();
+    exports.export("f", ExportKind::Func, 0);
+    module.section(&exports);
+    module.section(&code);
+
+    let mut component = Component::new();
+    component.section(&ModuleSection(&module));
+    let mut instances = InstanceSection::new();
+    instances.instantiate(0, Vec::<(&str, ModuleArg)>::new());
+    component.section(&instances);
+    let mut aliases = ComponentAliasSection::new();
+    aliases.alias(Alias::CoreInstanceExport {
+        instance: 0,
+        kind: ExportKind::Func,
+        name: "f",
+    });
+    component.section(&aliases);
+    let mut types = ComponentTypeSection::new();
+    types
+        .function()
+        .params([("x", PrimitiveValType::U32)])
+        .result(Some(PrimitiveValType::U32.into()));
+    component.section(&types);
+    let mut canon = CanonicalFunctionSection::new();
+    canon.lift(0, 0, []);
+    component.section(&canon);
+    let mut scorer = ComponentInstanceSection::new();
+    scorer.export_items([("score", ComponentExportKind::Func, 0)]);
+    component.section(&scorer);
+    let mut exports = ComponentExportSection::new();
+    exports.export(
+        "deepwasm:plugin/scorer@0.1.0",
+        ComponentExportKind::Instance,
+        0,
+        None,
+    );
+    component.section(&exports);
+    component.finish()
+}
