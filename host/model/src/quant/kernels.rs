@@ -478,47 +478,63 @@ mod avx512 {
         let nb = row.scales.len();
         let q = row.quants.as_ptr();
         let xp = x.map(|x| x.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut d = [0f32; 8];
+        // Two accumulators per activation row, for the low and the high
+        // sixteen weights of a block: no FMA waits for the one before it,
+        // and all of them stay in registers (2·R + 4 of the 32).
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        let mut b = 0;
         // SAFETY: every block index stays below `nb`, and the arrays hold
         // `nb` blocks (the caller's contract).
         unsafe {
-            for b in 0..nb {
-                if b % 8 == 0 {
-                    _mm256_storeu_ps(d.as_mut_ptr(), super::avx2::load8_f16(&row.scales[b..]));
-                }
-                let scale = _mm512_set1_ps(d[b % 8]);
-                let p = q.add(b * qb);
-                // The block's weights times its scale, once for all rows.
-                let (w0, w1) = if Q4 {
-                    let v = _mm_loadu_si128(p as *const __m128i);
-                    let mask = _mm_set1_epi8(0x0F);
-                    (
-                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask))),
-                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-                            _mm_srli_epi16(v, 4),
-                            mask,
-                        ))),
-                    )
+            while b < nb {
+                // Sixteen blocks' scales at once, each broadcast from its lane.
+                let group = (nb - b).min(16);
+                let scales = if group == 16 {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(
+                        row.scales.as_ptr().add(b) as *const __m256i
+                    ))
                 } else {
-                    (
-                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                            p as *const __m128i,
-                        ))),
-                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                            p.add(16) as *const __m128i
-                        ))),
-                    )
+                    let mut buf = [0u16; 16];
+                    buf[..group].copy_from_slice(&row.scales[b..]);
+                    _mm512_cvtph_ps(_mm256_loadu_si256(buf.as_ptr() as *const __m256i))
                 };
-                let (w0, w1) = (_mm512_mul_ps(scale, w0), _mm512_mul_ps(scale, w1));
-                for m in 0..R {
-                    let xb = xp[m].add(b * BLOCK);
-                    acc[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[m]);
-                    acc[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb.add(16)), acc[m]);
+                for g in 0..group {
+                    let scale = _mm512_permutexvar_ps(_mm512_set1_epi32(g as i32), scales);
+                    let p = q.add((b + g) * qb);
+                    // The block's weights times its scale, once for all rows.
+                    let (w0, w1) = if Q4 {
+                        let v = _mm_loadu_si128(p as *const __m128i);
+                        let mask = _mm_set1_epi8(0x0F);
+                        (
+                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask))),
+                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                                _mm_srli_epi16(v, 4),
+                                mask,
+                            ))),
+                        )
+                    } else {
+                        (
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                p as *const __m128i,
+                            ))),
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                p.add(16) as *const __m128i
+                            ))),
+                        )
+                    };
+                    let (w0, w1) = (_mm512_mul_ps(scale, w0), _mm512_mul_ps(scale, w1));
+                    let at = (b + g) * BLOCK;
+                    for m in 0..R {
+                        let xb = xp[m].add(at);
+                        lo[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), lo[m]);
+                        hi[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb.add(16)), hi[m]);
+                    }
                 }
+                b += group;
             }
         }
-        acc.map(|a| _mm512_reduce_add_ps(a))
+        std::array::from_fn(|m| _mm512_reduce_add_ps(_mm512_add_ps(lo[m], hi[m])))
     }
 
     /// # Safety

@@ -30,7 +30,7 @@ const PARALLEL_MIN_WEIGHTS: usize = 1 << 18;
 
 /// From this many activation rows on, weights are expanded to f32 tiles and
 /// multiplied by a blocked GEMM; below it, the fused kernels win.
-const GEMM_MIN_ROWS: usize = 16;
+const GEMM_MIN_ROWS: usize = 32;
 
 /// Weight rows expanded per GEMM tile: `GEMM_TILE × cols` floats stay in
 /// the L2 cache for the usual widths.
@@ -113,26 +113,41 @@ impl QuantMatrix {
         let work = |first: usize, out_rows: &mut [f32]| {
             // out_rows: for each activation row i, the outputs [first, first + n).
             let n = out_rows.len() / m;
+            // Eight activation rows at a time share each expanded block,
+            // then four and two for what is left: a row expanded to f32 and
+            // read back once per activation row costs more than the fused
+            // kernel does for two. The tile of activation rows is the outer
+            // loop, so it stays in the L1 cache while the task's weight rows
+            // pass by.
+            let mut i = 0;
+            macro_rules! tiles {
+                ($r:expr) => {
+                    while i + $r <= m {
+                        let x = std::array::from_fn(|t| xrow(i + t));
+                        let s = std::array::from_fn(|t| srow(i + t));
+                        if kern.dot_rows::<{ $r }>(self.row(first), x, s).is_none() {
+                            break;
+                        }
+                        for j in 0..n {
+                            let dots = kern
+                                .dot_rows::<{ $r }>(self.row(first + j), x, s)
+                                .expect("the kernel was there for the first row");
+                            for (t, v) in dots.into_iter().enumerate() {
+                                out_rows[(i + t) * n + j] = v;
+                            }
+                        }
+                        i += $r;
+                    }
+                };
+            }
+            tiles!(TILE);
+            tiles!(4);
+            tiles!(2);
             let mut expanded = Vec::new();
             for j in 0..n {
                 let row = self.row(first + j);
-                let mut i = 0;
-                // Eight activation rows at a time share each expanded block.
-                while i + TILE <= m {
-                    let Some(dots) = kern.dot_rows::<TILE>(
-                        row,
-                        std::array::from_fn(|t| xrow(i + t)),
-                        std::array::from_fn(|t| srow(i + t)),
-                    ) else {
-                        break;
-                    };
-                    for (t, v) in dots.into_iter().enumerate() {
-                        out_rows[(i + t) * n + j] = v;
-                    }
-                    i += TILE;
-                }
                 if m - i > 1 {
-                    // No four-row kernel here: expand the row once, reuse it.
+                    // No multi-row kernel here: expand the row once, reuse it.
                     expanded.resize(self.cols, 0f32);
                     kern.expand(row, &mut expanded);
                     for i in i..m {

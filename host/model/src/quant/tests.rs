@@ -53,8 +53,11 @@ fn products_are_exact_up_to_f32_rounding() {
         for (m, rows, cols) in [
             (1, 70, 64),
             (1, 300, 1024),
+            (2, 70, 96),
             (3, 70, 96),
+            (7, 70, 1056),
             (9, 130, 576),
+            (15, 40, 64),
             (33, 150, 192),
         ] {
             let q = QTensor::quantize(&weights(rows, cols), dtype).unwrap();
