@@ -383,3 +383,168 @@ fn batched_sequences_match_their_single_runs() {
         [12, 20, 7]
     );
 }
+
+/// A prompt of about `tokens` tokens of plain prose.
+fn long_text(tokens: usize) -> String {
+    (0..tokens.div_ceil(16))
+        .map(|i| format!("Note {i}: the keeper walked to the lighthouse and counted the ships. "))
+        .collect()
+}
+
+/// A prompt fed in chunks of every size the kernels treat differently
+/// (single rows, the fused few-row kernels, the blocked GEMM) leaves the
+/// cache as one pass over it would: the logits after it, and after the
+/// tokens decoded from it, agree.
+#[test]
+fn chunked_prefill_gives_the_logits_of_one_pass() {
+    let engine = default_model();
+    let model = engine.model.as_ref();
+    let prompt = engine
+        .tokenizer
+        .encode(&long_text(400), true)
+        .expect("the prompt tokenizes");
+    assert!(prompt.len() > 300, "{} tokens", prompt.len());
+    let forward = |tokens: &[u32], cache: &mut deepwasm_model::KvCache| -> Vec<f32> {
+        model
+            .forward(&mut [deepwasm_model::SeqInput { tokens, cache }])
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut whole = model.new_cache();
+    let mut want = forward(&prompt, &mut whole);
+    let mut chunked = model.new_cache();
+    let sizes = [1, 3, 7, 16, 32, 64, 100];
+    let mut at = 0;
+    let mut got = Vec::new();
+    for &n in sizes.iter().cycle() {
+        let end = (at + n).min(prompt.len());
+        got = forward(&prompt[at..end], &mut chunked);
+        at = end;
+        if at == prompt.len() {
+            break;
+        }
+    }
+    for step in 0..4 {
+        let worst = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "step {step}: logits differ by up to {worst}");
+        let token = deepwasm_plugins::argmax(&want).token;
+        assert_eq!(deepwasm_plugins::argmax(&got).token, token, "step {step}");
+        want = forward(&[token], &mut whole);
+        got = forward(&[token], &mut chunked);
+    }
+}
+
+/// What each sequence of a batch reported, in the order it happened:
+/// (sequence, tokens in the delta).
+type Log = std::sync::Mutex<Vec<(usize, usize)>>;
+
+/// Run `reqs` through one batcher taking at most `step_tokens` tokens a
+/// step; each completion, and the order the deltas came in.
+fn batch_with_budget(
+    reqs: &[GenerateRequest],
+    step_tokens: usize,
+) -> (Vec<Completion>, Vec<(usize, usize)>) {
+    use deepwasm_engine::batcher::{Batcher, Job};
+    let engine = default_model();
+    let log = Log::default();
+    let results: Vec<std::sync::Mutex<Option<Completion>>> =
+        reqs.iter().map(|_| Default::default()).collect();
+    rayon::scope(|_| {
+        let mut batcher = Batcher::new(engine, reqs.len()).with_step_tokens(step_tokens);
+        for (i, req) in reqs.iter().enumerate() {
+            let (log, slot) = (&log, &results[i]);
+            batcher.submit(Job {
+                req: req.clone(),
+                sampler: Box::new(BuiltinSampler),
+                sink: Box::new(move |d: &Delta| log.lock().unwrap().push((i, d.tokens.len()))),
+                done: Box::new(move |r| *slot.lock().unwrap() = Some(r.unwrap())),
+                cancelled: Default::default(),
+            });
+        }
+        batcher.run_to_end();
+    });
+    let completions = results
+        .into_iter()
+        .map(|r| r.into_inner().unwrap().unwrap())
+        .collect();
+    (completions, log.into_inner().unwrap())
+}
+
+/// A long prompt beside short requests goes in by chunks: the short ones
+/// stream while it is prefilled (with chunking off they wait for its whole
+/// prompt), and every sequence decodes the tokens it decodes unchunked.
+#[test]
+fn a_long_prompt_is_prefilled_in_chunks_while_the_others_stream() {
+    let reqs: Vec<GenerateRequest> = [
+        (long_text(600), 4),
+        ("1, 2, 3, 4,".to_owned(), 24),
+        ("def add(a, b):".to_owned(), 24),
+    ]
+    .into_iter()
+    .map(|(p, n)| GenerateRequest {
+        ignore_eos: true,
+        ..greedy(text_prompt(&p), n)
+    })
+    .collect();
+    let (whole, whole_log) = batch_with_budget(&reqs, usize::MAX);
+    let (chunked, chunked_log) = batch_with_budget(&reqs, 8);
+    for (a, b) in whole.iter().zip(&chunked) {
+        assert_eq!(a.tokens, b.tokens);
+    }
+    // Tokens the short sequences had streamed when the long one's first
+    // token came.
+    let before_long = |log: &[(usize, usize)]| -> usize {
+        log.iter()
+            .take_while(|(seq, _)| *seq != 0)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert!(
+        before_long(&whole_log) <= 2,
+        "unchunked, the long prompt's pass came first: {whole_log:?}"
+    );
+    assert!(
+        before_long(&chunked_log) >= 24,
+        "chunked, the short requests stream during the long prefill: {chunked_log:?}"
+    );
+}
+
+/// A cancelled sequence leaves at the next step even while its prompt is
+/// still going in, so the rest of its prefill is never computed.
+#[test]
+fn a_cancelled_sequence_leaves_during_its_prefill() {
+    use deepwasm_engine::batcher::{Batcher, Job};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let engine = default_model();
+    let req = greedy(text_prompt(&long_text(2000)), 4);
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (ended, streamed) = (AtomicBool::new(false), AtomicBool::new(false));
+    rayon::scope(|_| {
+        let mut batcher = Batcher::new(engine, 1).with_step_tokens(8);
+        batcher.submit(Job {
+            req,
+            sampler: Box::new(BuiltinSampler),
+            sink: Box::new(|_: &Delta| streamed.store(true, Ordering::Relaxed)),
+            done: Box::new(|_| ended.store(true, Ordering::Relaxed)),
+            cancelled: cancelled.clone(),
+        });
+        batcher.step();
+        assert_eq!(batcher.running(), 1, "the first chunk went in");
+        assert!(
+            !streamed.load(Ordering::Relaxed),
+            "one step took the whole prompt"
+        );
+        cancelled.store(true, Ordering::Relaxed);
+        batcher.step();
+        assert_eq!(batcher.running(), 0, "the sequence left");
+    });
+    assert!(!ended.load(Ordering::Relaxed), "nothing was generated");
+}

@@ -31,6 +31,11 @@ pub struct ServeArgs {
     /// Most sequences decoded together in one forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
+    /// Most tokens one forward pass takes while any sequence decodes: a long
+    /// prompt goes in by chunks of what is left, so streams keep flowing.
+    /// Larger prefills faster; smaller keeps streams steadier.
+    #[arg(long, default_value_t = deepwasm_engine::batcher::DEFAULT_STEP_TOKENS)]
+    step_tokens: usize,
     /// Largest JSON request body, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
@@ -112,6 +117,7 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         store_dir,
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,
+        step_tokens: args.step_tokens,
     };
     let plugins = cli.server_engine(&args.compile)?;
     let state = deepwasm_server::AppState::new(engine, tenants, plugins, config)?;

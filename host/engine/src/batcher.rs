@@ -1,10 +1,13 @@
 //! Continuous batching: sequences join and leave a running batch between
 //! forward passes.
 //!
-//! Every step runs one forward pass over all running sequences: new ones
-//! with their whole prompt (prefill), the others with the token(s) of their
-//! last step (decode). A sequence that finishes, fails or is cancelled leaves
-//! at once and frees its cache; waiting jobs take its place.
+//! Every step runs one forward pass over all running sequences: the others
+//! with the token(s) of their last step (decode), new ones with a chunk of
+//! their prompt (prefill). A step takes at most a budget of tokens, so a long
+//! prompt goes in over many steps between which every stream moves on: no
+//! member holds the step. A sequence that finishes, fails or is cancelled
+//! leaves at once and frees its cache (during its prefill too); waiting jobs
+//! take its place.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,6 +23,20 @@ const MIN_GRACE: Duration = Duration::from_millis(2);
 /// How long a step with nothing to feed waits for a sampler before it
 /// returns (to admit new jobs).
 const IDLE_WAIT: Duration = Duration::from_millis(5);
+
+/// Tokens a step takes, at most, while some sequence is decoding: every
+/// decoding sequence's token, then chunks of long feeds (prompts, forced
+/// runs) in the order their sequences joined. A step's cost grows with its
+/// tokens, and a decoding stream waits for the whole step; on two cores a
+/// step of 1 sequence takes ~4 ms and one of 32 tokens ~40 ms.
+pub const DEFAULT_STEP_TOKENS: usize = 32;
+/// Tokens a step takes, at most, while no sequence is decoding: nobody's
+/// stream waits on the step, so chunks are as long as makes prefill
+/// efficient, bounded so that a request arriving meanwhile joins soon.
+pub const IDLE_STEP_TOKENS: usize = 256;
+/// The least chunk the oldest long feed gets at each step, whatever the
+/// budget: prompts make progress beside however many decoding streams.
+pub const MIN_CHUNK: usize = 4;
 
 /// What becomes of a finished job.
 pub type Done<'r> = Box<dyn FnOnce(Result<Completion, GenerateError>) + Send + 'r>;
@@ -48,19 +65,30 @@ struct Running<'e, 'r> {
 pub struct Batcher<'e, 'r> {
     engine: &'e Engine,
     max_batch: usize,
+    step_tokens: usize,
     queue: VecDeque<Job<'r>>,
     running: Vec<Running<'e, 'r>>,
 }
 
 impl<'e, 'r> Batcher<'e, 'r> {
     /// At most `max_batch` sequences run at once; the rest wait in order.
+    /// A step takes [`DEFAULT_STEP_TOKENS`] tokens while any decodes.
     pub fn new(engine: &'e Engine, max_batch: usize) -> Self {
         Batcher {
             engine,
             max_batch: max_batch.max(1),
+            step_tokens: DEFAULT_STEP_TOKENS,
             queue: VecDeque::new(),
             running: Vec::new(),
         }
+    }
+
+    /// Take at most `tokens` tokens per step while any sequence decodes
+    /// (decoding sequences' own tokens always go in; see [`MIN_CHUNK`]).
+    /// `usize::MAX` turns chunking off: each feed goes in whole.
+    pub fn with_step_tokens(mut self, tokens: usize) -> Self {
+        self.step_tokens = tokens.max(1);
+        self
     }
 
     pub fn submit(&mut self, job: Job<'r>) {
@@ -151,32 +179,82 @@ impl<'e, 'r> Batcher<'e, 'r> {
         }
     }
 
-    /// One forward pass over the sequences to be fed, their logits held
-    /// for settling; how long it took, or `None` when none was to be fed.
-    /// A sequence whose sampler failed at once, or every one of them when
-    /// the model failed, leaves the batch.
+    /// How many tokens of its feed each sequence to be fed takes this step
+    /// (0: none), within the step's token budget.
+    ///
+    /// Decoding sequences go first and always take their feed when it is a
+    /// single token: they are what the batch is for, and `max_batch` bounds
+    /// them. Longer feeds (prompts, forced runs) share what is left of the
+    /// budget shortest first, so a short prompt is not queued behind a long
+    /// one; the sequence that joined first among them gets at least
+    /// [`MIN_CHUNK`] tokens, so none starves. With nothing decoding, the
+    /// budget is [`IDLE_STEP_TOKENS`] (or the step budget, if larger).
+    fn plan(&self) -> Vec<usize> {
+        let seqs: Vec<&Sequence<'e, 'r>> = self.running.iter().map(|r| &r.seq).collect();
+        // A sequence waiting for its sampler counts: its stream resumes
+        // only when a step ends.
+        let decoding = seqs.iter().any(|s| s.started());
+        let mut budget = if decoding {
+            self.step_tokens
+        } else {
+            self.step_tokens.max(IDLE_STEP_TOKENS)
+        };
+        let mut take = vec![0; seqs.len()];
+        let mut long = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            if !s.wants_feed() {
+                continue;
+            }
+            if s.started() && s.feed.len() == 1 {
+                take[i] = 1;
+                budget = budget.saturating_sub(1);
+            } else {
+                long.push(i);
+            }
+        }
+        if let Some(&oldest) = long.first() {
+            take[oldest] = seqs[oldest].feed.len().min(MIN_CHUNK);
+            budget = budget.saturating_sub(take[oldest]);
+        }
+        long.sort_by_key(|&i| seqs[i].feed.len());
+        for i in long {
+            let more = (seqs[i].feed.len() - take[i]).min(budget);
+            take[i] += more;
+            budget -= more;
+        }
+        take
+    }
+
+    /// One forward pass over the sequences to be fed, each taking its part
+    /// of the step's tokens ([`Batcher::plan`]); the logits of those whose
+    /// feed it ends are held for settling. How long it took, or `None`
+    /// when none was to be fed. A sequence whose sampler failed at once, or
+    /// every one of them when the model failed, leaves the batch.
     fn forward(&mut self) -> Option<Duration> {
         let started = Instant::now();
-        let at: Vec<usize> = (0..self.running.len())
-            .filter(|&i| self.running[i].seq.wants_feed())
-            .collect();
+        let plan = self.plan();
+        let at: Vec<usize> = (0..self.running.len()).filter(|&i| plan[i] > 0).collect();
         if at.is_empty() {
             return None;
         }
+        let take: Vec<usize> = at.iter().map(|&i| plan[i]).collect();
         let mut fed: Vec<&mut Sequence<'e, 'r>> = self
             .running
             .iter_mut()
-            .map(|r| &mut r.seq)
-            .filter(|s| s.wants_feed())
+            .zip(&plan)
+            .filter(|(_, t)| **t > 0)
+            .map(|(r, _)| &mut r.seq)
             .collect();
-        let (logits, prepared) = forward_and_prepare(self.engine.model.as_ref(), &mut fed);
+        let (logits, prepared) = forward_and_prepare(self.engine.model.as_ref(), &mut fed, &take);
         let elapsed = started.elapsed();
         let mut failed = Vec::new();
         match logits {
             Ok(rows) => {
-                for (((seq, row), prepared), &i) in fed.into_iter().zip(rows).zip(prepared).zip(&at)
+                for ((((seq, row), prepared), &i), &n) in
+                    fed.into_iter().zip(rows).zip(prepared).zip(&at).zip(&take)
                 {
                     match prepared {
+                        Ok(_) if n < seq.feed.len() => seq.fed_chunk(n, elapsed),
                         Ok(p) => seq.hold(row, p, elapsed),
                         Err(e) => failed.push((i, GenerateError::from(e))),
                     }

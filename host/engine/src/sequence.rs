@@ -34,8 +34,13 @@ pub(crate) struct Sequence<'e, 'r> {
     vocab: u32,
     max_tokens: usize,
     out: Completion,
-    /// Tokens the next forward pass appends.
+    /// Tokens still to append before the sampler's next step: the prompt,
+    /// then each step's token(s). A long feed goes in over several forward
+    /// passes (chunks); the sampler sees only the last one's logits.
     pub(crate) feed: Vec<u32>,
+    /// Forward time of the chunks of the feed already appended, counted
+    /// into the step that ends it.
+    chunked: Duration,
     /// Tokens appended since the sampler's last `prepare`.
     new_tokens: Vec<u32>,
     pub(crate) step: u32,
@@ -119,6 +124,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
                 timings: Timings::default(),
             },
             feed: prompt,
+            chunked: Duration::ZERO,
             new_tokens: Vec::new(),
             step: 0,
             done: max_tokens == 0,
@@ -133,13 +139,26 @@ impl<'e, 'r> Sequence<'e, 'r> {
         self.held.is_none()
     }
 
+    /// Whether this sequence has produced a token yet (else it is still
+    /// taking in its prompt).
+    pub(crate) fn started(&self) -> bool {
+        self.step > 0
+    }
+
+    /// The first `n` tokens of the feed went through a forward pass that did
+    /// not end it (a chunk taking `forward`): they are in the cache now.
+    pub(crate) fn fed_chunk(&mut self, n: usize, forward: Duration) {
+        self.feed.drain(..n);
+        self.chunked += forward;
+    }
+
     /// Keep the logits of the forward pass just run, and what `prepare`
     /// answered beside it (`None`: not yet).
     pub(crate) fn hold(&mut self, logits: Vec<f32>, prepared: Option<Prepared>, forward: Duration) {
         self.held = Some(Held {
             logits: Arc::new(logits),
             prepared,
-            forward,
+            forward: forward + std::mem::take(&mut self.chunked),
             since: Instant::now(),
         });
     }
@@ -323,27 +342,28 @@ impl<'e, 'r> Sequence<'e, 'r> {
     }
 }
 
-/// Each sequence's logits row (or the model's failure), and its sampler's
-/// phase-one answer.
 /// The logits of one forward pass, a row per sequence, and what each
-/// sampler's `prepare` answered at once (`None`: not yet; asked again when
-/// the step settles).
+/// sampler's `prepare` answered at once (`None`: not yet, or the pass took
+/// only a chunk of the sequence's feed; asked again when the step settles).
 type StepResults = (
     candle_core::Result<Vec<Vec<f32>>>,
     Vec<Result<Option<Prepared>, SamplerError>>,
 );
 
-/// One forward pass over `seqs`, with every sampler's `prepare` for the
-/// step started first, so that plugins work while the model computes.
-/// Nothing here waits for a sampler.
+/// One forward pass over `seqs`, each taking the first `take[i]` tokens of
+/// its feed. Every sequence whose feed this pass ends has its sampler's
+/// `prepare` for the step started first, so that plugins work while the
+/// model computes; a chunk that leaves some of the feed asks nothing of the
+/// sampler. Nothing here waits for a sampler.
 pub(crate) fn forward_and_prepare<'e, 'r>(
     model: &dyn CausalLm,
     seqs: &mut [&mut Sequence<'e, 'r>],
+    take: &[usize],
 ) -> StepResults {
     let now = Instant::now();
     let mut inputs = Vec::with_capacity(seqs.len());
     let mut prepared = Vec::with_capacity(seqs.len());
-    for seq in seqs.iter_mut() {
+    for (seq, &take) in seqs.iter_mut().zip(take) {
         let Sequence {
             sampler,
             new_tokens,
@@ -352,13 +372,18 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
             cache,
             ..
         } = &mut **seq;
-        prepared.push(match sampler.prepare(*step, new_tokens, now) {
-            Ok(Reply::Ready(p)) => Ok(Some(p)),
-            Ok(Reply::Pending) => Ok(None),
-            Err(e) => Err(e),
+        let take = take.clamp(1, feed.len().max(1));
+        prepared.push(if take < feed.len() {
+            Ok(None)
+        } else {
+            match sampler.prepare(*step, new_tokens, now) {
+                Ok(Reply::Ready(p)) => Ok(Some(p)),
+                Ok(Reply::Pending) => Ok(None),
+                Err(e) => Err(e),
+            }
         });
         inputs.push(SeqInput {
-            tokens: feed,
+            tokens: &feed[..take],
             cache,
         });
     }

@@ -49,6 +49,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest sequences decoded together.
     pub max_batch: usize,
+    /// Tokens one forward pass takes, at most, while any sequence decodes:
+    /// long prompts go in by chunks between decode steps (see
+    /// `deepwasm_engine::batcher::DEFAULT_STEP_TOKENS`).
+    pub step_tokens: usize,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             store_dir: PathBuf::from("deepwasm-plugins"),
             max_body_bytes: 8 << 20,
             max_batch: 32,
+            step_tokens: deepwasm_engine::batcher::DEFAULT_STEP_TOKENS,
         }
     }
 }
@@ -125,7 +130,7 @@ impl AppState {
                 &deepwasm_plugins::Grants::default(),
             )
             .map_err(|e| anyhow::anyhow!("cannot load the built-in JSON-schema sampler: {e}"))?;
-        let runner = Runner::start(engine.clone(), config.max_batch)?;
+        let runner = Runner::start(engine.clone(), config.max_batch, config.step_tokens)?;
         let metrics = Metrics::new(tenants.clone(), runner.stats.clone());
         let tokenizer = Arc::new(ModelTokenizer::new(
             engine.tokenizer.clone(),

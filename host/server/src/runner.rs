@@ -56,15 +56,20 @@ impl std::fmt::Debug for Runner {
 
 impl Runner {
     /// Start the model's thread; at most `max_batch` sequences decode
-    /// together, the rest wait in arrival order.
-    pub fn start(engine: Arc<Engine>, max_batch: usize) -> std::io::Result<Runner> {
+    /// together, the rest wait in arrival order, and a forward pass takes
+    /// at most `step_tokens` tokens while any sequence decodes.
+    pub fn start(
+        engine: Arc<Engine>,
+        max_batch: usize,
+        step_tokens: usize,
+    ) -> std::io::Result<Runner> {
         let (tx, rx) = mpsc::channel::<Submit>();
         let stats = Arc::new(RunnerStats::default());
         let thread_engine = engine.clone();
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("deepwasm-model".into())
-            .spawn(move || run(&thread_engine, max_batch, rx, &thread_stats))?;
+            .spawn(move || run(&thread_engine, (max_batch, step_tokens), rx, &thread_stats))?;
         Ok(Runner {
             engine,
             jobs: tx,
@@ -113,7 +118,13 @@ impl Runner {
 /// The thread: wait for work outside rayon's pool, then step the batch on
 /// one of its threads until it drains (the kernels split their work from
 /// there without a handoff).
-fn run(engine: &Engine, max_batch: usize, jobs: mpsc::Receiver<Submit>, stats: &RunnerStats) {
+fn run(
+    engine: &Engine,
+    (max_batch, step_tokens): (usize, usize),
+    jobs: mpsc::Receiver<Submit>,
+    stats: &RunnerStats,
+) {
+    let new_batch = || Batcher::new(engine, max_batch).with_step_tokens(step_tokens);
     // Only this thread and the rayon worker it blocks on touch the
     // receiver; the mutex makes it shareable with that worker.
     let jobs = Mutex::new(jobs);
@@ -121,7 +132,7 @@ fn run(engine: &Engine, max_batch: usize, jobs: mpsc::Receiver<Submit>, stats: &
     while let Ok(first) = recv() {
         let mut pending = Some(first);
         rayon::scope(|_| {
-            let mut batcher = Batcher::new(engine, max_batch);
+            let mut batcher = new_batch();
             loop {
                 if let Some(job) = pending.take() {
                     batcher.submit(job);
@@ -141,7 +152,7 @@ fn run(engine: &Engine, max_batch: usize, jobs: mpsc::Receiver<Submit>, stats: &
                     // request answers as a server error; the thread goes on.
                     stats.panics.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("a decoding step panicked; its batch was dropped");
-                    batcher = Batcher::new(engine, max_batch);
+                    batcher = new_batch();
                     continue;
                 }
                 stats.steps.fetch_add(1, Ordering::Relaxed);
