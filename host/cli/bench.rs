@@ -36,6 +36,12 @@ pub enum BenchCommand {
     /// A long run: many well-behaved clients beside every attack at once;
     /// their errors, and the process's memory and threads over time.
     Soak(crate::bench_soak::SoakBenchArgs),
+    /// What a long prompt costs the streams already running: their
+    /// inter-token gaps while it is prefilled, with and without chunking.
+    Prefill(crate::bench_prefill::PrefillBenchArgs),
+    /// The quantized matrix product at each batch size: time, GFLOP/s and
+    /// cost per activation row.
+    Kernels(crate::bench_kernels::KernelBenchArgs),
 }
 
 #[derive(Args)]
@@ -69,6 +75,8 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Server(args) => crate::bench_server::run(cli, args),
         BenchCommand::Attack(args) => crate::bench_attack::run(cli, args),
         BenchCommand::Soak(args) => crate::bench_soak::run(cli, args),
+        BenchCommand::Prefill(args) => crate::bench_prefill::run(cli, args),
+        BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
     }
 }
 

@@ -289,7 +289,7 @@ pub(crate) fn start_two_tenants(
         cli,
         model,
         tenants,
-        deepwasm_server::Config::default().max_batch,
+        deepwasm_server::Config::default(),
     )
 }
 

@@ -70,6 +70,10 @@ pub(crate) struct Timing {
     pub(crate) ttft: Duration,
     pub(crate) total: Duration,
     pub(crate) tokens: usize,
+    /// When each chunk with text arrived, from the request's start.
+    pub(crate) arrivals: Vec<Duration>,
+    /// When the request was sent.
+    pub(crate) started: Instant,
 }
 
 pub fn run(cli: &Cli, args: &ServerBenchArgs) -> anyhow::Result<()> {
@@ -82,7 +86,10 @@ pub fn run(cli: &Cli, args: &ServerBenchArgs) -> anyhow::Result<()> {
                 cli,
                 &args.model,
                 Tenants::single(),
-                args.max_batch,
+                deepwasm_server::Config {
+                    max_batch: args.max_batch,
+                    ..Default::default()
+                },
             )?,
             format!("deepwasm (max batch {})", args.max_batch),
         ),
@@ -99,21 +106,21 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Start the server on `runtime`, listening on 127.0.0.1 (a free port),
-/// with `model` and `tenants`; its plugin store is a temporary directory
-/// that lives as long as the process. Its base URL.
+/// with `model`, `tenants` and `config`; its plugin store is a temporary
+/// directory that lives as long as the process (`config.store_dir` is
+/// ignored). Its base URL.
 pub(crate) fn start_in_process(
     runtime: &tokio::runtime::Runtime,
     cli: &Cli,
     model: &ModelArgs,
     tenants: Tenants,
-    max_batch: usize,
+    config: deepwasm_server::Config,
 ) -> anyhow::Result<String> {
     let loaded = model.load()?;
     let store = tempfile::tempdir().context("cannot make a plugin store")?;
     let config = deepwasm_server::Config {
         store_dir: store.path().to_owned(),
-        max_batch,
-        ..Default::default()
+        ..config
     };
     let state = deepwasm_server::AppState::new(
         Engine::from(loaded),
@@ -319,7 +326,19 @@ impl Client {
     /// One streaming chat request (`body` without `stream` and
     /// `stream_options`, which are set here): time to the first content,
     /// total time, and the completion tokens the final usage chunk reports.
-    pub(crate) async fn stream_chat(&self, mut body: Value) -> anyhow::Result<Timing> {
+    pub(crate) async fn stream_chat(&self, body: Value) -> anyhow::Result<Timing> {
+        self.stream_chat_until(body, std::future::pending()).await
+    }
+
+    /// [`Client::stream_chat`], cut off when `stop` completes: the
+    /// connection is dropped (the server cancels the request) and the
+    /// timing covers what arrived before (`tokens` counts the chunks with
+    /// text then).
+    pub(crate) async fn stream_chat_until(
+        &self,
+        mut body: Value,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<Timing> {
         body["stream"] = json!(true);
         body["stream_options"] = json!({"include_usage": true});
         let started = Instant::now();
@@ -343,7 +362,19 @@ impl Client {
         let mut buf = Vec::new();
         let mut ttft = None;
         let mut tokens = None;
-        while let Some(frame) = body.frame().await {
+        let mut arrivals = Vec::new();
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                () = &mut stop => {
+                    tokens = Some(arrivals.len());
+                    break;
+                }
+            };
+            let Some(frame) = frame else {
+                break;
+            };
             let frame = frame?;
             let Some(data) = frame.data_ref() else {
                 continue;
@@ -370,8 +401,9 @@ impl Client {
                         || chunk["choices"][0]["delta"]["reasoning_content"]
                             .as_str()
                             .is_some_and(|t| !t.is_empty());
-                    if has_text && ttft.is_none() {
-                        ttft = Some(started.elapsed());
+                    if has_text {
+                        arrivals.push(started.elapsed());
+                        ttft.get_or_insert(started.elapsed());
                     }
                     if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
                         tokens = Some(n as usize);
@@ -383,6 +415,8 @@ impl Client {
             ttft: ttft.context("the stream had no text")?,
             total: started.elapsed(),
             tokens: tokens.context("the stream had no usage chunk")?,
+            arrivals,
+            started,
         })
     }
 }

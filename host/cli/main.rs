@@ -3,8 +3,10 @@
 mod agent;
 mod bench;
 mod bench_attack;
+mod bench_kernels;
 mod bench_langs;
 mod bench_model;
+mod bench_prefill;
 mod bench_sampler;
 mod bench_server;
 mod bench_soak;
