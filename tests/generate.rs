@@ -483,7 +483,8 @@ fn batch_with_budget(
 #[test]
 fn a_long_prompt_is_prefilled_in_chunks_while_the_others_stream() {
     let reqs: Vec<GenerateRequest> = [
-        (long_text(600), 4),
+        // Longer than a step takes when nothing decodes yet.
+        (long_text(1200), 4),
         ("1, 2, 3, 4,".to_owned(), 24),
         ("def add(a, b):".to_owned(), 24),
     ]

@@ -51,6 +51,10 @@ pub struct ServerBenchArgs {
     /// Most sequences decoded together (the in-process server's --max-batch).
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
+    /// Most prompt tokens a forward pass takes while any sequence decodes (the
+    /// in-process server's --step-tokens); 0 prefills each prompt whole.
+    #[arg(long, default_value_t = deepwasm_engine::batcher::DEFAULT_STEP_TOKENS)]
+    step_tokens: usize,
 }
 
 /// The prompts the clients cycle through.
@@ -88,10 +92,17 @@ pub fn run(cli: &Cli, args: &ServerBenchArgs) -> anyhow::Result<()> {
                 Tenants::single(),
                 deepwasm_server::Config {
                     max_batch: args.max_batch,
+                    step_tokens: match args.step_tokens {
+                        0 => usize::MAX,
+                        n => n,
+                    },
                     ..Default::default()
                 },
             )?,
-            format!("deepwasm (max batch {})", args.max_batch),
+            format!(
+                "deepwasm (max batch {}, step tokens {})",
+                args.max_batch, args.step_tokens
+            ),
         ),
     };
     runtime.block_on(bench(&Client::new(&base, None), &label, args))

@@ -31,7 +31,8 @@ pub struct ServeArgs {
     /// Most sequences decoded together in one forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
-    /// Most tokens one forward pass takes while any sequence decodes: a long
+    /// Most prompt tokens one forward pass takes while any sequence decodes
+    /// (or one per decoding sequence, if more): a long
     /// prompt goes in by chunks of what is left, so streams keep flowing.
     /// Larger prefills faster; smaller keeps streams steadier.
     #[arg(long, default_value_t = deepwasm_engine::batcher::DEFAULT_STEP_TOKENS)]

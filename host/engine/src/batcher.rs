@@ -24,17 +24,29 @@ const MIN_GRACE: Duration = Duration::from_millis(2);
 /// returns (to admit new jobs).
 const IDLE_WAIT: Duration = Duration::from_millis(5);
 
-/// Tokens a step takes, at most, while some sequence is decoding: every
-/// decoding sequence's token, then chunks of long feeds (prompts, forced
-/// runs) in the order their sequences joined. A step's cost grows with its
-/// tokens, and a decoding stream waits for the whole step; on two cores a
-/// step of 1 sequence takes ~4 ms and one of 32 tokens ~40 ms.
-pub const DEFAULT_STEP_TOKENS: usize = 32;
-/// Tokens a step takes, at most, while no sequence is decoding: nobody's
-/// stream waits on the step, so chunks are as long as makes prefill
-/// efficient, bounded so that a request arriving meanwhile joins soon.
-pub const IDLE_STEP_TOKENS: usize = 256;
-/// The least chunk the oldest long feed gets at each step, whatever the
+/// Prompt tokens a step takes, at most, while some sequence is decoding
+/// (beside each decoding sequence's own token), or as many as there are
+/// decoding sequences if that is more, so prompts keep pace with a large
+/// batch. A step's cost grows with its tokens, and a decoding stream waits
+/// for the whole step: with SmolLM2-135M on two cores a step of one
+/// sequence takes ~7 ms and each more token ~4 ms, so beside a 2,300-token
+/// prompt a stream's gaps stay under ~0.25 s at 16, while the prompt's own
+/// first token comes sooner than from one pass over it (see `bench
+/// prefill` in docs/BENCHMARKS.md).
+pub const DEFAULT_STEP_TOKENS: usize = 16;
+/// Prompt tokens a step takes, at most, while no sequence is decoding:
+/// nobody's stream waits on the step, so requests that arrive together
+/// (a burst of clients, the choices of one request) go in in one pass, as
+/// efficiently as the kernels allow; a longer prompt is cut so that a
+/// request arriving meanwhile waits for one such chunk at most.
+pub const IDLE_STEP_TOKENS: usize = 1024;
+/// Tokens of whole prompts a step takes, at most, beside its chunk budget
+/// while some sequence is decoding: a prompt that fits goes in at once
+/// (shortest first), so a burst of ordinary chats starts within a step or
+/// two, as it would without chunking; only prompts longer than what is
+/// left are cut into chunks. This bounds what a burst adds to a step.
+pub const WHOLE_PROMPT_TOKENS: usize = 256;
+/// The least chunk the oldest prompt gets at each step, whatever the
 /// budget: prompts make progress beside however many decoding streams.
 pub const MIN_CHUNK: usize = 4;
 
@@ -72,7 +84,7 @@ pub struct Batcher<'e, 'r> {
 
 impl<'e, 'r> Batcher<'e, 'r> {
     /// At most `max_batch` sequences run at once; the rest wait in order.
-    /// A step takes [`DEFAULT_STEP_TOKENS`] tokens while any decodes.
+    /// A step takes [`DEFAULT_STEP_TOKENS`] prompt tokens while any decodes.
     pub fn new(engine: &'e Engine, max_batch: usize) -> Self {
         Batcher {
             engine,
@@ -83,9 +95,9 @@ impl<'e, 'r> Batcher<'e, 'r> {
         }
     }
 
-    /// Take at most `tokens` tokens per step while any sequence decodes
-    /// (decoding sequences' own tokens always go in; see [`MIN_CHUNK`]).
-    /// `usize::MAX` turns chunking off: each feed goes in whole.
+    /// Take at most `tokens` prompt tokens per step while any sequence
+    /// decodes (see [`DEFAULT_STEP_TOKENS`]). `usize::MAX` turns chunking
+    /// off: each feed goes in whole.
     pub fn with_step_tokens(mut self, tokens: usize) -> Self {
         self.step_tokens = tokens.max(1);
         self
@@ -180,24 +192,25 @@ impl<'e, 'r> Batcher<'e, 'r> {
     }
 
     /// How many tokens of its feed each sequence to be fed takes this step
-    /// (0: none), within the step's token budget.
+    /// (0: none).
     ///
-    /// Decoding sequences go first and always take their feed when it is a
-    /// single token: they are what the batch is for, and `max_batch` bounds
-    /// them. Longer feeds (prompts, forced runs) share what is left of the
-    /// budget shortest first, so a short prompt is not queued behind a long
-    /// one; the sequence that joined first among them gets at least
-    /// [`MIN_CHUNK`] tokens, so none starves. With nothing decoding, the
-    /// budget is [`IDLE_STEP_TOKENS`] (or the step budget, if larger).
+    /// Decoding sequences take their feed when it is a single token: they
+    /// are what the batch is for, and `max_batch` bounds them. Longer feeds
+    /// (prompts, forced runs) go shortest first, so a short prompt is not
+    /// queued behind a long one: prompts not yet begun go whole while they
+    /// fit in [`WHOLE_PROMPT_TOKENS`], the rest by a chunk of the step's chunk budget (see
+    /// [`DEFAULT_STEP_TOKENS`] and [`IDLE_STEP_TOKENS`]). The sequence that
+    /// joined first among them gets at least [`MIN_CHUNK`] tokens, so none
+    /// starves.
     fn plan(&self) -> Vec<usize> {
         let seqs: Vec<&Sequence<'e, 'r>> = self.running.iter().map(|r| &r.seq).collect();
         // A sequence waiting for its sampler counts: its stream resumes
         // only when a step ends.
-        let decoding = seqs.iter().any(|s| s.started());
-        let mut budget = if decoding {
-            self.step_tokens
+        let decoding = seqs.iter().filter(|s| s.started()).count();
+        let (mut budget, mut whole) = if decoding > 0 {
+            (self.step_tokens.max(decoding), WHOLE_PROMPT_TOKENS)
         } else {
-            self.step_tokens.max(IDLE_STEP_TOKENS)
+            (self.step_tokens.max(IDLE_STEP_TOKENS), 0)
         };
         let mut take = vec![0; seqs.len()];
         let mut long = Vec::new();
@@ -207,20 +220,26 @@ impl<'e, 'r> Batcher<'e, 'r> {
             }
             if s.started() && s.feed.len() == 1 {
                 take[i] = 1;
-                budget = budget.saturating_sub(1);
             } else {
                 long.push(i);
             }
         }
-        if let Some(&oldest) = long.first() {
-            take[oldest] = seqs[oldest].feed.len().min(MIN_CHUNK);
-            budget = budget.saturating_sub(take[oldest]);
-        }
+        let oldest = long.first().copied();
         long.sort_by_key(|&i| seqs[i].feed.len());
         for i in long {
-            let more = (seqs[i].feed.len() - take[i]).min(budget);
-            take[i] += more;
-            budget -= more;
+            let left = seqs[i].feed.len();
+            // Only a prompt not yet begun goes whole: the tail of a long one
+            // stays in chunks.
+            if left <= whole && seqs[i].cache.is_empty() {
+                take[i] = left;
+                whole -= left;
+            } else {
+                take[i] = left.min(budget);
+                budget -= take[i];
+            }
+        }
+        if let Some(i) = oldest {
+            take[i] = take[i].max(seqs[i].feed.len().min(MIN_CHUNK));
         }
         take
     }

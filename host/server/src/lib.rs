@@ -49,7 +49,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest sequences decoded together.
     pub max_batch: usize,
-    /// Tokens one forward pass takes, at most, while any sequence decodes:
+    /// Prompt tokens one forward pass takes, at most, while any sequence decodes:
     /// long prompts go in by chunks between decode steps (see
     /// `deepwasm_engine::batcher::DEFAULT_STEP_TOKENS`).
     pub step_tokens: usize,

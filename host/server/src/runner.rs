@@ -57,7 +57,7 @@ impl std::fmt::Debug for Runner {
 impl Runner {
     /// Start the model's thread; at most `max_batch` sequences decode
     /// together, the rest wait in arrival order, and a forward pass takes
-    /// at most `step_tokens` tokens while any sequence decodes.
+    /// at most `step_tokens` prompt tokens while any sequence decodes.
     pub fn start(
         engine: Arc<Engine>,
         max_batch: usize,
