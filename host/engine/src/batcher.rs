@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::generate::{Completion, DeltaSink, Engine, GenerateError, GenerateRequest, random_seed};
+use crate::engine::Engine;
+use crate::request::{Completion, DeltaSink, GenerateError, GenerateRequest};
 use crate::sampler::Sampler;
 use crate::sequence::{Sequence, forward_and_prepare};
 
@@ -304,4 +305,16 @@ impl<'e, 'r> Batcher<'e, 'r> {
             self.step();
         }
     }
+}
+
+/// A seed for a request that gave none.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }

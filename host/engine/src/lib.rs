@@ -4,19 +4,24 @@
 
 pub mod agent;
 pub mod batcher;
+mod engine;
 pub mod generate;
 pub mod plugin_sampler;
+pub mod request;
 pub mod rewards;
 pub mod sampler;
 pub mod sampling;
+pub mod scheduler;
 mod sequence;
 pub mod stop;
 
-pub use generate::{
-    BatchItem, Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Generator,
-    Prompt, Timings, Usage,
-};
+pub use engine::Engine;
+pub use generate::{BatchItem, Generator};
 pub use plugin_sampler::{
     DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, sampler_limits,
 };
+pub use request::{
+    Completion, Delta, FinishReason, GenerateError, GenerateRequest, Prompt, Timings, Usage,
+};
 pub use sampler::{BuiltinSampler, Reply, Sampler, SamplerError};
+pub use scheduler::{Event, Scheduler, SchedulerStats};

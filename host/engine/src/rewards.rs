@@ -4,7 +4,9 @@
 
 use deepwasm_plugins::{PluginError, RewardPlugin, Sample};
 
-use crate::generate::{BatchItem, Completion, Engine, GenerateError, GenerateRequest};
+use crate::engine::Engine;
+use crate::generate::BatchItem;
+use crate::request::{Completion, Delta, GenerateError, GenerateRequest};
 use crate::sampler::BuiltinSampler;
 
 /// A reward plugin as a request uses it: under a name, with a weight in the
@@ -193,8 +195,7 @@ impl Engine {
         reqs: &[GenerateRequest],
     ) -> Vec<Result<Completion, GenerateError>> {
         let mut samplers: Vec<BuiltinSampler> = reqs.iter().map(|_| BuiltinSampler).collect();
-        let mut sinks: Vec<fn(&crate::generate::Delta)> =
-            reqs.iter().map(|_| ignore as fn(&_)).collect();
+        let mut sinks: Vec<fn(&Delta)> = reqs.iter().map(|_| ignore as fn(&_)).collect();
         let items = reqs
             .iter()
             .zip(samplers.iter_mut())
@@ -209,7 +210,7 @@ impl Engine {
     }
 }
 
-fn ignore(_: &crate::generate::Delta) {}
+fn ignore(_: &Delta) {}
 
 /// The reward sample of a completion: the prompt as the model saw it, the
 /// completion's text and tokens, and the dataset row's other fields.

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use deepwasm_model::{CausalLm, Detokenizer, KvCache, SeqInput};
 
-use crate::generate::{
-    Completion, Delta, Engine, FinishReason, GenerateError, GenerateRequest, Timings, Usage,
+use crate::engine::Engine;
+use crate::request::{
+    Completion, Delta, FinishReason, GenerateError, GenerateRequest, Timings, Usage,
 };
 use crate::sampler::{Decision, Prepared, Reply, SampleSpec, Sampler, SamplerError};
 use crate::sampling::{self, SamplingParams, SequenceRng, TokenHistory};

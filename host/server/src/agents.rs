@@ -118,7 +118,7 @@ pub async fn run(
         .allows(HostInterface::Kv)
         .then(|| tenant.kv.clone() as Arc<dyn KvAccess>);
     let call_sampler = st.sampler(&tenant, None)?;
-    let generator: Arc<dyn Generator> = Arc::new(st.runner.clone());
+    let generator: Arc<dyn Generator> = Arc::new(st.scheduler.clone());
     let host = AgentHost::new(generator).with_call_sampler(call_sampler);
     let stop = Arc::new(AtomicBool::new(false));
     let request = AgentRequest {

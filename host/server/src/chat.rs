@@ -20,8 +20,8 @@ use deepwasm_engine::agent::CallSampler;
 use deepwasm_engine::rewards::{Scored, WeightedReward, completion_seeds, score_samples};
 use deepwasm_engine::sampling::{MAX_TOP_LOGPROBS, SamplingParams, TokenLogprobs};
 use deepwasm_engine::{
-    BuiltinSampler, Completion, FinishReason, GenerateRequest, MissPolicy, PluginSampler, Prompt,
-    Sampler,
+    BuiltinSampler, Completion, Event, FinishReason, GenerateRequest, MissPolicy, PluginSampler,
+    Prompt, Sampler,
 };
 use deepwasm_model::toolcall::prompt_opens_reasoning;
 use deepwasm_model::{ChatMessage, ToolCall, ToolCallFormat, ToolSpec};
@@ -36,7 +36,6 @@ use crate::api::{
 };
 use crate::error::ApiError;
 use crate::output::{ChoiceOutput, Part, Split};
-use crate::runner::Event;
 use crate::tenants::{Admission, Tenant};
 
 /// Most choices (or `best_of` candidates) one request may ask for.
@@ -45,6 +44,12 @@ pub const MAX_CHOICES: usize = 64;
 /// The step budget of the built-in JSON sampler: a grammar cannot skip a
 /// step, so it fails rather than falls back, and gets room to answer.
 const JSON_STEP_BUDGET: Duration = Duration::from_millis(1000);
+
+/// How often a stream with nothing to send writes an SSE comment. The
+/// server learns that a client went away only when a write to it fails, so
+/// this is what lets a request whose prompt is still being prefilled (no
+/// tokens yet) leave the batch within about a second of its client.
+const STREAM_KEEP_ALIVE: Duration = Duration::from_millis(500);
 
 /// Sets the flag when dropped: the request's sequences leave the batch if
 /// its handler or stream goes away before they finish.
@@ -513,7 +518,7 @@ impl Plan {
                 if let Some(seeds) = &seeds {
                     req.params.seed = Some(seeds[j]);
                 }
-                st.runner
+                st.scheduler
                     .submit(
                         pi * self.per_prompt + j,
                         req,
@@ -1094,7 +1099,7 @@ fn stream_chat(
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(STREAM_KEEP_ALIVE))
         .into_response())
 }
 
@@ -1366,7 +1371,7 @@ fn stream_completion(
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(out_rx);
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(STREAM_KEEP_ALIVE))
         .into_response())
 }
 

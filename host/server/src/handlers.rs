@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use deepwasm_engine::rewards::{completion_seeds, group_advantages, sample_of};
 use deepwasm_engine::sampling::SamplingParams;
-use deepwasm_engine::{BuiltinSampler, Completion, GenerateRequest, Prompt};
+use deepwasm_engine::{BuiltinSampler, Completion, Event, GenerateRequest, Prompt};
 use deepwasm_plugins::Sample;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -22,14 +22,13 @@ use tokio::sync::mpsc;
 use crate::AppState;
 use crate::api::{ApiJson, RolloutRequest, ScoreRequest};
 use crate::error::ApiError;
-use crate::runner::Event;
 use crate::tenants::Tenant;
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 pub async fn health(State(st): State<Arc<AppState>>) -> Response {
-    let stats = &st.runner.stats;
+    let stats = &st.scheduler.stats;
     axum::Json(json!({
         "status": "ok",
         "model": st.model_id(),
@@ -359,7 +358,7 @@ pub async fn rollouts(
                 logprobs: Some(0),
                 ..GenerateRequest::new(Prompt::Tokens(ids.clone()))
             };
-            st.runner
+            st.scheduler
                 .submit(
                     i * g + j,
                     req,

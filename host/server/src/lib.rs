@@ -2,7 +2,7 @@
 //! tenants' plugins steering and scoring generation, and plugin management.
 //!
 //! Every request's sequences join one continuous batch on the model's thread
-//! ([`runner`]); handlers only parse, queue and stream. Each tenant has its
+//! (the engine's [`Scheduler`]); handlers only parse, queue and stream. Each tenant has its
 //! own plugins, plugin instances, meters and quotas ([`tenants`]); a plugin
 //! instance never serves two tenants.
 
@@ -14,7 +14,6 @@ mod handlers;
 pub mod metrics;
 mod output;
 mod plugins;
-pub mod runner;
 pub mod store;
 pub mod tenants;
 
@@ -29,14 +28,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use deepwasm_engine::agent::CALL_STEP_BUDGET;
-use deepwasm_engine::{Engine, MissPolicy, ModelTokenizer, sampler_limits};
+use deepwasm_engine::{Engine, MissPolicy, ModelTokenizer, Scheduler, sampler_limits};
 use deepwasm_plugins::{
     Capabilities, Plugin, PluginEngine, RewardPlugin, SamplerPlugin, Sandbox, World,
 };
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::runner::Runner;
 use crate::store::{Store, Stored};
 use crate::tenants::{Tenant, Tenants};
 
@@ -79,7 +77,7 @@ type SamplerKey = (String, String);
 
 /// Everything the handlers share.
 pub struct AppState {
-    pub runner: Runner,
+    pub scheduler: Scheduler,
     pub engine: Arc<Engine>,
     pub tenants: Arc<Tenants>,
     pub store: Store,
@@ -130,15 +128,15 @@ impl AppState {
                 &deepwasm_plugins::Grants::default(),
             )
             .map_err(|e| anyhow::anyhow!("cannot load the built-in JSON-schema sampler: {e}"))?;
-        let runner = Runner::start(engine.clone(), config.max_batch, config.step_tokens)?;
-        let metrics = Metrics::new(tenants.clone(), runner.stats.clone());
+        let scheduler = Scheduler::start(engine.clone(), config.max_batch, config.step_tokens)?;
+        let metrics = Metrics::new(tenants.clone(), scheduler.stats.clone());
         let tokenizer = Arc::new(ModelTokenizer::new(
             engine.tokenizer.clone(),
             &engine.name,
             engine.model.info().vocab_size,
         ));
         Ok(Arc::new(AppState {
-            runner,
+            scheduler,
             engine,
             tenants,
             store,

@@ -13,8 +13,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::runner::RunnerStats;
 use crate::tenants::Tenants;
+use deepwasm_engine::SchedulerStats;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -38,7 +38,7 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new(tenants: Arc<Tenants>, runner: Arc<RunnerStats>) -> Self {
+    pub fn new(tenants: Arc<Tenants>, scheduler: Arc<SchedulerStats>) -> Self {
         let mut registry = Registry::with_prefix("deepwasm");
         let requests = Family::<Labels, Counter>::default();
         registry.register(
@@ -62,7 +62,7 @@ impl Metrics {
             "Time from a generation request to its first streamed token, by tenant",
             ttft.clone(),
         );
-        registry.register_collector(Box::new(Live { tenants, runner }));
+        registry.register_collector(Box::new(Live { tenants, scheduler }));
         Metrics {
             registry,
             requests,
@@ -108,7 +108,7 @@ impl Metrics {
 /// Values read at scrape time: tenants' token and plugin counters, the batch.
 struct Live {
     tenants: Arc<Tenants>,
-    runner: Arc<RunnerStats>,
+    scheduler: Arc<SchedulerStats>,
 }
 
 impl std::fmt::Debug for Live {
@@ -163,26 +163,26 @@ impl Collector for Live {
             (
                 "batch_running",
                 "Sequences decoding in the batch now",
-                self.runner.running.load(Ordering::Relaxed) as i64,
+                self.scheduler.running.load(Ordering::Relaxed) as i64,
             ),
             (
                 "batch_waiting",
                 "Sequences waiting for a place in the batch",
-                self.runner.waiting.load(Ordering::Relaxed) as i64,
+                self.scheduler.waiting.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, help, value) in gauges {
             let g = ConstGauge::new(value);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
         }
-        let steps = ConstCounter::new(self.runner.steps.load(Ordering::Relaxed));
+        let steps = ConstCounter::new(self.scheduler.steps.load(Ordering::Relaxed));
         steps.encode(encoder.encode_descriptor(
             "forward_passes",
             "Forward passes run by the batch",
             None,
             steps.metric_type(),
         )?)?;
-        let seq_steps = ConstCounter::new(self.runner.sequence_steps.load(Ordering::Relaxed));
+        let seq_steps = ConstCounter::new(self.scheduler.sequence_steps.load(Ordering::Relaxed));
         seq_steps.encode(encoder.encode_descriptor(
             "sequence_steps",
             "Sequence-steps decoded (divided by forward_passes: the mean batch size)",

@@ -10,8 +10,8 @@ use deepwasm_plugins::{InferenceAccess, inference, types};
 
 use super::constrain::{CallSampler, Watch, Watched};
 use super::{AgentEvent, AgentFailure, ModelTurn, RunState, millis_of};
-use crate::generate::{Completion, FinishReason, GenerateError, GenerateRequest, Prompt};
 use crate::plugin_sampler::{MissPolicy, PluginSampler};
+use crate::request::{Completion, Delta, FinishReason, GenerateError, GenerateRequest, Prompt};
 use crate::sampler::{BuiltinSampler, Sampler};
 use crate::sampling::SamplingParams;
 
@@ -304,7 +304,7 @@ impl Inference {
         let run = self.run.clone();
         let cancelled = Arc::new(AtomicBool::new(false));
         let cancel = cancelled.clone();
-        let watch = Box::new(move |_: &crate::generate::Delta| {
+        let watch = Box::new(move |_: &Delta| {
             if run.past_deadline() || run.stop.load(Ordering::Relaxed) {
                 cancel.store(true, Ordering::Relaxed);
             }

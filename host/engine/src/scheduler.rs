@@ -1,16 +1,18 @@
-//! The model's thread: every request's sequences join one continuous batch,
-//! so concurrent clients share each forward pass instead of queueing behind
-//! each other, and the async executor never waits on the model.
+//! The scheduler: one thread owns the model, and every request's sequences
+//! join its continuous batch ([`Batcher`]), so concurrent clients share each
+//! forward pass instead of queueing behind each other, and a caller on an
+//! async executor never waits on the model (events arrive on a channel).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use deepwasm_engine::batcher::{Batcher, Job};
-use deepwasm_engine::{
-    Completion, Delta, Engine, GenerateError, GenerateRequest, Generator, Sampler,
-};
+use crate::batcher::{Batcher, Job};
+use crate::engine::Engine;
+use crate::generate::Generator;
+use crate::request::{Completion, Delta, GenerateError, GenerateRequest};
+use crate::sampler::Sampler;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What a submitted sequence reports, tagged with the index the caller gave
@@ -21,9 +23,9 @@ pub enum Event {
     Done(usize, Result<Completion, GenerateError>),
 }
 
-/// Counters of the batch, for `/metrics` and benchmarks.
+/// Counters of the batch, for a server's metrics and benchmarks.
 #[derive(Debug, Default)]
-pub struct RunnerStats {
+pub struct SchedulerStats {
     /// Sequences in the batch now.
     pub running: AtomicUsize,
     /// Sequences waiting for a place.
@@ -40,21 +42,21 @@ type Submit = Job<'static>;
 
 /// Hands requests to the model's thread. Cheap to clone.
 #[derive(Clone)]
-pub struct Runner {
+pub struct Scheduler {
     engine: Arc<Engine>,
     jobs: mpsc::Sender<Submit>,
-    pub stats: Arc<RunnerStats>,
+    pub stats: Arc<SchedulerStats>,
 }
 
-impl std::fmt::Debug for Runner {
+impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner")
+        f.debug_struct("Scheduler")
             .field("engine", &self.engine.name)
             .finish_non_exhaustive()
     }
 }
 
-impl Runner {
+impl Scheduler {
     /// Start the model's thread; at most `max_batch` sequences decode
     /// together, the rest wait in arrival order, and a forward pass takes
     /// at most `step_tokens` prompt tokens while any sequence decodes.
@@ -62,15 +64,15 @@ impl Runner {
         engine: Arc<Engine>,
         max_batch: usize,
         step_tokens: usize,
-    ) -> std::io::Result<Runner> {
+    ) -> std::io::Result<Scheduler> {
         let (tx, rx) = mpsc::channel::<Submit>();
-        let stats = Arc::new(RunnerStats::default());
+        let stats = Arc::new(SchedulerStats::default());
         let thread_engine = engine.clone();
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("deepwasm-model".into())
             .spawn(move || run(&thread_engine, (max_batch, step_tokens), rx, &thread_stats))?;
-        Ok(Runner {
+        Ok(Scheduler {
             engine,
             jobs: tx,
             stats,
@@ -122,7 +124,7 @@ fn run(
     engine: &Engine,
     (max_batch, step_tokens): (usize, usize),
     jobs: mpsc::Receiver<Submit>,
-    stats: &RunnerStats,
+    stats: &SchedulerStats,
 ) {
     let new_batch = || Batcher::new(engine, max_batch).with_step_tokens(step_tokens);
     // Only this thread and the rayon worker it blocks on touch the
@@ -148,8 +150,9 @@ fn run(
                 stats.waiting.store(batcher.waiting(), Ordering::Relaxed);
                 if stepped.is_err() {
                     // The batch's state cannot be trusted: drop it. Every
-                    // sequence in it ends without a `Done`, which its
-                    // request answers as a server error; the thread goes on.
+                    // sequence in it ends without a `Done` (its events
+                    // close; a server answers that as its own error); the
+                    // thread goes on.
                     stats.panics.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("a decoding step panicked; its batch was dropped");
                     batcher = new_batch();
@@ -167,8 +170,8 @@ fn run(
 }
 
 /// Blocking generation through the shared batch, for callers on their own
-/// threads (agent runs).
-impl Generator for Runner {
+/// threads (agent runs, rollouts).
+impl Generator for Scheduler {
     fn engine(&self) -> &Engine {
         &self.engine
     }

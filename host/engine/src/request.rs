@@ -1,0 +1,135 @@
+//! What a generation is asked for and what it gives back: the request, its
+//! streamed deltas, the finished completion and the ways it can fail. Plain
+//! data, shared by the sequence loop, the batcher, the scheduler and every
+//! caller that serializes them.
+
+use std::time::Duration;
+
+use deepwasm_model::{ChatMessage, ToolSpec};
+
+use crate::sampler::SamplerError;
+use crate::sampling::{SamplingParams, TokenLogprobs};
+
+/// What to continue.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Raw text; `add_special_tokens` adds the model's BOS where it uses one.
+    Text {
+        text: String,
+        add_special_tokens: bool,
+    },
+    /// Token ids as they are.
+    Tokens(Vec<u32>),
+    /// A conversation, rendered through the model's chat template with the
+    /// assistant's turn opened.
+    Chat {
+        messages: Vec<ChatMessage>,
+        tools: Vec<ToolSpec>,
+    },
+}
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    /// At most this many new tokens (capped by the model's context).
+    pub max_tokens: usize,
+    pub params: SamplingParams,
+    /// Generation ends before the first of these strings; it is not returned.
+    pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// Report log-probabilities of each token and this many alternatives.
+    pub logprobs: Option<usize>,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Prompt) -> Self {
+        GenerateRequest {
+            prompt,
+            max_tokens: 256,
+            params: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+        }
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context window.
+    Length,
+    /// The sampler plugin ended it.
+    SamplerStop,
+}
+
+/// Token counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// A piece of streamed output.
+#[derive(Clone, Debug, Default)]
+pub struct Delta {
+    /// New text; never splits a UTF-8 character, never shows part of a stop
+    /// string.
+    pub text: String,
+    /// Tokens appended since the last delta.
+    pub tokens: Vec<u32>,
+    /// Their log-probabilities when asked for; `None` for a token a sampler
+    /// forced after the first of a run (the model scored no alternatives).
+    pub logprobs: Vec<Option<TokenLogprobs>>,
+}
+
+/// Where a sequence's streamed text goes.
+pub type DeltaSink<'a> = dyn FnMut(&Delta) + Send + 'a;
+
+/// A finished generation.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub logprobs: Option<Vec<Option<TokenLogprobs>>>,
+    pub timings: Timings,
+}
+
+/// Where the time went.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Timings {
+    /// The first forward pass, over the prompt.
+    pub prefill: Duration,
+    /// Every later step.
+    pub decode: Duration,
+    /// Forward passes run (forced tokens share one).
+    pub forward_passes: usize,
+}
+
+/// Why a generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the prompt is {prompt} tokens, and the model's context is {context}")]
+    PromptTooLong { prompt: usize, context: usize },
+    #[error("cannot render the chat prompt: {0}")]
+    Template(String),
+    #[error("cannot tokenize the prompt: {0}")]
+    Tokenize(String),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error("the model failed: {0}")]
+    Model(#[from] candle_core::Error),
+    /// The caller cancelled the request before it finished.
+    #[error("the request was cancelled")]
+    Cancelled,
+}
