@@ -365,6 +365,13 @@ fn agent_runs_stream_their_events_under_the_tenants_grants() {
 }
 
 #[test]
+fn long_prompts_share_the_batch_and_leave_with_their_client() {
+    let _turn = turn();
+    let (server, _dir) = fresh();
+    server.python("prefill.py", &[]);
+}
+
+#[test]
 fn quotas_answer_429_with_retry_after() {
     let _turn = turn();
     let (server, _dir) = fresh();

@@ -1040,7 +1040,14 @@ fn stream_chat(
         let mut left = total;
         let mut first_token = true;
         while left > 0 {
-            let Some(event) = rx.recv().await else {
+            // A client that went away is noticed here even while nothing
+            // is generated (a prompt being prefilled): its request leaves
+            // the batch at once, not at its first token.
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = tx.closed() => return,
+            };
+            let Some(event) = event else {
                 let e = ApiError::internal("generation stopped before the request was done");
                 let _ = tx.send(Ok(sse(&e.body()))).await;
                 return;
@@ -1311,7 +1318,14 @@ fn stream_completion(
         let mut first_token = true;
         let mut offsets: HashMap<usize, usize> = HashMap::new();
         while left > 0 {
-            let Some(event) = rx.recv().await else {
+            // A client that went away is noticed here even while nothing
+            // is generated (a prompt being prefilled): its request leaves
+            // the batch at once, not at its first token.
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = tx.closed() => return,
+            };
+            let Some(event) = event else {
                 let e = ApiError::internal("generation stopped before the request was done");
                 let _ = tx.send(Ok(sse(&e.body()))).await;
                 return;
