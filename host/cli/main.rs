@@ -111,6 +111,17 @@ fn main() -> ExitCode {
         // the environment while it changes.
         unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200") };
     }
+    // candle asks for its thread count at every matrix product (each
+    // sequence's attention, twice a layer) and, without this variable,
+    // counts physical cores by reading /proc/cpuinfo each time: ~10% of a
+    // 16-sequence decode step went to the kernel formatting that file.
+    // rayon's default is the same number.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none()
+        && let Ok(n) = std::thread::available_parallelism()
+    {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DEEPWASM_LOG")
