@@ -72,21 +72,17 @@ impl Kernels {
     }
 
     /// `R` dot products of one weight row with `R` activation rows at once:
-    /// each block is expanded once and used `R` times. `None` when this
-    /// machine has no such kernel (the caller expands the row instead).
-    pub(crate) fn dot_rows<const R: usize>(
-        self,
-        row: Row<'_>,
-        x: [&[f32]; R],
-        sums: [&[f32]; R],
-    ) -> Option<[f32; R]> {
-        for (x, s) in x.iter().zip(&sums) {
-            assert!(x.len() >= row.scales.len() * BLOCK && s.len() >= row.scales.len());
+    /// each block is expanded once, its offset folded in, and used `R`
+    /// times. `None` when this machine has no such kernel (the caller
+    /// expands the row instead).
+    pub(crate) fn dot_rows<const R: usize>(self, row: Row<'_>, x: [&[f32]; R]) -> Option<[f32; R]> {
+        for x in &x {
+            assert!(x.len() >= row.scales.len() * BLOCK);
         }
         match self {
             // SAFETY: as in `dot`; lengths are checked above.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => Some(unsafe { avx512::dot_rows(row, x, sums) }),
+            Kernels::Avx512 => Some(unsafe { avx512::dot_rows(row, x) }),
             _ => None,
         }
     }
@@ -467,63 +463,94 @@ mod avx512 {
         products + super::avx2::offsets(row, sums)
     }
 
+    /// Sixteen f16 values from `bits[b..]` as f32 lanes, zeros past the end.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn load16_f16(bits: &[u16], b: usize) -> __m512 {
+        let rest = &bits[b..];
+        // SAFETY: 16 u16 are read, from `rest` when it has them, else from
+        // a copy padded with zeros.
+        unsafe {
+            if rest.len() >= 16 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(rest.as_ptr() as *const __m256i))
+            } else {
+                let mut buf = [0u16; 16];
+                buf[..rest.len()].copy_from_slice(rest);
+                _mm512_cvtph_ps(_mm256_loadu_si256(buf.as_ptr() as *const __m256i))
+            }
+        }
+    }
+
+    /// The products of one weight row with `R` activation rows, offsets
+    /// included: each block's weights are expanded once (`d·q + m` for
+    /// Q4_1, `d·(q − 8)` for Q4_0, `d·q` for Q8_0) and used `R` times.
+    ///
     /// # Safety
     /// As `dot_blocks`, for each of the `R` activation rows.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn rows_blocks<const Q4: bool, const R: usize>(
-        row: Row<'_>,
-        x: [&[f32]; R],
-    ) -> [f32; R] {
-        let qb = if Q4 { 16 } else { 32 };
+    unsafe fn rows_blocks<const R: usize>(row: Row<'_>, x: [&[f32]; R]) -> [f32; R] {
+        let q4 = row.format != Format::Q8_0;
+        let qb = if q4 { 16 } else { 32 };
         let nb = row.scales.len();
         let q = row.quants.as_ptr();
         let xp = x.map(|x| x.as_ptr());
         // Two accumulators per activation row, for the low and the high
         // sixteen weights of a block: no FMA waits for the one before it,
-        // and all of them stay in registers (2·R + 4 of the 32).
+        // and all of them stay in registers (2·R + 6 of the 32).
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
         let mut b = 0;
         // SAFETY: every block index stays below `nb`, and the arrays hold
         // `nb` blocks (the caller's contract).
         unsafe {
+            let nibble = _mm_set1_epi8(0x0F);
+            let eight = _mm512_set1_epi32(8);
             while b < nb {
-                // Sixteen blocks' scales at once, each broadcast from its lane.
+                // Sixteen blocks' scales (and mins) at once, each broadcast
+                // from its lane.
                 let group = (nb - b).min(16);
-                let scales = if group == 16 {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(
-                        row.scales.as_ptr().add(b) as *const __m256i
-                    ))
+                let scales = load16_f16(row.scales, b);
+                let mins = if row.format == Format::Q4_1 {
+                    load16_f16(row.mins, b)
                 } else {
-                    let mut buf = [0u16; 16];
-                    buf[..group].copy_from_slice(&row.scales[b..]);
-                    _mm512_cvtph_ps(_mm256_loadu_si256(buf.as_ptr() as *const __m256i))
+                    _mm512_setzero_ps()
                 };
                 for g in 0..group {
-                    let scale = _mm512_permutexvar_ps(_mm512_set1_epi32(g as i32), scales);
+                    let lane = _mm512_set1_epi32(g as i32);
+                    let scale = _mm512_permutexvar_ps(lane, scales);
                     let p = q.add((b + g) * qb);
-                    // The block's weights times its scale, once for all rows.
-                    let (w0, w1) = if Q4 {
+                    let (q0, q1) = if q4 {
                         let v = _mm_loadu_si128(p as *const __m128i);
-                        let mask = _mm_set1_epi8(0x0F);
                         (
-                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask))),
-                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-                                _mm_srli_epi16(v, 4),
-                                mask,
-                            ))),
+                            _mm512_cvtepu8_epi32(_mm_and_si128(v, nibble)),
+                            _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), nibble)),
                         )
                     } else {
                         (
-                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                p as *const __m128i,
-                            ))),
-                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                p.add(16) as *const __m128i
-                            ))),
+                            _mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)),
+                            _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16) as *const __m128i)),
                         )
                     };
-                    let (w0, w1) = (_mm512_mul_ps(scale, w0), _mm512_mul_ps(scale, w1));
+                    let (w0, w1) = match row.format {
+                        Format::Q4_1 => {
+                            let min = _mm512_permutexvar_ps(lane, mins);
+                            (
+                                _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(q0), min),
+                                _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(q1), min),
+                            )
+                        }
+                        Format::Q4_0 => (
+                            _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_sub_epi32(q0, eight))),
+                            _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_sub_epi32(q1, eight))),
+                        ),
+                        Format::Q8_0 => (
+                            _mm512_mul_ps(scale, _mm512_cvtepi32_ps(q0)),
+                            _mm512_mul_ps(scale, _mm512_cvtepi32_ps(q1)),
+                        ),
+                    };
                     let at = (b + g) * BLOCK;
                     for m in 0..R {
                         let xb = xp[m].add(at);
@@ -540,21 +567,8 @@ mod avx512 {
     /// # Safety
     /// As `dot_blocks`, for each of the `R` activation rows.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn dot_rows<const R: usize>(
-        row: Row<'_>,
-        x: [&[f32]; R],
-        sums: [&[f32]; R],
-    ) -> [f32; R] {
+    pub(super) unsafe fn dot_rows<const R: usize>(row: Row<'_>, x: [&[f32]; R]) -> [f32; R] {
         // SAFETY: the caller's contract.
-        let mut out = unsafe {
-            match row.format {
-                Format::Q8_0 => rows_blocks::<false, R>(row, x),
-                Format::Q4_0 | Format::Q4_1 => rows_blocks::<true, R>(row, x),
-            }
-        };
-        for (o, s) in out.iter_mut().zip(sums) {
-            *o += super::avx2::offsets(row, s);
-        }
-        out
+        unsafe { rows_blocks::<R>(row, x) }
     }
 }

@@ -30,7 +30,7 @@ const PARALLEL_MIN_WEIGHTS: usize = 1 << 18;
 
 /// From this many activation rows on, weights are expanded to f32 tiles and
 /// multiplied by a blocked GEMM; below it, the fused kernels win.
-const GEMM_MIN_ROWS: usize = 32;
+const GEMM_MIN_ROWS: usize = 40;
 
 /// Weight rows expanded per GEMM tile: `GEMM_TILE × cols` floats stay in
 /// the L2 cache for the usual widths.
@@ -124,13 +124,12 @@ impl QuantMatrix {
                 ($r:expr) => {
                     while i + $r <= m {
                         let x = std::array::from_fn(|t| xrow(i + t));
-                        let s = std::array::from_fn(|t| srow(i + t));
-                        if kern.dot_rows::<{ $r }>(self.row(first), x, s).is_none() {
+                        if kern.dot_rows::<{ $r }>(self.row(first), x).is_none() {
                             break;
                         }
                         for j in 0..n {
                             let dots = kern
-                                .dot_rows::<{ $r }>(self.row(first + j), x, s)
+                                .dot_rows::<{ $r }>(self.row(first + j), x)
                                 .expect("the kernel was there for the first row");
                             for (t, v) in dots.into_iter().enumerate() {
                                 out_rows[(i + t) * n + j] = v;
