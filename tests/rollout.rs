@@ -68,8 +68,12 @@ fn a_rollout_gives_groups_with_centred_advantages_and_repeats_exactly() {
     assert_eq!(lines.len(), 4, "three groups and a summary");
     let mut saw_spread = false;
     for (i, group) in lines[..3].iter().enumerate() {
-        assert_eq!(group["index"], i);
-        assert!(group["answer"].is_string(), "the row's fields are echoed");
+        assert_eq!(group["index"], i, "groups come out in the file's order");
+        assert!(
+            group["extra"]["answer"].is_string() && group["extra"]["id"].is_string(),
+            "the row's other fields are echoed under `extra`: {group}"
+        );
+        assert!(group.get("answer").is_none(), "and only there");
         let completions = group["completions"].as_array().unwrap();
         assert_eq!(completions.len(), 4);
         let advantages: Vec<f64> = completions
@@ -117,6 +121,15 @@ fn a_rollout_gives_groups_with_centred_advantages_and_repeats_exactly() {
     let summary = &lines[3]["summary"];
     assert_eq!(summary["completions"], 12);
     assert_eq!(summary["reward_failures"], 4);
+    // A completion passes when its total reaches the threshold (default 1).
+    let totals: Vec<f64> = lines[..3]
+        .iter()
+        .flat_map(|g| g["completions"].as_array().unwrap())
+        .map(|c| c["total"].as_f64().unwrap())
+        .collect();
+    let passed = totals.iter().filter(|&&t| t >= 1.0).count();
+    assert_eq!(summary["pass_threshold"], 1.0);
+    assert!((summary["pass_rate"].as_f64().unwrap() - passed as f64 / 12.0).abs() < 1e-12);
 
     // The same seeds give the same rollout, scores included.
     let again = rollout(input.path());

@@ -134,9 +134,18 @@ def test_rollout_streams_groups_then_a_summary():
             tokens += len(comp["tokens"])
         # Group advantages are centred.
         assert abs(sum(comp["advantage"] for comp in g["completions"])) < 1e-6, g
-    assert [g for g in groups if g["index"] == 0][0]["extra"] == {"answer": "4"}
+    # `extra` is echoed as given, `{}` when none (the CLI's shape too).
+    by_index = {g["index"]: g for g in groups}
+    assert by_index[0]["extra"] == {"answer": "4"} and by_index[1]["extra"] == {}, groups
     assert summary["prompts"] == 2 and summary["completions"] == 4, summary
     assert summary["completion_tokens"] == tokens, (summary, tokens)
+    # A pass is a total at or above the threshold (default 1).
+    totals = [c["total"] for g in groups for c in g["completions"]]
+    assert summary["pass_threshold"] == 1.0, summary
+    assert summary["pass_rate"] == sum(t >= 1.0 for t in totals) / 4, (summary, totals)
+    assert summary["reward_failures"] == 0, summary
+    for key in ("seconds", "generation_seconds", "reward_seconds", "tokens_per_second"):
+        assert summary[key] >= 0, summary
     after = usage()
     assert after["completion_tokens"] - before["completion_tokens"] == tokens, (before, after)
     # Same seed, same samples; as SSE too.
@@ -144,6 +153,9 @@ def test_rollout_streams_groups_then_a_summary():
     texts = lambda ls: sorted((g["index"], [c["text"] for c in g["completions"]]) for g in ls[:-1])
     assert texts(again) == texts(lines)
     assert "summary" in again[-1]
+    # Another threshold, another pass rate: every r1 total is 0 or 1.
+    low = rollout(dict(ROLLOUT, pass_threshold=0.0))[-1]["summary"]
+    assert low["pass_threshold"] == 0.0 and low["pass_rate"] == 1.0, low
 
 
 def test_rollout_errors():
@@ -187,7 +199,7 @@ def test_metrics_per_tenant():
         (("endpoint", endpoint), ("status", status)), 0
     )
     assert ok("/v1/chat/completions") == 2, requests
-    assert ok("/v1/rollouts") == 2, requests
+    assert ok("/v1/rollouts") == 3, requests
     assert ok("/v1/rewards/score") == 2, requests
     assert ok("/v1/rollouts", "400") == 3 and ok("/v1/rollouts", "404") == 1, requests
 

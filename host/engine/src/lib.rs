@@ -9,6 +9,7 @@ pub mod generate;
 pub mod plugin_sampler;
 pub mod request;
 pub mod rewards;
+pub mod rollout;
 pub mod sampler;
 pub mod sampling;
 pub mod scheduler;

@@ -394,6 +394,10 @@ pub struct RolloutRequest {
     pub top_p: Option<f32>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// A completion passes when its total reaches this (the summary's
+    /// `pass_rate`); default 1.
+    #[serde(default)]
+    pub pass_threshold: Option<f64>,
     /// `ndjson` or `sse` (default: from `Accept`, else NDJSON).
     #[serde(default)]
     pub format: Option<String>,

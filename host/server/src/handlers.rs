@@ -12,9 +12,11 @@ use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use deepwasm_engine::rewards::{completion_seeds, group_advantages, sample_of};
+use deepwasm_engine::rollout::{
+    DEFAULT_GROUP_SIZE, Rollout, RolloutError, RolloutOptions, RolloutPrompt,
+};
 use deepwasm_engine::sampling::SamplingParams;
-use deepwasm_engine::{BuiltinSampler, Completion, Event, GenerateRequest, Prompt};
+use deepwasm_engine::{GenerateError, Prompt};
 use deepwasm_plugins::Sample;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -268,7 +270,7 @@ pub async fn rollouts(
     if let Some(m) = &req.model {
         st.check_model(m)?;
     }
-    let g = req.group_size.unwrap_or(8);
+    let g = req.group_size.unwrap_or(DEFAULT_GROUP_SIZE);
     if g == 0 || g > crate::chat::MAX_CHOICES {
         return Err(ApiError::invalid_param(
             "group_size",
@@ -295,29 +297,42 @@ pub async fn rollouts(
             ));
         }
     };
-    let params = SamplingParams {
-        temperature: req.temperature.unwrap_or(1.0),
-        top_p: req.top_p.unwrap_or(1.0),
-        ..SamplingParams::default()
+    let defaults = RolloutOptions::default();
+    let options = RolloutOptions {
+        group_size: g,
+        max_tokens: req.max_tokens.unwrap_or(defaults.max_tokens),
+        params: SamplingParams {
+            temperature: req.temperature.unwrap_or(defaults.params.temperature),
+            top_p: req.top_p.unwrap_or(defaults.params.top_p),
+            ..defaults.params
+        },
+        seed: req.seed.unwrap_or(defaults.seed),
+        pass_threshold: req.pass_threshold.unwrap_or(defaults.pass_threshold),
     };
-    params
+    options
+        .params
         .validate()
         .map_err(|e| ApiError::invalid_param(&e.field.clone(), e.to_string()))?;
-    let max_tokens = req.max_tokens.unwrap_or(256);
-    if max_tokens == 0 {
+    if options.max_tokens == 0 {
         return Err(ApiError::invalid_param("max_tokens", "must be at least 1"));
+    }
+    if !options.pass_threshold.is_finite() {
+        return Err(ApiError::invalid_param(
+            "pass_threshold",
+            "must be a finite number",
+        ));
     }
     let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
     let admission = tenant.admit()?;
-    let mut prompts = Vec::new();
-    for (i, p) in req.prompts.iter().enumerate() {
-        let prompt = match (&p.prompt, &p.messages) {
+    let mut prompts = Vec::with_capacity(req.prompts.len());
+    for (i, p) in req.prompts.into_iter().enumerate() {
+        let prompt = match (p.prompt, p.messages) {
             (Some(text), None) => Prompt::Text {
-                text: text.clone(),
+                text,
                 add_special_tokens: true,
             },
             (None, Some(messages)) => Prompt::Chat {
-                messages: crate::chat::chat_messages(messages)?,
+                messages: crate::chat::chat_messages(&messages)?,
                 tools: Vec::new(),
             },
             _ => {
@@ -327,48 +342,30 @@ pub async fn rollouts(
                 ));
             }
         };
-        let (text, ids) = st.engine.render_prompt(&prompt)?;
-        if ids.len() >= st.engine.model.info().max_context {
+        prompts.push(RolloutPrompt {
+            prompt,
+            extra: p.extra.unwrap_or_default(),
+        });
+    }
+    let mut rollout = match Rollout::new(&st.engine, prompts, options) {
+        Ok(r) => r,
+        Err(RolloutError::Prompt {
+            index,
+            source: e @ GenerateError::PromptTooLong { .. },
+        }) => {
             return Err(ApiError::invalid_param(
-                &format!("prompts[{i}]"),
-                "the prompt fills the model's context",
+                &format!("prompts[{index}]"),
+                e.to_string(),
             ));
         }
-        prompts.push((
-            text.unwrap_or_default(),
-            ids,
-            extra_text(p.extra.as_ref()),
-            p.extra.clone(),
-        ));
-    }
-    let seed = req.seed.unwrap_or(0);
+        Err(RolloutError::Prompt { source, .. }) => return Err(ApiError::from(source)),
+        Err(e) => return Err(ApiError::invalid(e.to_string())),
+    };
     let cancelled = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    for (i, (_, ids, _, _)) in prompts.iter().enumerate() {
-        for (j, s) in completion_seeds(seed.wrapping_add(i as u64), g)
-            .into_iter()
-            .enumerate()
-        {
-            let req = GenerateRequest {
-                max_tokens,
-                params: SamplingParams {
-                    seed: Some(s),
-                    ..params.clone()
-                },
-                logprobs: Some(0),
-                ..GenerateRequest::new(Prompt::Tokens(ids.clone()))
-            };
-            st.scheduler
-                .submit(
-                    i * g + j,
-                    req,
-                    Box::new(BuiltinSampler),
-                    tx.clone(),
-                    cancelled.clone(),
-                )
-                .map_err(ApiError::from)?;
-        }
-    }
+    rollout
+        .submit(&st.scheduler, &tx, &cancelled)
+        .map_err(ApiError::from)?;
     drop(tx);
     let (out_tx, out_rx) = mpsc::channel::<Result<bytes::Bytes, Infallible>>(16);
     let frame = move |v: &Value| {
@@ -388,43 +385,28 @@ pub async fn rollouts(
             }
         }
         let _cancel = Cancel(cancelled);
-        let started = Instant::now();
-        let mut groups: Vec<Vec<Option<Completion>>> =
-            (0..prompts.len()).map(|_| vec![None; g]).collect();
-        let mut left_in: Vec<usize> = vec![g; prompts.len()];
-        let (mut completions, mut tokens, mut reward_sum, mut scored_n) =
-            (0usize, 0usize, 0f64, 0usize);
-        let mut prompt_tokens = 0usize;
-        let mut left = prompts.len();
-        while left > 0 {
+        // Groups go out as they are scored, in whatever order they end:
+        // `index` names each.
+        while !rollout.is_done() {
             let event = match rx.recv().await {
-                Some(e) => e,
-                None => {
-                    let e = ApiError::internal("generation stopped before the rollout was done");
+                Some(event) => rollout.on_event(event),
+                None => Err(RolloutError::Stopped),
+            };
+            let mut finished = match event {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(e) => {
+                    let e = match e {
+                        RolloutError::Generate(e) => ApiError::from(e),
+                        e => ApiError::internal(e.to_string()),
+                    };
                     let _ = out_tx.send(Ok(frame(&e.body()))).await;
                     return;
                 }
             };
-            let (index, completion) = match event {
-                Event::Delta(..) => continue,
-                Event::Done(_, Err(e)) => {
-                    let _ = out_tx.send(Ok(frame(&ApiError::from(e).body()))).await;
-                    return;
-                }
-                Event::Done(index, Ok(c)) => (index, c),
-            };
-            let (pi, j) = (index / g, index % g);
-            groups[pi][j] = Some(completion);
-            left_in[pi] -= 1;
-            if left_in[pi] > 0 {
-                continue;
-            }
-            left -= 1;
-            let group: Vec<Completion> = groups[pi].iter_mut().filter_map(Option::take).collect();
-            let (text, ids, extra, extra_fields) = &prompts[pi];
-            prompt_tokens += ids.len();
-            let samples: Vec<Sample> = group.iter().map(|c| sample_of(text, c, extra)).collect();
-            let scored =
+            let started = Instant::now();
+            let samples = std::mem::take(&mut finished.samples);
+            let scores =
                 match crate::chat::score_async(rewards.clone(), samples, admission.clone()).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -432,60 +414,20 @@ pub async fn rollouts(
                         return;
                     }
                 };
-            let totals: Vec<Option<f64>> = scored.iter().map(|s| s.total).collect();
-            let advantages = group_advantages(&totals);
-            let seeds = completion_seeds(seed.wrapping_add(pi as u64), g);
-            let mut items = Vec::with_capacity(g);
-            for (j, c) in group.iter().enumerate() {
-                completions += 1;
-                tokens += c.tokens.len();
-                if let Some(t) = totals[j] {
-                    reward_sum += t;
-                    scored_n += 1;
-                }
-                let logprobs: Vec<Option<f32>> = c
-                    .logprobs
-                    .iter()
-                    .flatten()
-                    .map(|lp| lp.as_ref().map(|l| l.logprob))
-                    .collect();
-                let mut item = Map::new();
-                item.insert("seed".into(), json!(seeds[j]));
-                item.insert("text".into(), json!(c.text));
-                item.insert("tokens".into(), json!(c.tokens));
-                item.insert("logprobs".into(), json!(logprobs));
-                item.insert("finish_reason".into(), json!(c.finish_reason));
-                item.extend(scored[j].to_json().0);
-                item.insert("advantage".into(), json!(advantages[j]));
-                items.push(Value::Object(item));
-            }
-            let present: Vec<f64> = totals.iter().flatten().copied().collect();
-            let mean =
-                (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64);
-            let mut line = Map::new();
-            line.insert("index".into(), json!(pi));
-            line.insert("prompt".into(), json!(text));
-            line.insert("prompt_tokens".into(), json!(ids));
-            if let Some(fields) = extra_fields {
-                line.insert("extra".into(), Value::Object(fields.clone()));
-            }
-            line.insert("mean_reward".into(), json!(mean));
-            line.insert("completions".into(), Value::Array(items));
-            if out_tx.send(Ok(frame(&Value::Object(line)))).await.is_err() {
+            let line = rollout.scored(finished, scores, started.elapsed());
+            let line = serde_json::to_value(&line).unwrap_or_else(|e| {
+                ApiError::internal(format!("cannot write a group: {e}")).body()
+            });
+            if out_tx.send(Ok(frame(&line))).await.is_err() {
                 return;
             }
         }
-        tenant.record_tokens(prompt_tokens as u64, tokens as u64);
-        let secs = started.elapsed().as_secs_f64();
-        let summary = json!({"summary": {
-            "prompts": prompts.len(),
-            "completions": completions,
-            "completion_tokens": tokens,
-            "mean_reward": (scored_n > 0).then(|| reward_sum / scored_n as f64),
-            "seconds": secs,
-            "tokens_per_second": tokens as f64 / secs.max(1e-9),
-        }});
-        let _ = out_tx.send(Ok(frame(&summary))).await;
+        let summary = rollout.summary();
+        tenant.record_tokens(
+            rollout.prompt_tokens() as u64,
+            summary.completion_tokens as u64,
+        );
+        let _ = out_tx.send(Ok(frame(&summary.to_line()))).await;
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out_rx));
     let content_type = if sse {
