@@ -12,11 +12,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deepwasm_engine::sampling::SamplingParams as EngineParams;
-use deepwasm_engine::{GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt};
+use deepwasm_engine::{
+    DEFAULT_STEP_BUDGET, GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt,
+    SamplerHosting,
+};
 use deepwasm_plugins::types::ToolOutput;
 use deepwasm_plugins::{
-    Capabilities, Decision, GuestError, Limits, PluginError, Prepared, RewardPlugin, Sample,
-    SamplerPlugin, SamplingParams, Sandbox, TokenSet, ToolPlugin, World,
+    Decision, GuestError, PluginError, Prepared, RewardPlugin, Sample, SamplerPlugin,
+    SamplingParams, TokenSet, ToolPlugin, World,
 };
 
 use crate::util::{artifacts, default_model, plugin, sandbox};
@@ -505,12 +508,12 @@ fn tokenizer() -> Arc<ModelTokenizer> {
         .clone()
 }
 
+/// A sampler plugin on the default model, under the sampler world's
+/// limits (a 25 ms call deadline, as a failing step budget gives).
 fn sampler(path: &str) -> SamplerPlugin {
-    let sandbox = Sandbox::new(Limits::for_world(World::Sampler)).with_caps(Capabilities {
-        tokenizer: Some(tokenizer()),
-        ..Capabilities::default()
-    });
-    SamplerPlugin::new(plugin(path), sandbox).unwrap()
+    SamplerHosting::new(tokenizer(), DEFAULT_STEP_BUDGET, MissPolicy::Fail)
+        .load(plugin(path))
+        .unwrap()
 }
 
 fn params() -> SamplingParams {

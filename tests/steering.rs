@@ -1,28 +1,18 @@
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deepwasm_engine::sampling::SamplingParams;
 use deepwasm_engine::{
-    Completion, GenerateError, GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt,
-    sampler_limits,
+    Completion, GenerateError, GenerateRequest, MissPolicy, PluginSampler, Prompt, SamplerHosting,
 };
-use deepwasm_plugins::{Capabilities, SamplerPlugin, Sandbox};
+use deepwasm_plugins::SamplerPlugin;
 
 use crate::util::{artifacts, default_model, plugin};
 
 /// A sampler plugin on the default model, with the model's tokenizer.
 fn sampler_plugin(path: &str, budget: Duration, policy: MissPolicy) -> SamplerPlugin {
-    let engine = default_model();
-    let tokenizer = ModelTokenizer::new(
-        engine.tokenizer.clone(),
-        &engine.name,
-        engine.model.info().vocab_size,
-    );
-    let sandbox = Sandbox::new(sampler_limits(budget, policy)).with_caps(Capabilities {
-        tokenizer: Some(Arc::new(tokenizer)),
-        ..Capabilities::default()
-    });
-    SamplerPlugin::new(plugin(path), sandbox).unwrap()
+    SamplerHosting::for_engine(default_model(), budget, policy)
+        .load(plugin(path))
+        .unwrap()
 }
 
 fn greedy(text: &str, max_tokens: usize) -> GenerateRequest {
@@ -145,9 +135,14 @@ fn a_slow_sampler_falls_back_then_stops_at_its_deadline() {
 /// A sampler plugin on the default model whose setup (and `open`) may run
 /// `setup`.
 fn slow_setup_plugin(path: &str, setup: Duration) -> SamplerPlugin {
-    let mut limits = sampler_limits(Duration::from_millis(250), MissPolicy::Wait);
-    limits.setup_deadline = setup;
-    SamplerPlugin::new(plugin(path), Sandbox::new(limits)).unwrap()
+    SamplerHosting::for_engine(
+        default_model(),
+        Duration::from_millis(250),
+        MissPolicy::Wait,
+    )
+    .with_limits(|l| l.setup_deadline = setup)
+    .load(plugin(path))
+    .unwrap()
 }
 
 /// Generate `a` (steered by `sampler`) and `b` (greedy, built-in) in one

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use deepwasm_engine::{MissPolicy, ModelTokenizer, sampler_limits};
+use deepwasm_engine::{MissPolicy, ModelTokenizer, SamplerHosting};
 use deepwasm_plugins::{
-    Capabilities, EngineConfig, Grants, Limits, Plugin, PluginEngine, RewardPlugin, Sample,
-    SamplerPlugin, Sandbox, World,
+    EngineConfig, Grants, Limits, Plugin, PluginEngine, RewardPlugin, Sample, Sandbox, World,
 };
 
 use crate::model::model_cache;
@@ -184,19 +183,14 @@ pub fn run(args: &LangBenchArgs) -> anyhow::Result<()> {
 
         // Steps get a generous deadline here so that slow ones are measured
         // rather than stopped; setup gets one to match.
-        let mut limits = sampler_limits(Duration::from_secs(5), MissPolicy::Fail);
-        limits.setup_deadline = Duration::from_secs(300);
-        let sampler = SamplerPlugin::new(
-            sampler,
-            Sandbox::new(limits).with_caps(Capabilities {
-                tokenizer: Some(Arc::new(ModelTokenizer::new(
-                    r1.clone(),
-                    "deepseek-r1",
-                    DEEPSEEK_LOGITS,
-                ))),
-                ..Capabilities::default()
-            }),
-        )?;
+        let r1_view = Arc::new(ModelTokenizer::new(
+            r1.clone(),
+            "deepseek-r1",
+            DEEPSEEK_LOGITS,
+        ));
+        let sampler = SamplerHosting::new(r1_view, Duration::from_secs(5), MissPolicy::Fail)
+            .with_limits(|l| l.setup_deadline = Duration::from_secs(300))
+            .load(sampler)?;
         let start = Instant::now();
         sampler.warm_up()?;
         let setup = start.elapsed();

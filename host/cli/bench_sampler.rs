@@ -16,11 +16,11 @@ use clap::Args;
 use deepwasm_engine::sampling::SamplingParams;
 use deepwasm_engine::{
     BuiltinSampler, Engine, GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt,
-    Sampler, sampler_limits,
+    Sampler, SamplerHosting,
 };
 use deepwasm_plugins::{
-    Capabilities, Decision, Grants, Prepared, SampleSpec, SamplerPlugin,
-    SamplingParams as WitParams, Sandbox, TokenSet, for_each_run,
+    Decision, Grants, Prepared, SampleSpec, SamplerPlugin, SamplingParams as WitParams, TokenSet,
+    for_each_run,
 };
 
 use crate::Cli;
@@ -95,14 +95,13 @@ pub fn run(cli: &Cli, args: &SamplerBenchArgs) -> anyhow::Result<()> {
         deepwasm_model::Tokenizer::from_hf_dir(&dir)
             .context("the DeepSeek-R1 tokenizer (run scripts/setup)")?,
     );
-    let access = ModelTokenizer::new(r1.clone(), "deepseek-r1", DEEPSEEK_LOGITS);
-    let sandbox = Sandbox::new(sampler_limits(Duration::from_secs(1), MissPolicy::Fail)).with_caps(
-        Capabilities {
-            tokenizer: Some(Arc::new(access)),
-            ..Capabilities::default()
-        },
-    );
-    let sampler = SamplerPlugin::new(plugin.clone(), sandbox)?;
+    let access = Arc::new(ModelTokenizer::new(
+        r1.clone(),
+        "deepseek-r1",
+        DEEPSEEK_LOGITS,
+    ));
+    let sampler = SamplerHosting::new(access, Duration::from_secs(1), MissPolicy::Fail)
+        .load(plugin.clone())?;
     let start = Instant::now();
     sampler.warm_up()?;
     let setup = start.elapsed();
@@ -204,20 +203,12 @@ pub fn run(cli: &Cli, args: &SamplerBenchArgs) -> anyhow::Result<()> {
     // Part two: throughput on the default model.
     let loaded = args.model.load()?;
     let model = Engine::from(loaded);
-    let tokenizer = ModelTokenizer::new(
-        model.tokenizer.clone(),
-        &model.name,
-        model.model.info().vocab_size,
-    );
     let budget = deepwasm_engine::DEFAULT_STEP_BUDGET;
     let policy = MissPolicy::Fail;
+    let hosting = SamplerHosting::for_engine(&model, budget, policy);
     let make = |path: &str| -> anyhow::Result<SamplerPlugin> {
         let p = engine.load_file(&args.plugins.join(path), &Grants::default())?;
-        let sandbox = Sandbox::new(sampler_limits(budget, policy)).with_caps(Capabilities {
-            tokenizer: Some(Arc::new(tokenizer.clone())),
-            ..Capabilities::default()
-        });
-        let s = SamplerPlugin::new(p, sandbox)?;
+        let s = hosting.load(p)?;
         s.warm_up()?;
         Ok(s)
     };

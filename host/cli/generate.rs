@@ -5,15 +5,14 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Args;
 use deepwasm_engine::sampling::SamplingParams;
-use std::sync::Arc;
 use std::time::Duration;
 
 use deepwasm_engine::{
-    BuiltinSampler, Engine, GenerateRequest, MissPolicy, ModelTokenizer, PluginSampler, Prompt,
-    Sampler, sampler_limits,
+    BuiltinSampler, Engine, GenerateRequest, MissPolicy, PluginSampler, Prompt, Sampler,
+    SamplerHosting,
 };
 use deepwasm_model::ChatMessage;
-use deepwasm_plugins::{Capabilities, Grants, SamplerPlugin, Sandbox};
+use deepwasm_plugins::Grants;
 
 use crate::model::ModelArgs;
 
@@ -217,16 +216,7 @@ fn plugin_sampler(
             max_misses: args.max_misses,
         },
     };
-    let tokenizer = ModelTokenizer::new(
-        engine.tokenizer.clone(),
-        &engine.name,
-        engine.model.info().vocab_size,
-    );
-    let sandbox = Sandbox::new(sampler_limits(budget, policy)).with_caps(Capabilities {
-        tokenizer: Some(Arc::new(tokenizer)),
-        ..Capabilities::default()
-    });
-    let sampler = SamplerPlugin::new(plugin, sandbox)?;
+    let sampler = SamplerHosting::for_engine(engine, budget, policy).load(plugin)?;
     Ok(PluginSampler::new(
         sampler,
         &args.sampler_config,

@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use deepwasm_model::ToolCall;
 use deepwasm_plugins::{
     AgentControl, AgentPlugin, Capabilities, GuestError, KvAccess, LimitHit, LogLine, LogSink,
-    Plugin, PluginError, SamplerPlugin, Sandbox, ToolPlugin, log::Level, types,
+    Plugin, PluginError, SamplerPlugin, ToolPlugin, log::Level, types,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::generate::{Engine, Generator};
-use crate::plugin_sampler::{MissPolicy, ModelTokenizer, sampler_limits};
+use crate::plugin_sampler::{MissPolicy, SamplerHosting};
 
 /// The bounds of one run. Each is enforced by the host: the agent learns of
 /// a spent budget as a `limit-exceeded` error, and if it carries on anyway
@@ -159,17 +159,7 @@ pub fn call_sampler(
     json_schema: Plugin,
     engine: &Engine,
 ) -> Result<SamplerPlugin, deepwasm_plugins::LoadError> {
-    let tokenizer = ModelTokenizer::new(
-        engine.tokenizer.clone(),
-        &engine.name,
-        engine.model.info().vocab_size,
-    );
-    let sandbox =
-        Sandbox::new(sampler_limits(CALL_STEP_BUDGET, MissPolicy::Fail)).with_caps(Capabilities {
-            tokenizer: Some(Arc::new(tokenizer)),
-            ..Capabilities::default()
-        });
-    SamplerPlugin::new(json_schema, sandbox)
+    SamplerHosting::for_engine(engine, CALL_STEP_BUDGET, MissPolicy::Fail).load(json_schema)
 }
 
 /// One run's task and what it may use.

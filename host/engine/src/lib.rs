@@ -19,7 +19,7 @@ pub mod stop;
 pub use engine::Engine;
 pub use generate::{BatchItem, Generator};
 pub use plugin_sampler::{
-    DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, sampler_limits,
+    DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, SamplerHosting, sampler_limits,
 };
 pub use request::{
     Completion, Delta, FinishReason, GenerateError, GenerateRequest, Prompt, Timings, Usage,

@@ -21,14 +21,23 @@
 //! A call still running at the plugin's hard deadline is interrupted, which
 //! ends the sequence with the typed error. A trapping plugin ends only its
 //! own request.
+//!
+//! A plugin's pool of instances ([`SamplerPlugin`]) is made in one place,
+//! [`SamplerHosting`]: the model's tokenizer as its import, the limits of a
+//! step budget and policy, and the meter its calls count against. The
+//! server, the CLI, agents, benchmarks and tests all go through it.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::time::{Duration, Instant};
 
 use deepwasm_model::{SpecialKind, Tokenizer};
-use deepwasm_plugins::{PluginError, SamplerPlugin, TokenizerAccess, tokenizer as wit_tokenizer};
+use deepwasm_plugins::{
+    Capabilities, Limits, LoadError, Meter, Plugin, PluginError, SamplerPlugin, Sandbox,
+    TokenizerAccess, tokenizer as wit_tokenizer,
+};
 
+use crate::engine::Engine;
 use crate::sampler::{Decision, Prepared, Reply, Sampler, SamplerError, default_spec};
 use crate::sampling::SamplingParams;
 
@@ -70,10 +79,69 @@ impl MissPolicy {
 /// deadline. Each call carries its own deadline too (the shorter one
 /// holds), so one pool of instances, made for the longest budget a tenant
 /// may ask for, serves every shorter budget and every policy.
-pub fn sampler_limits(budget: Duration, policy: MissPolicy) -> deepwasm_plugins::Limits {
-    let mut limits = deepwasm_plugins::Limits::for_world(deepwasm_plugins::World::Sampler);
+pub fn sampler_limits(budget: Duration, policy: MissPolicy) -> Limits {
+    let mut limits = Limits::for_world(deepwasm_plugins::World::Sampler);
     limits.call_deadline = policy.hard_deadline(budget);
     limits
+}
+
+/// How a sampler plugin is hosted on a model: what its `tokenizer` import
+/// sees, its limits, and whose meter its calls count against. Cheap to
+/// clone; [`SamplerHosting::load`] makes a plugin's pool of instances, and
+/// [`PluginSampler::new`] a request's sampler from that pool.
+#[derive(Clone)]
+pub struct SamplerHosting {
+    tokenizer: Arc<ModelTokenizer>,
+    limits: Limits,
+    meter: Option<Arc<Meter>>,
+}
+
+impl SamplerHosting {
+    /// Plugins seeing `tokenizer`, under the limits of `budget` and
+    /// `policy` ([`sampler_limits`]); the pool made for the longest budget
+    /// a caller may ask for serves every shorter one.
+    pub fn new(tokenizer: Arc<ModelTokenizer>, budget: Duration, policy: MissPolicy) -> Self {
+        SamplerHosting {
+            tokenizer,
+            limits: sampler_limits(budget, policy),
+            meter: None,
+        }
+    }
+
+    /// Plugins on `engine`'s model ([`ModelTokenizer::for_engine`]).
+    pub fn for_engine(engine: &Engine, budget: Duration, policy: MissPolicy) -> Self {
+        Self::new(Arc::new(ModelTokenizer::for_engine(engine)), budget, policy)
+    }
+
+    /// Change a limit: a tenant's memory, a longer setup for a benchmark.
+    pub fn with_limits(mut self, change: impl FnOnce(&mut Limits)) -> Self {
+        change(&mut self.limits);
+        self
+    }
+
+    /// Count the plugins' calls, fuel and time on `meter` (a tenant's).
+    pub fn with_meter(mut self, meter: Arc<Meter>) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// The sandbox every instance runs in.
+    pub fn sandbox(&self) -> Sandbox {
+        let sandbox = Sandbox::new(self.limits.clone()).with_caps(Capabilities {
+            tokenizer: Some(self.tokenizer.clone()),
+            ..Capabilities::default()
+        });
+        match &self.meter {
+            Some(meter) => sandbox.with_meter(meter.clone()),
+            None => sandbox,
+        }
+    }
+
+    /// `plugin`'s pool of instances in this sandbox; fails when `plugin` is
+    /// not a sampler.
+    pub fn load(&self, plugin: Plugin) -> Result<SamplerPlugin, LoadError> {
+        SamplerPlugin::new(plugin, self.sandbox())
+    }
 }
 
 /// The model's tokenizer as the `tokenizer` interface shows it to plugins.
@@ -93,6 +161,15 @@ impl ModelTokenizer {
             model: model.to_owned(),
             vocab_size: vocab_size as u32,
         }
+    }
+
+    /// `engine`'s tokenizer, name and number of logits.
+    pub fn for_engine(engine: &Engine) -> Self {
+        Self::new(
+            engine.tokenizer.clone(),
+            &engine.name,
+            engine.model.info().vocab_size,
+        )
     }
 }
 

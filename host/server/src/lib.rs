@@ -28,10 +28,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use deepwasm_engine::agent::CALL_STEP_BUDGET;
-use deepwasm_engine::{Engine, MissPolicy, ModelTokenizer, Scheduler, sampler_limits};
-use deepwasm_plugins::{
-    Capabilities, Plugin, PluginEngine, RewardPlugin, SamplerPlugin, Sandbox, World,
-};
+use deepwasm_engine::{Engine, MissPolicy, ModelTokenizer, SamplerHosting, Scheduler};
+use deepwasm_plugins::{Plugin, PluginEngine, RewardPlugin, SamplerPlugin, Sandbox, World};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -130,11 +128,7 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("cannot load the built-in JSON-schema sampler: {e}"))?;
         let scheduler = Scheduler::start(engine.clone(), config.max_batch, config.step_tokens)?;
         let metrics = Metrics::new(tenants.clone(), scheduler.stats.clone());
-        let tokenizer = Arc::new(ModelTokenizer::new(
-            engine.tokenizer.clone(),
-            &engine.name,
-            engine.model.info().vocab_size,
-        ));
+        let tokenizer = Arc::new(ModelTokenizer::for_engine(&engine));
         Ok(Arc::new(AppState {
             scheduler,
             engine,
@@ -189,17 +183,14 @@ impl AppState {
         if let Some(s) = cache.get(&key) {
             return Ok(s.clone());
         }
-        let mut limits = sampler_limits(max_budget, MissPolicy::Wait);
-        if let Some(m) = tenant.limits.plugin_memory_mib {
-            limits.memory_bytes = m * deepwasm_plugins::MIB;
-        }
-        let sandbox = Sandbox::new(limits)
-            .with_caps(Capabilities {
-                tokenizer: Some(self.tokenizer.clone()),
-                ..Capabilities::default()
+        let sampler = SamplerHosting::new(self.tokenizer.clone(), max_budget, MissPolicy::Wait)
+            .with_limits(|limits| {
+                if let Some(m) = tenant.limits.plugin_memory_mib {
+                    limits.memory_bytes = m * deepwasm_plugins::MIB;
+                }
             })
-            .with_meter(tenant.meter.clone());
-        let sampler = SamplerPlugin::new(plugin, sandbox)
+            .with_meter(tenant.meter.clone())
+            .load(plugin)
             .map_err(|e| ApiError::invalid_param("sampler.plugin", e.to_string()))?;
         cache.insert(key, sampler.clone());
         Ok(sampler)
