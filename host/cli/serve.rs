@@ -72,8 +72,16 @@ impl Default for CompileCaps {
 impl CompileCaps {
     /// This very program, as the compile worker.
     pub fn worker(&self) -> anyhow::Result<CompileWorker> {
-        let exe = std::env::current_exe()
-            .context("cannot find this program's path to run its compile worker")?;
+        // On Linux, the running binary itself, even if the file it was
+        // started from has since been replaced (an upgrade in place): a
+        // worker from another build would compile for another engine.
+        let own = std::path::Path::new("/proc/self/exe");
+        let exe = if own.exists() {
+            own.to_owned()
+        } else {
+            std::env::current_exe()
+                .context("cannot find this program's path to run its compile worker")?
+        };
         Ok(CompileWorker {
             max_time: Duration::from_secs(self.max_compile_secs),
             max_memory_bytes: self.max_compile_mib.saturating_mul(MIB),
