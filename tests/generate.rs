@@ -5,6 +5,8 @@ use deepwasm_engine::{BuiltinSampler, Completion, Delta, FinishReason, GenerateR
 use deepwasm_model::ChatMessage;
 use serde_json::Value;
 
+use deepwasm_engine::batcher::Batcher;
+
 use crate::util::{deepwasm_bin, default_model};
 
 fn text_prompt(text: &str) -> Prompt {
@@ -451,30 +453,43 @@ fn batch_with_budget(
     reqs: &[GenerateRequest],
     step_tokens: usize,
 ) -> (Vec<Completion>, Vec<(usize, usize)>) {
-    use deepwasm_engine::batcher::{Batcher, Job};
+    let (results, log) = batch_with(reqs, |b| b.with_step_tokens(step_tokens));
+    (results.into_iter().map(Result::unwrap).collect(), log)
+}
+
+/// How a sequence of a batch ended.
+type Outcome = Result<Completion, deepwasm_engine::GenerateError>;
+
+/// Run `reqs` through one batcher set up by `setup`; each result, and the
+/// order the deltas came in.
+fn batch_with(
+    reqs: &[GenerateRequest],
+    setup: impl for<'r> FnOnce(Batcher<'static, 'r>) -> Batcher<'static, 'r> + Send,
+) -> (Vec<Outcome>, Vec<(usize, usize)>) {
+    use deepwasm_engine::batcher::Job;
     let engine = default_model();
     let log = Log::default();
-    let results: Vec<std::sync::Mutex<Option<Completion>>> =
+    let results: Vec<std::sync::Mutex<Option<Result<Completion, _>>>> =
         reqs.iter().map(|_| Default::default()).collect();
     rayon::scope(|_| {
-        let mut batcher = Batcher::new(engine, reqs.len()).with_step_tokens(step_tokens);
+        let mut batcher = setup(Batcher::new(engine, reqs.len()));
         for (i, req) in reqs.iter().enumerate() {
             let (log, slot) = (&log, &results[i]);
             batcher.submit(Job {
                 req: req.clone(),
                 sampler: Box::new(BuiltinSampler),
                 sink: Box::new(move |d: &Delta| log.lock().unwrap().push((i, d.tokens.len()))),
-                done: Box::new(move |r| *slot.lock().unwrap() = Some(r.unwrap())),
+                done: Box::new(move |r| *slot.lock().unwrap() = Some(r)),
                 cancelled: Default::default(),
             });
         }
         batcher.run_to_end();
     });
-    let completions = results
+    let results = results
         .into_iter()
-        .map(|r| r.into_inner().unwrap().unwrap())
+        .map(|r| r.into_inner().unwrap().expect("every job ends"))
         .collect();
-    (completions, log.into_inner().unwrap())
+    (results, log.into_inner().unwrap())
 }
 
 /// A long prompt beside short requests goes in by chunks: the short ones
@@ -548,4 +563,68 @@ fn a_cancelled_sequence_leaves_during_its_prefill() {
         assert_eq!(batcher.running(), 0, "the sequence left");
     });
     assert!(!ended.load(Ordering::Relaxed), "nothing was generated");
+}
+
+/// Sequences that outgrow a small attention-cache budget are preempted
+/// (their cache freed, recomputed later) and still decode exactly what they
+/// decode unbounded; the budget is never exceeded and all of it is free at
+/// the end.
+#[test]
+fn sequences_preempted_for_cache_decode_what_they_decode_unbounded() {
+    use deepwasm_engine::batcher::KvStats;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let reqs: Vec<GenerateRequest> = ["1, 2, 3,", "The sea is", "def f(x):", "Once upon"]
+        .into_iter()
+        .map(|p| GenerateRequest {
+            ignore_eos: true,
+            ..greedy(text_prompt(p), 262)
+        })
+        .collect();
+    let (free, _) = batch_with(&reqs, |b| b);
+    let stats = Arc::new(KvStats::default());
+    // Room for three sequences of up to 256 tokens: each outgrows its first
+    // block, so sequences give way to each other again and again.
+    let budget = 3 * deepwasm_model::cache::GROWTH_STEP;
+    let (bounded, _) = batch_with(&reqs, |b| b.with_kv_budget(budget, stats.clone()));
+    for (a, b) in free.iter().zip(&bounded) {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(a.tokens, b.tokens);
+        assert_eq!(b.tokens.len(), 262);
+    }
+    assert!(stats.preemptions.load(Ordering::Relaxed) > 0);
+    assert_eq!(stats.reserved_tokens.load(Ordering::Relaxed), 0);
+}
+
+/// A prompt that cannot fit the budget at all is refused with a message
+/// that says so; a sequence alone that outgrows it ends with `length`.
+#[test]
+fn the_cache_budget_refuses_huge_prompts_and_ends_sequences_that_outgrow_it() {
+    use deepwasm_engine::batcher::KvStats;
+    use std::sync::Arc;
+    let budget = 2 * deepwasm_model::cache::GROWTH_STEP;
+    let huge = greedy(text_prompt(&long_text(800)), 4);
+    let (r, _) = batch_with(&[huge], |b| {
+        b.with_kv_budget(budget, Arc::new(KvStats::default()))
+    });
+    let e = r[0].as_ref().unwrap_err().to_string();
+    assert!(e.contains("attention cache") && e.contains("512"), "{e}");
+
+    let long = GenerateRequest {
+        ignore_eos: true,
+        ..greedy(text_prompt("Count: 1, 2, 3,"), 2000)
+    };
+    let (r, _) = batch_with(&[long], |b| {
+        b.with_kv_budget(budget, Arc::new(KvStats::default()))
+    });
+    let c = r[0].as_ref().unwrap();
+    assert_eq!(c.finish_reason, FinishReason::Length);
+    assert!(
+        // The last token is never fed back, so it needs no cache.
+        c.usage.prompt_tokens + c.tokens.len() <= budget + 1,
+        "{} + {} tokens",
+        c.usage.prompt_tokens,
+        c.tokens.len()
+    );
+    assert!(c.tokens.len() > 400, "{} tokens", c.tokens.len());
 }

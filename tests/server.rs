@@ -372,6 +372,22 @@ fn long_prompts_share_the_batch_and_leave_with_their_client() {
 }
 
 #[test]
+fn a_tiny_cache_budget_answers_a_burst_with_503s_and_frees_its_cache() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let server = Server::start_with_args(
+        &tenants,
+        &dir.path().join("store"),
+        &cache,
+        &["--kv-cache-mib", "24", "--max-waiting", "2"],
+    );
+    server.python("kv_budget.py", &[]);
+    server.assert_clean_log();
+}
+
+#[test]
 fn quotas_answer_429_with_retry_after() {
     let _turn = turn();
     let (server, _dir) = fresh();

@@ -13,10 +13,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use deepwasm_engine::batcher::DEFAULT_STEP_TOKENS;
 use deepwasm_engine::rollout::{self, Rollout, RolloutOptions, RolloutPrompt};
 use deepwasm_engine::sampling::SamplingParams;
-use deepwasm_engine::{Engine, Prompt, Scheduler};
+use deepwasm_engine::{Engine, Prompt, Scheduler, SchedulerConfig};
 use deepwasm_model::ChatMessage;
 use serde_json::{Map, Value};
 
@@ -162,7 +161,7 @@ pub fn run(cli: &Cli, args: &RolloutArgs) -> anyhow::Result<()> {
     let rollout = Rollout::new(&engine, prompts, options)?;
     // Nobody streams here: the scheduler's default step budget only keeps
     // a long prompt from holding up groups that are decoding.
-    let scheduler = Scheduler::start(engine, args.batch, DEFAULT_STEP_TOKENS)?;
+    let scheduler = Scheduler::start(engine, SchedulerConfig::new(args.batch))?;
     let bar = progress((rollout.prompts() * args.group_size) as u64);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let summary = rollout::run(&scheduler, rollout, &rewards, threads, |group| {

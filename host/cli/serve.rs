@@ -37,6 +37,16 @@ pub struct ServeArgs {
     /// Larger prefills faster; smaller keeps streams steadier.
     #[arg(long, default_value_t = deepwasm_engine::batcher::DEFAULT_STEP_TOKENS)]
     step_tokens: usize,
+    /// Attention cache all running sequences may hold, in MiB [default: a
+    /// quarter of the machine's memory]. A request starts when its prompt's
+    /// cache fits; when decoding runs out, the newest sequence is preempted
+    /// and recomputed later.
+    #[arg(long, value_name = "MIB")]
+    kv_cache_mib: Option<u64>,
+    /// Requests that may wait for a place in the batch; more are answered
+    /// 503 with Retry-After.
+    #[arg(long, default_value_t = deepwasm_server::DEFAULT_MAX_WAITING)]
+    max_waiting: usize,
     /// Largest JSON request body, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
@@ -127,7 +137,17 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,
         step_tokens: args.step_tokens,
+        kv_cache_bytes: args.kv_cache_mib.map(|m| m.saturating_mul(1 << 20)),
+        max_waiting: args.max_waiting,
     };
+    let kv_bytes = config
+        .kv_cache_bytes
+        .unwrap_or_else(deepwasm_server::default_kv_cache_bytes);
+    eprintln!(
+        "attention cache budget: {} MiB, {} tokens",
+        kv_bytes >> 20,
+        kv_bytes / engine.model.info().kv_bytes_per_token.max(1) as u64
+    );
     let plugins = cli.server_engine(&args.compile)?;
     let state = deepwasm_server::AppState::new(engine, tenants, plugins, config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

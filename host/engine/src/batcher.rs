@@ -11,7 +11,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use deepwasm_model::cache::GROWTH_STEP;
 use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
@@ -72,6 +74,27 @@ struct Running<'e, 'r> {
     sink: Box<DeltaSink<'r>>,
     done: Done<'r>,
     cancelled: Arc<AtomicBool>,
+    /// Attention-cache tokens held for this sequence (a multiple of
+    /// [`GROWTH_STEP`]: what its cache's buffers grow to).
+    reserved: usize,
+}
+
+/// The attention cache's budget across a batch's sequences, and what is
+/// held now. Readable from any thread (for metrics).
+#[derive(Debug, Default)]
+pub struct KvStats {
+    /// Tokens of cache the budget allows in all; `usize::MAX`: no bound.
+    pub budget_tokens: AtomicUsize,
+    /// Tokens of cache held by running sequences now.
+    pub reserved_tokens: AtomicUsize,
+    /// Sequences preempted (cache freed, recomputed later) for want of
+    /// cache.
+    pub preemptions: AtomicU64,
+}
+
+/// `tokens` rounded up to what a cache's buffers hold for them.
+fn cache_tokens(tokens: usize) -> usize {
+    tokens.div_ceil(GROWTH_STEP).saturating_mul(GROWTH_STEP)
 }
 
 /// Sequences generated together on one engine.
@@ -81,6 +104,12 @@ pub struct Batcher<'e, 'r> {
     step_tokens: usize,
     queue: VecDeque<Job<'r>>,
     running: Vec<Running<'e, 'r>>,
+    /// Started sequences waiting for attention cache: new ones whose prompt
+    /// did not fit yet, and preempted ones. They go first when cache frees.
+    parked: VecDeque<Running<'e, 'r>>,
+    kv_budget: usize,
+    kv_reserved: usize,
+    kv_stats: Arc<KvStats>,
 }
 
 impl<'e, 'r> Batcher<'e, 'r> {
@@ -93,6 +122,142 @@ impl<'e, 'r> Batcher<'e, 'r> {
             step_tokens: DEFAULT_STEP_TOKENS,
             queue: VecDeque::new(),
             running: Vec::new(),
+            parked: VecDeque::new(),
+            kv_budget: usize::MAX,
+            kv_reserved: 0,
+            kv_stats: Arc::new(KvStats::default()),
+        }
+    }
+
+    /// Hold at most `tokens` tokens of attention cache across the running
+    /// sequences, reporting to `stats`. A request starts only when its
+    /// whole prompt's cache can be held; one that can never fit fails. When
+    /// a decoding sequence needs more and none is free, the newest sequence
+    /// is preempted: its cache is freed and it is recomputed (prompt and
+    /// tokens so far, without asking its sampler again) when cache frees.
+    /// A sequence alone that outgrows the budget ends with `length`.
+    pub fn with_kv_budget(mut self, tokens: usize, stats: Arc<KvStats>) -> Self {
+        self.kv_budget = tokens;
+        stats.budget_tokens.store(tokens, Ordering::Relaxed);
+        stats.reserved_tokens.store(0, Ordering::Relaxed);
+        self.kv_stats = stats;
+        self
+    }
+
+    fn kv_free(&self) -> usize {
+        self.kv_budget.saturating_sub(self.kv_reserved)
+    }
+
+    fn kv_hold(&mut self, tokens: usize) {
+        self.kv_reserved += tokens;
+        self.kv_stats
+            .reserved_tokens
+            .store(self.kv_reserved, Ordering::Relaxed);
+    }
+
+    fn kv_release(&mut self, tokens: usize) {
+        self.kv_reserved -= tokens;
+        self.kv_stats
+            .reserved_tokens
+            .store(self.kv_reserved, Ordering::Relaxed);
+    }
+
+    /// Take the running sequence at `i` out of the batch, releasing its
+    /// cache.
+    fn remove(&mut self, i: usize) -> Running<'e, 'r> {
+        let r = self.running.remove(i);
+        self.kv_release(r.reserved);
+        r
+    }
+
+    /// Free the cache of the running sequence at `i` and park it, to be
+    /// recomputed when there is room.
+    fn preempt(&mut self, i: usize) {
+        let mut r = self.remove(i);
+        r.seq.preempt(self.engine);
+        r.reserved = 0;
+        self.kv_stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        self.parked.push_front(r);
+    }
+
+    /// Move parked sequences into the batch while their cache fits (in
+    /// order: one that does not fit holds the rest back). `false` when one
+    /// is still waiting.
+    fn unpark(&mut self) -> bool {
+        while self.running.len() < self.max_batch
+            && let Some(r) = self.parked.front()
+        {
+            if r.cancelled.load(Ordering::Relaxed) {
+                self.parked.pop_front();
+                continue;
+            }
+            let need = cache_tokens(r.seq.cache.len() + r.seq.feed.len() + 1);
+            if need > self.kv_budget {
+                let mut r = self.parked.pop_front().expect("a parked sequence");
+                if r.seq.started() {
+                    // Preempted, and grown past what the budget holds at all.
+                    r.seq.end_for_length();
+                    (r.done)(Ok(r.seq.finish(&mut *r.sink)));
+                } else {
+                    (r.done)(Err(GenerateError::Invalid(format!(
+                        "the prompt needs {} tokens of attention cache with its first token, \
+                         more than the server's budget of {} tokens",
+                        r.seq.feed.len() + 1,
+                        self.kv_budget
+                    ))));
+                }
+                continue;
+            }
+            if need > self.kv_free() {
+                return false;
+            }
+            let mut r = self.parked.pop_front().expect("a parked sequence");
+            r.reserved = need;
+            self.kv_hold(need);
+            self.running.push(r);
+        }
+        self.parked.is_empty()
+    }
+
+    /// Make room in the cache for every running sequence's next feed:
+    /// growing its hold, else preempting the newest sequence (or ending a
+    /// sequence that is alone and has outgrown the budget).
+    fn grow(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let seq = &self.running[i].seq;
+            if !seq.wants_feed() {
+                i += 1;
+                continue;
+            }
+            let need = cache_tokens(seq.cache.len() + seq.feed.len());
+            let have = self.running[i].reserved;
+            if need <= have {
+                i += 1;
+                continue;
+            }
+            if need - have <= self.kv_free() {
+                self.running[i].reserved = need;
+                self.kv_hold(need - have);
+                i += 1;
+                continue;
+            }
+            if self.running.len() == 1 {
+                // Alone, and still too big: the budget is its length.
+                self.running[i].seq.end_for_length();
+                i += 1;
+                continue;
+            }
+            // The newest sequence not waiting on its sampler gives way
+            // (this one, if it is the newest).
+            let victim = (0..self.running.len())
+                .rev()
+                .find(|&j| self.running[j].seq.wants_feed())
+                .expect("sequence i wants feeding");
+            self.preempt(victim);
+            if victim < i {
+                i -= 1;
+            }
         }
     }
 
@@ -110,7 +275,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
 
     /// Nothing running and nothing waiting.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.running.is_empty()
+        self.queue.is_empty() && self.running.is_empty() && self.parked.is_empty()
     }
 
     /// Sequences running now.
@@ -118,9 +283,9 @@ impl<'e, 'r> Batcher<'e, 'r> {
         self.running.len()
     }
 
-    /// Jobs waiting for a place.
+    /// Jobs waiting for a place (or for attention cache).
     pub fn waiting(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.parked.len()
     }
 
     /// Admit waiting jobs, drop cancelled ones, run one forward pass over
@@ -133,9 +298,17 @@ impl<'e, 'r> Batcher<'e, 'r> {
     /// the others go on. When no sequence is to be fed the step waits up to
     /// `IDLE_WAIT` for a sampler and returns, so new jobs are admitted.
     pub fn step(&mut self) {
-        self.running
-            .retain(|r| !r.cancelled.load(Ordering::Relaxed));
-        while self.running.len() < self.max_batch
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].cancelled.load(Ordering::Relaxed) {
+                self.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        let mut room = self.unpark();
+        while room
+            && self.running.len() < self.max_batch
             && let Some(job) = self.queue.pop_front()
         {
             if job.cancelled.load(Ordering::Relaxed) {
@@ -151,15 +324,22 @@ impl<'e, 'r> Batcher<'e, 'r> {
             } = job;
             match Sequence::start(self.engine, &req, sampler, seed) {
                 Ok(seq) if seq.done => done(Ok(seq.finish(&mut *sink))),
-                Ok(seq) => self.running.push(Running {
-                    seq,
-                    sink,
-                    done,
-                    cancelled,
-                }),
+                Ok(seq) => {
+                    // Through the parking lot, which holds it until its
+                    // prompt's cache fits.
+                    self.parked.push_back(Running {
+                        seq,
+                        sink,
+                        done,
+                        cancelled,
+                        reserved: 0,
+                    });
+                    room = self.unpark();
+                }
                 Err(e) => done(Err(e)),
             }
         }
+        self.grow();
         if self.running.is_empty() {
             return;
         }
@@ -175,14 +355,14 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 let r = &mut self.running[i];
                 match r.seq.settle(deadline, &mut *r.sink) {
                     Ok(true) if r.seq.done => {
-                        let r = self.running.remove(i);
+                        let r = self.remove(i);
                         let mut sink = r.sink;
                         (r.done)(Ok(r.seq.finish(&mut *sink)));
                         continue;
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        let r = self.running.remove(i);
+                        let r = self.remove(i);
                         (r.done)(Err(e));
                         continue;
                     }
@@ -293,7 +473,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
         }
         // Highest index first, so the others stay where they are.
         for (i, e) in failed.into_iter().rev() {
-            let r = self.running.remove(i);
+            let r = self.remove(i);
             (r.done)(Err(e));
         }
         Some(elapsed)

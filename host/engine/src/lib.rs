@@ -25,4 +25,4 @@ pub use request::{
     Completion, Delta, FinishReason, GenerateError, GenerateRequest, Prompt, Timings, Usage,
 };
 pub use sampler::{BuiltinSampler, Reply, Sampler, SamplerError};
-pub use scheduler::{Event, Scheduler, SchedulerStats};
+pub use scheduler::{Event, Scheduler, SchedulerConfig, SchedulerStats};

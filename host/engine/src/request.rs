@@ -132,4 +132,7 @@ pub enum GenerateError {
     /// The caller cancelled the request before it finished.
     #[error("the request was cancelled")]
     Cancelled,
+    /// Too many requests are waiting for a place already; try again soon.
+    #[error("the server is at capacity ({waiting} requests waiting); retry shortly")]
+    Overloaded { waiting: usize },
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use crate::batcher::{Batcher, Job};
+use crate::batcher::{Batcher, DEFAULT_STEP_TOKENS, Job, KvStats};
 use crate::engine::Engine;
 use crate::generate::Generator;
 use crate::request::{Completion, Delta, GenerateError, GenerateRequest};
@@ -36,6 +36,39 @@ pub struct SchedulerStats {
     pub sequence_steps: AtomicU64,
     /// Steps that panicked (the batch of that step failed; the server went on).
     pub panics: AtomicU64,
+    /// The attention cache's budget and what is held of it.
+    pub kv: Arc<KvStats>,
+    /// Submitted sequences the model's thread has not taken in yet.
+    sent: AtomicUsize,
+}
+
+/// How the scheduler batches.
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerConfig {
+    /// Most sequences in one forward pass.
+    pub max_batch: usize,
+    /// Most prompt tokens a forward pass takes while any sequence decodes
+    /// (see [`DEFAULT_STEP_TOKENS`]); `usize::MAX` prefills prompts whole.
+    pub step_tokens: usize,
+    /// Tokens of attention cache all running sequences may hold
+    /// (`usize::MAX`: no bound; see [`Batcher::with_kv_budget`]).
+    pub kv_budget_tokens: usize,
+    /// Requests waiting for a place, at most; past it, a new one is refused
+    /// at once ([`GenerateError::Overloaded`]).
+    pub max_waiting: usize,
+}
+
+impl SchedulerConfig {
+    /// `max_batch` sequences at a time, everything else at its default
+    /// (no cache bound, no waiting bound).
+    pub fn new(max_batch: usize) -> Self {
+        SchedulerConfig {
+            max_batch,
+            step_tokens: DEFAULT_STEP_TOKENS,
+            kv_budget_tokens: usize::MAX,
+            max_waiting: usize::MAX,
+        }
+    }
 }
 
 type Submit = Job<'static>;
@@ -46,6 +79,7 @@ pub struct Scheduler {
     engine: Arc<Engine>,
     jobs: mpsc::Sender<Submit>,
     pub stats: Arc<SchedulerStats>,
+    max_waiting: usize,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -57,25 +91,25 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// Start the model's thread; at most `max_batch` sequences decode
-    /// together, the rest wait in arrival order, and a forward pass takes
-    /// at most `step_tokens` prompt tokens while any sequence decodes.
-    pub fn start(
-        engine: Arc<Engine>,
-        max_batch: usize,
-        step_tokens: usize,
-    ) -> std::io::Result<Scheduler> {
+    /// Start the model's thread, batching as `config` says; requests wait
+    /// in arrival order for a place (and for attention cache).
+    pub fn start(engine: Arc<Engine>, config: SchedulerConfig) -> std::io::Result<Scheduler> {
         let (tx, rx) = mpsc::channel::<Submit>();
         let stats = Arc::new(SchedulerStats::default());
+        stats
+            .kv
+            .budget_tokens
+            .store(config.kv_budget_tokens, Ordering::Relaxed);
         let thread_engine = engine.clone();
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("deepwasm-model".into())
-            .spawn(move || run(&thread_engine, (max_batch, step_tokens), rx, &thread_stats))?;
+            .spawn(move || run(&thread_engine, config, rx, &thread_stats))?;
         Ok(Scheduler {
             engine,
             jobs: tx,
             stats,
+            max_waiting: config.max_waiting,
         })
     }
 
@@ -96,6 +130,11 @@ impl Scheduler {
         events: UnboundedSender<Event>,
         cancelled: Arc<AtomicBool>,
     ) -> Result<(), GenerateError> {
+        let waiting =
+            self.stats.waiting.load(Ordering::Relaxed) + self.stats.sent.load(Ordering::Relaxed);
+        if waiting >= self.max_waiting {
+            return Err(GenerateError::Overloaded { waiting });
+        }
         let sink_events = events.clone();
         let sink_cancelled = cancelled.clone();
         let job = Job {
@@ -111,9 +150,11 @@ impl Scheduler {
             }),
             cancelled,
         };
-        self.jobs
-            .send(job)
-            .map_err(|_| GenerateError::Invalid("the model's thread has stopped".into()))
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        self.jobs.send(job).map_err(|_| {
+            self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+            GenerateError::Invalid("the model's thread has stopped".into())
+        })
     }
 }
 
@@ -122,11 +163,15 @@ impl Scheduler {
 /// there without a handoff).
 fn run(
     engine: &Engine,
-    (max_batch, step_tokens): (usize, usize),
+    config: SchedulerConfig,
     jobs: mpsc::Receiver<Submit>,
     stats: &SchedulerStats,
 ) {
-    let new_batch = || Batcher::new(engine, max_batch).with_step_tokens(step_tokens);
+    let new_batch = || {
+        Batcher::new(engine, config.max_batch)
+            .with_step_tokens(config.step_tokens)
+            .with_kv_budget(config.kv_budget_tokens, stats.kv.clone())
+    };
     // Only this thread and the rayon worker it blocks on touch the
     // receiver; the mutex makes it shareable with that worker.
     let jobs = Mutex::new(jobs);
@@ -137,11 +182,14 @@ fn run(
             let mut batcher = new_batch();
             loop {
                 if let Some(job) = pending.take() {
+                    stats.sent.fetch_sub(1, Ordering::Relaxed);
                     batcher.submit(job);
                 }
                 while let Ok(job) = jobs.lock().unwrap_or_else(|e| e.into_inner()).try_recv() {
+                    stats.sent.fetch_sub(1, Ordering::Relaxed);
                     batcher.submit(job);
                 }
+                stats.waiting.store(batcher.waiting(), Ordering::Relaxed);
                 if batcher.is_idle() {
                     break;
                 }

@@ -135,9 +135,25 @@ impl<'e, 'r> Sequence<'e, 'r> {
     }
 
     /// Whether this sequence goes into the next forward pass (else it is
-    /// waiting for its sampler, logits in hand).
+    /// waiting for its sampler, logits in hand, or has ended).
     pub(crate) fn wants_feed(&self) -> bool {
-        self.held.is_none()
+        self.held.is_none() && !self.done
+    }
+
+    /// Forget the cache (to free its memory): everything it held, and what
+    /// was still to be fed, becomes the feed, recomputed when the sequence
+    /// runs again. The sampler is not asked again for the steps it already
+    /// decided.
+    pub(crate) fn preempt(&mut self, engine: &Engine) {
+        let mut all = self.out.prompt_tokens.clone();
+        all.extend_from_slice(&self.out.tokens);
+        self.cache = engine.model.new_cache();
+        self.feed = all;
+    }
+
+    /// End now with `length`: the attention cache has no room to go on.
+    pub(crate) fn end_for_length(&mut self) {
+        self.finish_with(FinishReason::Length);
     }
 
     /// Whether this sequence has produced a token yet (else it is still

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 
 /// Rows a cache grows by when full, so appends are amortised O(1).
-const GROWTH_STEP: usize = 256;
+pub const GROWTH_STEP: usize = 256;
 
 /// One layer's keys and values, `[kv_heads, capacity, head_dim]`, of which
 /// the first `len` positions are filled.

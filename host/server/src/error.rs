@@ -122,6 +122,13 @@ impl ApiError {
         e
     }
 
+    /// 503 with a Retry-After: the server is at capacity.
+    pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message);
+        e.retry_after = Some(retry_after.max(1));
+        e
+    }
+
     /// 500: a failure on our side; the message still says what failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
@@ -185,6 +192,7 @@ impl From<deepwasm_engine::GenerateError> for ApiError {
                 ..
             }) => ApiError::rate_limited(message, 1),
             G::Sampler(_) => ApiError::plugin(message),
+            G::Overloaded { .. } => ApiError::unavailable(message, 1),
             G::Model(_) | G::Cancelled => ApiError::internal(message),
         }
     }

@@ -49,6 +49,28 @@ pub struct Config {
     /// long prompts go in by chunks between decode steps (see
     /// `deepwasm_engine::batcher::DEFAULT_STEP_TOKENS`).
     pub step_tokens: usize,
+    /// Bytes of attention cache all running sequences may hold; `None`:
+    /// a quarter of the machine's memory (see [`default_kv_cache_bytes`]).
+    pub kv_cache_bytes: Option<u64>,
+    /// Requests waiting for a place in the batch, at most; more are
+    /// answered 503 with `Retry-After`.
+    pub max_waiting: usize,
+}
+
+/// Requests that may wait for a place in the batch by default.
+pub const DEFAULT_MAX_WAITING: usize = 256;
+
+/// The attention cache's default budget: a quarter of the machine's memory
+/// (`MemTotal` in /proc/meminfo), or 4 GiB where that cannot be read.
+pub fn default_kv_cache_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib * 1024 / 4)
 }
 
 impl Default for Config {
@@ -58,6 +80,8 @@ impl Default for Config {
             max_body_bytes: 8 << 20,
             max_batch: 32,
             step_tokens: deepwasm_engine::batcher::DEFAULT_STEP_TOKENS,
+            kv_cache_bytes: None,
+            max_waiting: DEFAULT_MAX_WAITING,
         }
     }
 }
@@ -126,7 +150,22 @@ impl AppState {
                 &deepwasm_plugins::Grants::default(),
             )
             .map_err(|e| anyhow::anyhow!("cannot load the built-in JSON-schema sampler: {e}"))?;
-        let scheduler = Scheduler::start(engine.clone(), config.max_batch, config.step_tokens)?;
+        let kv_bytes = config.kv_cache_bytes.unwrap_or_else(default_kv_cache_bytes);
+        let per_token = engine.model.info().kv_bytes_per_token.max(1) as u64;
+        let kv_budget_tokens = usize::try_from(kv_bytes / per_token).unwrap_or(usize::MAX);
+        tracing::info!(
+            "attention cache budget: {} MiB ({kv_budget_tokens} tokens)",
+            kv_bytes >> 20
+        );
+        let scheduler = Scheduler::start(
+            engine.clone(),
+            deepwasm_engine::SchedulerConfig {
+                max_batch: config.max_batch,
+                step_tokens: config.step_tokens,
+                kv_budget_tokens,
+                max_waiting: config.max_waiting,
+            },
+        )?;
         let metrics = Metrics::new(tenants.clone(), scheduler.stats.clone());
         let tokenizer = Arc::new(ModelTokenizer::for_engine(&engine));
         Ok(Arc::new(AppState {

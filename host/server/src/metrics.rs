@@ -159,7 +159,8 @@ impl Collector for Live {
                 ConstCounter::new(read(t)).encode(family.encode_family(&labels)?)?;
             }
         }
-        let gauges: [(&str, &str, i64); 2] = [
+        let kv = &self.scheduler.kv;
+        let gauges: [(&str, &str, i64); 4] = [
             (
                 "batch_running",
                 "Sequences decoding in the batch now",
@@ -169,6 +170,16 @@ impl Collector for Live {
                 "batch_waiting",
                 "Sequences waiting for a place in the batch",
                 self.scheduler.waiting.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "kv_cache_tokens_budget",
+                "Tokens of attention cache the running sequences may hold",
+                i64::try_from(kv.budget_tokens.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            ),
+            (
+                "kv_cache_tokens_in_use",
+                "Tokens of attention cache the running sequences hold now",
+                kv.reserved_tokens.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, help, value) in gauges {
@@ -188,6 +199,13 @@ impl Collector for Live {
             "Sequence-steps decoded (divided by forward_passes: the mean batch size)",
             None,
             seq_steps.metric_type(),
+        )?)?;
+        let preempted = ConstCounter::new(kv.preemptions.load(Ordering::Relaxed));
+        preempted.encode(encoder.encode_descriptor(
+            "kv_cache_preemptions",
+            "Sequences preempted (cache freed, recomputed later) for want of attention cache",
+            None,
+            preempted.metric_type(),
         )?)?;
         Ok(())
     }

@@ -329,7 +329,9 @@ impl Inference {
                 }
                 _ => types::Error::Failed(e.to_string()),
             },
-            e @ GenerateError::Model(_) => types::Error::Failed(e.to_string()),
+            e @ (GenerateError::Model(_) | GenerateError::Overloaded { .. }) => {
+                types::Error::Failed(e.to_string())
+            }
         })
     }
 
