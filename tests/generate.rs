@@ -628,3 +628,111 @@ fn the_cache_budget_refuses_huge_prompts_and_ends_sequences_that_outgrow_it() {
     );
     assert!(c.tokens.len() > 400, "{} tokens", c.tokens.len());
 }
+
+/// One job of a random batch: its prompt length, its output length, and
+/// the step at which its caller gives up on it (if it does).
+#[derive(Clone, Debug)]
+struct RandomJob {
+    prompt: usize,
+    max_tokens: usize,
+    cancel_at: Option<usize>,
+}
+
+fn random_job() -> impl proptest::strategy::Strategy<Value = RandomJob> {
+    use proptest::prelude::*;
+    (
+        1usize..560,
+        1usize..24,
+        proptest::option::weighted(0.3, 0usize..40),
+    )
+        .prop_map(|(prompt, max_tokens, cancel_at)| RandomJob {
+            prompt,
+            max_tokens,
+            cancel_at,
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 6,
+        failure_persistence: None,
+        ..Default::default()
+    })]
+
+    /// Under any mix of jobs joining, being cancelled, outgrowing the cache
+    /// and being preempted, the batch never holds more cache than its budget,
+    /// holds none once every job has left, and every job that was not
+    /// cancelled ends: with its tokens, or refused when its prompt can never
+    /// fit.
+    #[test]
+    fn the_cache_budget_holds_under_random_joins_cancels_and_preemptions(
+        jobs in proptest::collection::vec(random_job(), 1..6),
+        blocks in 1usize..4,
+        max_batch in 1usize..4,
+        step_tokens in proptest::sample::select(vec![4usize, 16, usize::MAX]),
+    ) {
+        use deepwasm_engine::batcher::{Job, KvStats};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let engine = default_model();
+        let budget = blocks * deepwasm_model::cache::GROWTH_STEP;
+        let stats = Arc::new(KvStats::default());
+        let flags: Vec<Arc<AtomicBool>> = jobs.iter().map(|_| Default::default()).collect();
+        let ends: Vec<Mutex<Option<Outcome>>> = jobs.iter().map(|_| Default::default()).collect();
+        rayon::scope(|_| {
+            let mut batcher = Batcher::new(engine, max_batch)
+                .with_step_tokens(step_tokens)
+                .with_kv_budget(budget, stats.clone());
+            for (i, job) in jobs.iter().enumerate() {
+                // Ordinary prose tokens of the vocabulary, as many as asked.
+                let tokens = (0..job.prompt).map(|t| 1000 + (t as u32 * 7) % 3000).collect();
+                let end = &ends[i];
+                batcher.submit(Job {
+                    req: GenerateRequest {
+                        ignore_eos: true,
+                        ..greedy(Prompt::Tokens(tokens), job.max_tokens)
+                    },
+                    sampler: Box::new(BuiltinSampler),
+                    sink: Box::new(|_: &Delta| {}),
+                    done: Box::new(move |r| *end.lock().unwrap() = Some(r)),
+                    cancelled: flags[i].clone(),
+                });
+            }
+            let mut step = 0;
+            while !batcher.is_idle() {
+                for (job, flag) in jobs.iter().zip(&flags) {
+                    if job.cancel_at == Some(step) {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+                batcher.step();
+                let held = stats.reserved_tokens.load(Ordering::Relaxed);
+                assert!(held <= budget, "step {step}: {held} tokens held of {budget}");
+                step += 1;
+                assert!(step < 5000, "the batch never drained");
+            }
+        });
+        assert_eq!(stats.reserved_tokens.load(Ordering::Relaxed), 0);
+        for ((job, flag), end) in jobs.iter().zip(&flags).zip(ends) {
+            let end = end.into_inner().unwrap();
+            if flag.load(Ordering::Relaxed) {
+                continue;
+            }
+            match end {
+                Some(Ok(c)) => {
+                    assert!(c.tokens.len() <= job.max_tokens, "{job:?}");
+                    assert!(
+                        c.tokens.len() == job.max_tokens || job.prompt + c.tokens.len() > budget - 1,
+                        "{job:?} ended early at {} tokens",
+                        c.tokens.len()
+                    );
+                }
+                Some(Err(e)) => assert!(
+                    job.prompt + 1 > budget && e.to_string().contains("attention cache"),
+                    "{job:?}: {e}"
+                ),
+                None => panic!("{job:?} never ended"),
+            }
+        }
+    }
+}
