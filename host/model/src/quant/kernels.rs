@@ -83,6 +83,8 @@ impl Kernels {
             // SAFETY: as in `dot`; lengths are checked above.
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx512 => Some(unsafe { avx512::dot_rows(row, x) }),
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 if R <= 4 => Some(unsafe { avx2::dot_rows(row, x) }),
             _ => None,
         }
     }
@@ -263,6 +265,48 @@ mod avx2 {
             b += 1;
         }
         total * scale
+    }
+
+    /// The products of one weight row with `R` activation rows (`R` ≤ 4:
+    /// sixteen registers hold the block's four weight vectors and the
+    /// accumulators), offsets folded into the expanded weights as in the
+    /// AVX-512 kernel.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_rows<const R: usize>(row: Row<'_>, x: [&[f32]; R]) -> [f32; R] {
+        let qb = row.format.quant_bytes();
+        let nb = row.scales.len();
+        for x in &x {
+            assert!(x.len() >= nb * BLOCK);
+        }
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut b = 0;
+        while b < nb {
+            let scales = load8_f16(&row.scales[b..]);
+            let offsets = match row.format {
+                Format::Q4_1 => load8_f16(&row.mins[b..]),
+                Format::Q4_0 => _mm256_mul_ps(scales, _mm256_set1_ps(-8.0)),
+                Format::Q8_0 => _mm256_setzero_ps(),
+            };
+            let end = (b + 8).min(nb);
+            for i in b..end {
+                let lane = _mm256_set1_epi32((i - b) as i32);
+                let d = _mm256_permutevar8x32_ps(scales, lane);
+                let o = _mm256_permutevar8x32_ps(offsets, lane);
+                let w = block_weights(row.format, &row.quants[i * qb..(i + 1) * qb])
+                    .map(|q| _mm256_fmadd_ps(d, q, o));
+                for m in 0..R {
+                    // SAFETY: `x[m]` holds `nb` blocks (asserted above).
+                    let xb = unsafe { x[m].as_ptr().add(i * BLOCK) };
+                    for (k, w) in w.iter().enumerate() {
+                        // SAFETY: as above, eight floats within the block.
+                        let xv = unsafe { _mm256_loadu_ps(xb.add(8 * k)) };
+                        acc[m] = _mm256_fmadd_ps(*w, xv, acc[m]);
+                    }
+                }
+            }
+            b = end;
+        }
+        acc.map(|a| hsum(a))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

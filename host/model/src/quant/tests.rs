@@ -97,6 +97,20 @@ fn every_kernel_agrees_with_the_portable_one() {
                         (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
                         "{dtype:?} {kern:?} {blocks}: {a} vs {b}"
                     );
+                    // The multi-row kernels, where the machine has them.
+                    let x2 = activations(4, cols);
+                    let rows: [&[f32]; 4] = std::array::from_fn(|t| &x2[t * cols..(t + 1) * cols]);
+                    if let Some(got) = kern.dot_rows::<4>(mat.row(r), rows) {
+                        for (t, g) in got.iter().enumerate() {
+                            let s: Vec<f32> =
+                                rows[t].chunks_exact(32).map(|b| b.iter().sum()).collect();
+                            let want = kernels::Kernels::Portable.dot(mat.row(r), rows[t], &s);
+                            assert!(
+                                (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{dtype:?} {kern:?} {blocks} rows: {g} vs {want}"
+                            );
+                        }
+                    }
                     let mut e1 = vec![0f32; cols];
                     let mut e2 = vec![0f32; cols];
                     kernels::Kernels::Portable.expand(mat.row(r), &mut e1);
