@@ -487,8 +487,8 @@ impl<'e, 'r> Batcher<'e, 'r> {
     }
 }
 
-/// A seed for a request that gave none.
-fn random_seed() -> u64 {
+/// A seed for a request that gave none: different every call.
+pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

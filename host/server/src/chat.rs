@@ -676,19 +676,8 @@ fn usage_json(prompt: usize, completion: usize) -> Value {
 fn new_id(prefix: &str) -> String {
     format!(
         "{prefix}-{:016x}",
-        deepwasm_engine::rewards::completion_seeds(rand_seed(), 1)[0]
+        deepwasm_engine::rewards::completion_seeds(deepwasm_engine::batcher::random_seed(), 1)[0]
     )
-}
-
-fn rand_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 fn now_secs() -> u64 {
