@@ -736,3 +736,47 @@ proptest::proptest! {
         }
     }
 }
+
+/// Requests with the same prompt (a request's `n` choices, a rollout
+/// group) compute it once: the others copy its cache, from a sequence
+/// running or from one that ended, and decode exactly what they decode
+/// when each computes its own.
+#[test]
+fn sequences_with_the_same_prompt_share_its_prefill() {
+    use deepwasm_engine::batcher::KvStats;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let req = GenerateRequest {
+        ignore_eos: true,
+        ..greedy(text_prompt(&long_text(300)), 12)
+    };
+    let prompt = default_model()
+        .tokenizer
+        .encode(&long_text(300), true)
+        .unwrap()
+        .len();
+    let reqs = vec![req; 4];
+    let (alone, _) = batch_with(&reqs, |b| b.with_prompt_sharing(false));
+    let stats = Arc::new(KvStats::default());
+    let (shared, _) = batch_with(&reqs, |b| b.with_kv_budget(usize::MAX, stats.clone()));
+    for (a, b) in alone.iter().zip(&shared) {
+        assert_eq!(a.as_ref().unwrap().tokens, b.as_ref().unwrap().tokens);
+    }
+    assert_eq!(
+        stats.shared_prompt_tokens.load(Ordering::Relaxed),
+        3 * (prompt as u64 - 1),
+        "three of the four copied all but the last prompt token"
+    );
+    // One at a time, each copies the prompt the one before it kept.
+    let stats = Arc::new(KvStats::default());
+    let (one_by_one, _) = batch_with(&reqs, |_| {
+        Batcher::new(default_model(), 1).with_kv_budget(usize::MAX, stats.clone())
+    });
+    for (a, b) in alone.iter().zip(&one_by_one) {
+        assert_eq!(a.as_ref().unwrap().tokens, b.as_ref().unwrap().tokens);
+    }
+    assert_eq!(
+        stats.shared_prompt_tokens.load(Ordering::Relaxed),
+        3 * (prompt as u64 - 1)
+    );
+}

@@ -58,6 +58,11 @@ pub struct RolloutArgs {
     /// overlap: a finished sequence's place goes to the next at once).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Compute every completion's prompt itself instead of copying the
+    /// cache of a completion of the same prompt (for comparison: the
+    /// outputs are the same).
+    #[arg(long)]
+    no_prompt_sharing: bool,
     /// A completion passes when its total reaches this.
     #[arg(long, default_value_t = rollout::DEFAULT_PASS_THRESHOLD)]
     pass_threshold: f64,
@@ -161,7 +166,13 @@ pub fn run(cli: &Cli, args: &RolloutArgs) -> anyhow::Result<()> {
     let rollout = Rollout::new(&engine, prompts, options)?;
     // Nobody streams here: the scheduler's default step budget only keeps
     // a long prompt from holding up groups that are decoding.
-    let scheduler = Scheduler::start(engine, SchedulerConfig::new(args.batch))?;
+    let scheduler = Scheduler::start(
+        engine,
+        SchedulerConfig {
+            share_prompts: !args.no_prompt_sharing,
+            ..SchedulerConfig::new(args.batch)
+        },
+    )?;
     let bar = progress((rollout.prompts() * args.group_size) as u64);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let summary = rollout::run(&scheduler, rollout, &rewards, threads, |group| {

@@ -90,7 +90,31 @@ pub struct KvStats {
     /// Sequences preempted (cache freed, recomputed later) for want of
     /// cache.
     pub preemptions: AtomicU64,
+    /// Prompt tokens copied from another sequence's cache instead of
+    /// computed.
+    pub shared_prompt_tokens: AtomicU64,
 }
+
+/// Where a new sequence's prompt cache can come from.
+enum Donor {
+    /// Compute it.
+    None,
+    /// Copy it from the running sequence at this index.
+    Running(usize),
+    /// Copy it from the kept prompt cache at this index.
+    Kept(usize),
+    /// A running sequence is prefilling the same prompt: wait for it.
+    Pending,
+}
+
+/// Caches of ended sequences' prompts kept for sequences with the same
+/// prompt that come later (the next of a rollout group past the batch, a
+/// repeated request).
+const KEPT_PROMPTS: usize = 8;
+
+/// Prompts shorter than this are computed, not copied: the copy would cost
+/// about what the forward pass does.
+const MIN_SHARED_PROMPT: usize = 16;
 
 /// `tokens` rounded up to what a cache's buffers hold for them.
 fn cache_tokens(tokens: usize) -> usize {
@@ -110,6 +134,10 @@ pub struct Batcher<'e, 'r> {
     kv_budget: usize,
     kv_reserved: usize,
     kv_stats: Arc<KvStats>,
+    share_prefixes: bool,
+    /// Prompt caches of ended sequences (prompt tokens, cache cut to all
+    /// but the last of them), oldest first.
+    kept: VecDeque<(Vec<u32>, deepwasm_model::KvCache)>,
 }
 
 impl<'e, 'r> Batcher<'e, 'r> {
@@ -126,7 +154,17 @@ impl<'e, 'r> Batcher<'e, 'r> {
             kv_budget: usize::MAX,
             kv_reserved: 0,
             kv_stats: Arc::new(KvStats::default()),
+            share_prefixes: true,
+            kept: VecDeque::new(),
         }
+    }
+
+    /// Whether a new sequence copies its prompt's cache from a running
+    /// sequence with the same prompt (on by default). The copy gives the
+    /// same logits as computing it; only the time differs.
+    pub fn with_prompt_sharing(mut self, on: bool) -> Self {
+        self.share_prefixes = on;
+        self
     }
 
     /// Hold at most `tokens` tokens of attention cache across the running
@@ -181,19 +219,20 @@ impl<'e, 'r> Batcher<'e, 'r> {
     }
 
     /// Move parked sequences into the batch while their cache fits (in
-    /// order: one that does not fit holds the rest back). `false` when one
-    /// is still waiting.
+    /// order: one that does not fit holds the rest back; one waiting for
+    /// another's prefill of its prompt lets the rest by). `false` when one
+    /// is waiting for cache, so no new sequence should start.
     fn unpark(&mut self) -> bool {
-        while self.running.len() < self.max_batch
-            && let Some(r) = self.parked.front()
-        {
+        let mut i = 0;
+        while self.running.len() < self.max_batch && i < self.parked.len() {
+            let r = &self.parked[i];
             if r.cancelled.load(Ordering::Relaxed) {
-                self.parked.pop_front();
+                self.parked.remove(i);
                 continue;
             }
             let need = cache_tokens(r.seq.cache.len() + r.seq.feed.len() + 1);
             if need > self.kv_budget {
-                let mut r = self.parked.pop_front().expect("a parked sequence");
+                let mut r = self.parked.remove(i).expect("a parked sequence");
                 if r.seq.started() {
                     // Preempted, and grown past what the budget holds at all.
                     r.seq.end_for_length();
@@ -208,15 +247,111 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 }
                 continue;
             }
+            // A prompt that a running or recently finished sequence took in
+            // is copied from its cache, not computed again.
+            let donor = match self.share_prefixes {
+                true => self.prompt_donor(&self.parked[i].seq),
+                false => Donor::None,
+            };
+            if matches!(donor, Donor::Pending) {
+                i += 1;
+                continue;
+            }
+            let need = match &donor {
+                Donor::Running(j) => need.max(self.running[*j].seq.cache.capacity()),
+                Donor::Kept(k) => need.max(self.kept[*k].1.capacity()),
+                _ => need,
+            };
+            if need > self.kv_free() {
+                self.evict_kept(need);
+            }
             if need > self.kv_free() {
                 return false;
             }
-            let mut r = self.parked.pop_front().expect("a parked sequence");
+            let copy = match donor {
+                Donor::Running(j) => self.running[j].seq.cache.deep_copy().ok(),
+                Donor::Kept(k) => self.kept.get(k).and_then(|(_, c)| c.deep_copy().ok()),
+                _ => None,
+            };
+            let mut r = self.parked.remove(i).expect("a parked sequence");
+            if let Some(cache) = copy {
+                let shared = r.seq.take_prompt_from(cache);
+                self.kv_stats
+                    .shared_prompt_tokens
+                    .fetch_add(shared as u64, Ordering::Relaxed);
+            }
             r.reserved = need;
             self.kv_hold(need);
             self.running.push(r);
         }
-        self.parked.is_empty()
+        true
+    }
+
+    /// A sequence whose cache starts with all but the last token of `seq`'s
+    /// prompt (the same prompt: `n` choices of a request, a rollout's
+    /// group, a repeated request): running, or finished and kept; or a
+    /// running one whose prefill will get there. Only a sequence not yet
+    /// begun takes from another.
+    fn prompt_donor(&self, seq: &Sequence<'e, 'r>) -> Donor {
+        let prompt = seq.prompt();
+        if seq.started() || !seq.cache.is_empty() || prompt.len() < MIN_SHARED_PROMPT {
+            return Donor::None;
+        }
+        if let Some(k) = self.kept.iter().position(|(p, _)| p == prompt) {
+            return Donor::Kept(k);
+        }
+        let mut pending = false;
+        for (j, r) in self.running.iter().enumerate() {
+            if r.seq.prompt() != prompt {
+                continue;
+            }
+            if r.seq.cache.len() >= prompt.len() - 1 {
+                return Donor::Running(j);
+            }
+            pending = true;
+        }
+        if pending { Donor::Pending } else { Donor::None }
+    }
+
+    /// Keep the cache of a sequence that ended, cut to its prompt, for later
+    /// sequences with the same prompt; the oldest kept one goes past
+    /// [`KEPT_PROMPTS`]. Kept caches count against the budget and are the
+    /// first thing freed when a sequence needs room.
+    /// `seq` is leaving the batch, releasing `reserved`.
+    fn keep_prompt(&mut self, seq: &Sequence<'e, 'r>, reserved: usize) {
+        self.kv_release(reserved);
+        let prompt = seq.prompt();
+        if !self.share_prefixes
+            || prompt.len() < MIN_SHARED_PROMPT
+            || seq.cache.len() < prompt.len() - 1
+            || self.kept.iter().any(|(p, _)| p == prompt)
+        {
+            return;
+        }
+        let prompt = prompt.to_vec();
+        // The sequence is done with its buffers: the kept cache takes them
+        // over (later users copy them), and their size stays counted.
+        let mut cache = seq.cache.clone();
+        cache.truncate(prompt.len() - 1);
+        self.kv_hold(cache.capacity());
+        self.kept.push_back((prompt, cache));
+        while self.kept.len() > KEPT_PROMPTS {
+            self.drop_kept_oldest();
+        }
+    }
+
+    fn drop_kept_oldest(&mut self) {
+        if let Some((_, c)) = self.kept.pop_front() {
+            self.kv_release(c.capacity());
+        }
+    }
+
+    /// Free kept prompt caches, oldest first, until `need` tokens are free
+    /// (or none is kept).
+    fn evict_kept(&mut self, need: usize) {
+        while need > self.kv_free() && !self.kept.is_empty() {
+            self.drop_kept_oldest();
+        }
     }
 
     /// Make room in the cache for every running sequence's next feed:
@@ -236,6 +371,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 i += 1;
                 continue;
             }
+            self.evict_kept(need - have);
             if need - have <= self.kv_free() {
                 self.running[i].reserved = need;
                 self.kv_hold(need - have);
@@ -355,7 +491,8 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 let r = &mut self.running[i];
                 match r.seq.settle(deadline, &mut *r.sink) {
                     Ok(true) if r.seq.done => {
-                        let r = self.remove(i);
+                        let r = self.running.remove(i);
+                        self.keep_prompt(&r.seq, r.reserved);
                         let mut sink = r.sink;
                         (r.done)(Ok(r.seq.finish(&mut *sink)));
                         continue;
@@ -497,4 +634,11 @@ pub fn random_seed() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+impl Drop for Batcher<'_, '_> {
+    /// A batch that ends holds no cache, kept prompts included.
+    fn drop(&mut self) {
+        self.kv_stats.reserved_tokens.store(0, Ordering::Relaxed);
+    }
 }

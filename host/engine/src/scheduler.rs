@@ -56,6 +56,9 @@ pub struct SchedulerConfig {
     /// Requests waiting for a place, at most; past it, a new one is refused
     /// at once ([`GenerateError::Overloaded`]).
     pub max_waiting: usize,
+    /// Copy a prompt's cache from a sequence with the same prompt instead
+    /// of computing it again (see [`Batcher::with_prompt_sharing`]).
+    pub share_prompts: bool,
 }
 
 impl SchedulerConfig {
@@ -67,6 +70,7 @@ impl SchedulerConfig {
             step_tokens: DEFAULT_STEP_TOKENS,
             kv_budget_tokens: usize::MAX,
             max_waiting: usize::MAX,
+            share_prompts: true,
         }
     }
 }
@@ -171,6 +175,7 @@ fn run(
         Batcher::new(engine, config.max_batch)
             .with_step_tokens(config.step_tokens)
             .with_kv_budget(config.kv_budget_tokens, stats.kv.clone())
+            .with_prompt_sharing(config.share_prompts)
     };
     // Only this thread and the rayon worker it blocks on touch the
     // receiver; the mutex makes it shareable with that worker.

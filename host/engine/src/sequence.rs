@@ -151,6 +151,23 @@ impl<'e, 'r> Sequence<'e, 'r> {
         self.feed = all;
     }
 
+    /// The prompt's tokens.
+    pub(crate) fn prompt(&self) -> &[u32] {
+        &self.out.prompt_tokens
+    }
+
+    /// Start from `cache`, a copy of another sequence's cache that begins
+    /// with this one's prompt: all but the prompt's last token is kept, and
+    /// that token is fed (its logits are this sequence's first step). How
+    /// many tokens were taken over.
+    pub(crate) fn take_prompt_from(&mut self, mut cache: KvCache) -> usize {
+        let shared = self.out.prompt_tokens.len() - 1;
+        cache.truncate(shared);
+        self.cache = cache;
+        self.feed = vec![self.out.prompt_tokens[shared]];
+        shared
+    }
+
     /// End now with `length`: the attention cache has no room to go on.
     pub(crate) fn end_for_length(&mut self) {
         self.finish_with(FinishReason::Length);

@@ -55,6 +55,30 @@ impl KvCache {
         self.capacity
     }
 
+    /// A copy with buffers of its own (a clone shares them, and appending to
+    /// one would write into the other).
+    pub fn deep_copy(&self) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map(|l| {
+                        Ok::<_, candle_core::Error>(LayerKv {
+                            k: l.k.copy()?,
+                            v: l.v.copy()?,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            len: self.len,
+            capacity: self.capacity,
+        })
+    }
+
     /// Forget positions from `len` on (for example to retry a step).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

@@ -164,6 +164,7 @@ impl AppState {
                 step_tokens: config.step_tokens,
                 kv_budget_tokens,
                 max_waiting: config.max_waiting,
+                share_prompts: true,
             },
         )?;
         let metrics = Metrics::new(tenants.clone(), scheduler.stats.clone());
