@@ -153,6 +153,8 @@ async fn measure(
             .arrivals,
     );
 
+    // The same prompt every run: counted once.
+    let counted = prompt_tokens(client, &model, prompt).await?;
     let mut runs = Vec::new();
     for _ in 0..args.repetitions {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -183,7 +185,7 @@ async fn measure(
         runs.push(Run {
             gaps: window_gaps(&stream, &long),
             long,
-            prompt_tokens: prompt_tokens(client, &model, prompt).await?,
+            prompt_tokens: counted,
         });
     }
     Ok((idle, runs))

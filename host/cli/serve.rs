@@ -140,16 +140,20 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         kv_cache_bytes: args.kv_cache_mib.map(|m| m.saturating_mul(1 << 20)),
         max_waiting: args.max_waiting,
     };
-    let kv_bytes = config
-        .kv_cache_bytes
-        .unwrap_or_else(deepwasm_server::default_kv_cache_bytes);
-    eprintln!(
-        "attention cache budget: {} MiB, {} tokens",
-        kv_bytes >> 20,
-        kv_bytes / engine.model.info().kv_bytes_per_token.max(1) as u64
-    );
     let plugins = cli.server_engine(&args.compile)?;
     let state = deepwasm_server::AppState::new(engine, tenants, plugins, config)?;
+    // What the server settled on, not worked out again here.
+    let budget = state
+        .scheduler
+        .stats
+        .kv
+        .budget_tokens
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let per_token = state.engine.model.info().kv_bytes_per_token;
+    eprintln!(
+        "attention cache budget: {} MiB, {budget} tokens",
+        (budget as u64).saturating_mul(per_token as u64) >> 20
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("deepwasm-http")

@@ -153,10 +153,6 @@ impl AppState {
         let kv_bytes = config.kv_cache_bytes.unwrap_or_else(default_kv_cache_bytes);
         let per_token = engine.model.info().kv_bytes_per_token.max(1) as u64;
         let kv_budget_tokens = usize::try_from(kv_bytes / per_token).unwrap_or(usize::MAX);
-        tracing::info!(
-            "attention cache budget: {} MiB ({kv_budget_tokens} tokens)",
-            kv_bytes >> 20
-        );
         let scheduler = Scheduler::start(
             engine.clone(),
             deepwasm_engine::SchedulerConfig {
