@@ -176,7 +176,7 @@ fn the_latent_cache_gives_the_logits_of_the_expanded_one() {
 
     // What each cache holds per token, measured: the latent (32) and rotary
     // key (8) per layer against 4 heads × (16 + 8 + 16) per layer.
-    let per_token = |c: &KvCache| c.bytes() / c.capacity();
+    let per_token = |c: &KvCache| c.pool().bytes_per_token();
     assert_eq!(per_token(&a), 3 * (32 + 8) * 4);
     assert_eq!(per_token(&b), 3 * 4 * (16 + 8 + 16) * 4);
     assert_eq!(latent.model.info().kv_bytes_per_token, per_token(&a));

@@ -5,6 +5,7 @@
 //! [`CausalLm`], one batch of sequences at a time, each sequence carrying its
 //! own [`KvCache`].
 
+pub mod attention;
 pub mod cache;
 pub mod chat;
 pub mod checkpoint;
@@ -79,8 +80,23 @@ impl Timer {
         out
     }
 
+    /// Time until the returned guard drops.
+    pub fn start(&self) -> TimerGuard<'_> {
+        TimerGuard(self, std::time::Instant::now())
+    }
+
     pub fn total(&self) -> std::time::Duration {
         std::time::Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Adds the time since [`Timer::start`] to its timer when dropped.
+pub struct TimerGuard<'a>(&'a Timer, std::time::Instant);
+
+impl Drop for TimerGuard<'_> {
+    fn drop(&mut self) {
+        let ns = self.1.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+        self.0.0.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
+use crate::attention;
 use crate::cache::KvCache;
 use crate::checkpoint::{Checkpoint, TensorName};
 use crate::linear::Linear;
@@ -309,6 +310,16 @@ pub struct Llama {
     inv_freq: Vec<f32>,
     rope_style: RopeStyle,
     device: Device,
+    timers: Timers,
+}
+
+/// Where a forward pass spends its time (for `deepwasm bench`).
+#[derive(Default)]
+struct Timers {
+    forward: crate::Timer,
+    attention: crate::Timer,
+    projections: crate::Timer,
+    head: crate::Timer,
 }
 
 impl Llama {
@@ -404,6 +415,7 @@ impl Llama {
             lm_head,
             rope_style,
             device: ckpt.device().clone(),
+            timers: Timers::default(),
             cfg,
         })
     }
@@ -413,64 +425,67 @@ impl Llama {
     }
 
     /// Cosines and sines for positions `[start, start + n)`, `[n, head_dim / 2]`.
-    fn rope_tables(&self, start: usize, n: usize) -> Result<(Tensor, Tensor)> {
+    /// Rotary tables `[positions, head_dim / 2]` for each position given.
+    fn rope_tables(&self, positions: impl Iterator<Item = usize>) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in start..start + n {
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in positions {
             for &f in &self.inv_freq {
                 let angle = p as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
             }
         }
+        let n = cos.len() / half;
         Ok((
             Tensor::from_vec(cos, (n, half), &self.device)?,
             Tensor::from_vec(sin, (n, half), &self.device)?,
         ))
     }
 
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        match self.rope_style {
-            RopeStyle::Half => candle_nn::rotary_emb::rope(x, cos, sin),
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
-        }
+    /// Rotary embedding of `x`, `[tokens, heads * head_dim]`, each row at the
+    /// position of its row of the tables.
+    fn rope_rows(&self, x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let hd = self.cfg.head_dim();
+        let n = x.dim(0)?;
+        let x = x.contiguous()?.reshape((1, n, heads, hd))?;
+        let x = match self.rope_style {
+            RopeStyle::Half => candle_nn::rotary_emb::rope_thd(&x, cos, sin)?,
+            RopeStyle::Interleaved => {
+                let x = x.transpose(1, 2)?.contiguous()?;
+                candle_nn::rotary_emb::rope_i(&x, cos, sin)?
+                    .transpose(1, 2)?
+                    .contiguous()?
+            }
+        };
+        x.reshape((n, heads * hd))
     }
 
-    /// Attention of one sequence: `q` `[n, heads * hd]`, `k`/`v`
-    /// `[n, kv_heads * hd]` for positions `[start, start + n)`.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
+    /// Attention of one sequence by matrix products over its gathered
+    /// cache: `q` `[n, heads * hd]` (rotary applied) for positions
+    /// `[start, start + n)`, whose keys and values layer `layer` of `cache`
+    /// already holds.
+    fn attend_one(
         &self,
         layer: usize,
         q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        cache: &mut KvCache,
-        cos: &Tensor,
-        sin: &Tensor,
+        cache: &KvCache,
+        start: usize,
     ) -> Result<Tensor> {
         let hd = self.cfg.head_dim();
         let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
         let rep = heads / kv_heads;
         let n = q.dim(0)?;
-        let start = cache.len();
-        let q = q
-            .reshape((1, n, heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = k
-            .reshape((1, n, kv_heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = v.reshape((n, kv_heads, hd))?.transpose(0, 1)?;
-        let q = self.rope(&q, cos, sin)?;
-        let k = self.rope(&k, cos, sin)?.squeeze(0)?;
-        let (keys, values) = cache.append(layer, &k, &v)?;
         let len = start + n;
+        let (keys, values) = cache.gather(layer, len)?;
+        let by_head = |t: &Tensor, rows: usize, h: usize| -> Result<Tensor> {
+            t.reshape((rows, h, hd))?.transpose(0, 1)?.contiguous()
+        };
+        let keys = by_head(&keys, len, kv_heads)?;
+        let values = by_head(&values, len, kv_heads)?;
         // Query heads that share a key/value head are stacked so one matmul
         // serves the group, without copying the keys `rep` times.
-        let q = q.reshape((kv_heads, rep * n, hd))?;
+        let q = by_head(q, n, heads)?.reshape((kv_heads, rep * n, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&keys.t()?)? * scale)?;
         let scores = if n > 1 {
@@ -489,10 +504,44 @@ impl Llama {
             scores
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&values.contiguous()?)?; // [kv_heads, rep * n, hd]
+        let out = probs.matmul(&values)?; // [kv_heads, rep * n, hd]
         out.reshape((heads, n, hd))?
             .transpose(0, 1)?
             .reshape((n, heads * hd))
+    }
+
+    /// Attention of every sequence of the batch: `q` `[total, heads * hd]`
+    /// (rotary applied), the step's keys and values written to the caches.
+    fn attend(&self, layer: usize, q: &Tensor, batch: &[SeqInput<'_>]) -> Result<Tensor> {
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for s in batch {
+            let n = s.tokens.len();
+            seqs.push(attention::SeqQueries {
+                cache: &*s.cache,
+                start: s.cache.len(),
+                n,
+                row,
+            });
+            row += n;
+        }
+        if attention::fused_applies(&self.device, q.dtype(), &seqs) {
+            let shape = attention::Heads {
+                heads: self.cfg.num_attention_heads,
+                kv_heads: self.cfg.kv_heads(),
+                head_dim: self.cfg.head_dim(),
+            };
+            return attention::attend(q, layer, &seqs, shape);
+        }
+        let outs = seqs
+            .iter()
+            .map(|s| self.attend_one(layer, &q.narrow(0, s.row, s.n)?, s.cache, s.start))
+            .collect::<Result<Vec<_>>>()?;
+        if outs.len() == 1 {
+            Ok(outs.into_iter().next().expect("one output"))
+        } else {
+            Tensor::cat(&outs, 0)
+        }
     }
 }
 
@@ -505,7 +554,22 @@ impl CausalLm for Llama {
         KvCache::new(self.cfg.num_hidden_layers)
     }
 
+    fn profile(&self) -> Vec<(&'static str, std::time::Duration)> {
+        vec![
+            ("forward", self.timers.forward.total()),
+            ("attention", self.timers.attention.total()),
+            ("projections", self.timers.projections.total()),
+            ("head", self.timers.head.total()),
+        ]
+    }
+
     fn forward(&self, batch: &mut [SeqInput<'_>]) -> Result<Tensor> {
+        self.timers.forward.time(|| self.forward_batch(batch))
+    }
+}
+
+impl Llama {
+    fn forward_batch(&self, batch: &mut [SeqInput<'_>]) -> Result<Tensor> {
         let total: usize = batch.iter().map(|s| s.tokens.len()).sum();
         if total == 0 {
             candle_core::bail!("forward called with no tokens");
@@ -521,46 +585,50 @@ impl CausalLm for Llama {
             );
         }
         let mut x = self.embed.lookup(&ids, &self.device)?; // [total, d]
-        let tables = batch
-            .iter()
-            .map(|s| self.rope_tables(s.cache.len(), s.tokens.len()))
-            .collect::<Result<Vec<_>>>()?;
+        // Room in every cache for the step's positions before any layer
+        // writes (shared blocks about to be written are copied here).
+        for seq in batch.iter_mut() {
+            seq.cache.reserve(seq.tokens.len())?;
+        }
+        let (cos, sin) = self.rope_tables(
+            batch
+                .iter()
+                .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len()),
+        )?;
+        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
-            let [q, k, v]: [Tensor; 3] = layer
-                .qkv
-                .forward(&h)?
+            let [q, k, v]: [Tensor; 3] = self
+                .timers
+                .projections
+                .time(|| layer.qkv.forward(&h))?
                 .try_into()
                 .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
-            let mut outs = Vec::with_capacity(batch.len());
-            let mut offset = 0;
-            for (seq, (cos, sin)) in batch.iter_mut().zip(&tables) {
+            let attention = self.timers.attention.start();
+            let q = self.rope_rows(&q, heads, &cos, &sin)?;
+            let k = self.rope_rows(&k, kv_heads, &cos, &sin)?;
+            let mut row = 0;
+            for seq in batch.iter_mut() {
                 let n = seq.tokens.len();
-                outs.push(self.attend(
-                    l,
-                    &q.narrow(0, offset, n)?,
-                    &k.narrow(0, offset, n)?,
-                    &v.narrow(0, offset, n)?,
-                    seq.cache,
-                    cos,
-                    sin,
-                )?);
-                offset += n;
+                seq.cache
+                    .write(l, &k.narrow(0, row, n)?, &v.narrow(0, row, n)?)?;
+                row += n;
             }
-            let attn = if outs.len() == 1 {
-                outs.pop().expect("one output")
-            } else {
-                Tensor::cat(&outs, 0)?
-            };
-            x = (x + layer.o.forward(&attn)?)?;
+            let attn = self.attend(l, &q, batch)?;
+            drop(attention);
+            x = (x + self.timers.projections.time(|| layer.o.forward(&attn))?)?;
             let h = layer.mlp_norm.forward(&x)?;
-            let [gate, up]: [Tensor; 2] = layer
-                .gate_up
-                .forward(&h)?
+            let [gate, up]: [Tensor; 2] = self
+                .timers
+                .projections
+                .time(|| layer.gate_up.forward(&h))?
                 .try_into()
                 .map_err(|_| candle_core::Error::Msg("two projections".into()))?;
             let gated = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (x + layer.down.forward(&gated)?)?;
+            x = (x + self
+                .timers
+                .projections
+                .time(|| layer.down.forward(&gated))?)?;
         }
         let mut last = Vec::with_capacity(batch.len());
         let mut offset = 0;
@@ -572,7 +640,9 @@ impl CausalLm for Llama {
         }
         let last = Tensor::from_vec(last, batch.len(), &self.device)?;
         let x = self.norm.forward(&x.index_select(&last, 0)?)?;
-        self.lm_head.forward(&x)?.to_dtype(DType::F32)
+        self.timers
+            .head
+            .time(|| self.lm_head.forward(&x)?.to_dtype(DType::F32))
     }
 }
 

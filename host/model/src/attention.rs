@@ -1,0 +1,243 @@
+//! Attention of every sequence of a batch in one pass over the paged cache,
+//! reading keys and values where they lie (no gather, no per-sequence
+//! tensor operations): for decode steps and short chunks on the CPU, where
+//! the many small operations of per-sequence attention cost more than the
+//! arithmetic. Longer chunks, other devices and other dtypes take the
+//! general path (gather, then matrix products).
+
+use candle_core::{DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::cache::{BLOCK_TOKENS, KvCache, LayerViews};
+
+/// Queries per sequence up to which the fused kernel is used: beyond, the
+/// matrix products of the general path win.
+pub const FUSED_MAX_QUERIES: usize = 16;
+
+/// One sequence's part of the batch: its cache (the step's keys and values
+/// already written at `[start, start + n)`), and its queries' first row in
+/// the batch.
+pub struct SeqQueries<'a> {
+    pub cache: &'a KvCache,
+    pub start: usize,
+    pub n: usize,
+    pub row: usize,
+}
+
+/// The shape of grouped-query attention.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Whether [`attend`] serves this batch.
+pub fn fused_applies(device: &Device, dtype: DType, seqs: &[SeqQueries]) -> bool {
+    device.is_cpu() && dtype == DType::F32 && seqs.iter().all(|s| s.n <= FUSED_MAX_QUERIES)
+}
+
+/// Causal attention of `q` (`[total, heads * head_dim]`, rotary applied)
+/// against layer `layer` of each sequence's cache, whose rows are
+/// `kv_heads * head_dim` wide. Gives `[total, heads * head_dim]`.
+pub fn attend(q: &Tensor, layer: usize, seqs: &[SeqQueries], shape: Heads) -> Result<Tensor> {
+    let Heads {
+        heads,
+        kv_heads,
+        head_dim: hd,
+    } = shape;
+    let width = heads * hd;
+    let total = q.dim(0)?;
+    let q = q.contiguous()?;
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let Storage::Cpu(q_cpu) = &*q_storage else {
+        candle_core::bail!("fused attention runs on the CPU");
+    };
+    let q_all = &q_cpu.as_slice::<f32>()?[q_layout.start_offset()..][..total * width];
+
+    let views = LayerViews::new(layer, seqs.iter().map(|s| s.cache))?;
+    let guards: Vec<_> = views
+        .stores()
+        .iter()
+        .map(|s| (s.k.storage_and_layout(), s.v.storage_and_layout()))
+        .collect();
+    let slices = guards
+        .iter()
+        .map(|((k, kl), (v, vl))| match (&**k, &**v) {
+            (Storage::Cpu(k), Storage::Cpu(v)) => Ok((
+                &k.as_slice::<f32>()?[kl.start_offset()..],
+                &v.as_slice::<f32>()?[vl.start_offset()..],
+            )),
+            _ => candle_core::bail!("fused attention runs on the CPU"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let kv_width = kv_heads * hd;
+    for s in views.stores() {
+        if s.k.dim(1)? != kv_width || s.v.dim(1)? != kv_width {
+            candle_core::bail!(
+                "cache rows are {} and {} wide, attention expects {kv_width}",
+                s.k.dim(1)?,
+                s.v.dim(1)?
+            );
+        }
+    }
+
+    let mut out = vec![0f32; total * width];
+    // Each sequence's output rows, disjoint, for the threads.
+    let mut parts = Vec::with_capacity(seqs.len());
+    let mut rest = out.as_mut_slice();
+    let mut at = 0;
+    for s in seqs {
+        if s.row != at {
+            candle_core::bail!("sequences' queries must be consecutive rows");
+        }
+        let (mine, tail) = rest.split_at_mut(s.n * width);
+        parts.push((s, mine, views.block_rows(s.cache, s.start + s.n)?));
+        rest = tail;
+        at += s.n;
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    parts.into_par_iter().for_each(|(s, out, blocks)| {
+        let q = &q_all[s.row * width..][..s.n * width];
+        let job = Job {
+            q,
+            out,
+            blocks: &blocks,
+            slices: &slices,
+            start: s.start,
+            shape,
+            scale,
+        };
+        job.run();
+    });
+    drop(slices);
+    drop(guards);
+    Tensor::from_vec(out, (total, width), q.device())
+}
+
+/// One sequence's attention.
+struct Job<'a> {
+    q: &'a [f32],
+    out: &'a mut [f32],
+    /// Per block: index into `slices`, first row.
+    blocks: &'a [(usize, usize)],
+    slices: &'a [(&'a [f32], &'a [f32])],
+    start: usize,
+    shape: Heads,
+    scale: f32,
+}
+
+impl Job<'_> {
+    fn run(self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { self.run_avx512() };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                return unsafe { self.run_avx2() };
+            }
+        }
+        self.body()
+    }
+
+    /// The same body compiled for AVX-512: its loops vectorise 16 wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn run_avx512(self) {
+        self.body()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(self) {
+        self.body()
+    }
+
+    #[inline(always)]
+    fn body(self) {
+        let Heads {
+            heads,
+            kv_heads,
+            head_dim: hd,
+        } = self.shape;
+        let rep = heads / kv_heads;
+        let width = heads * hd;
+        let kv_width = kv_heads * hd;
+        let n = self.q.len() / width;
+        let mut scores = Vec::with_capacity(self.start + n);
+        for t in 0..n {
+            let ctx = self.start + t + 1;
+            for h in 0..heads {
+                let g = h / rep;
+                let q = &self.q[t * width + h * hd..][..hd];
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for (b, &(si, row)) in self.blocks.iter().enumerate() {
+                    let first = b * BLOCK_TOKENS;
+                    if first >= ctx {
+                        break;
+                    }
+                    let keys = self.slices[si].0;
+                    for p in 0..(ctx - first).min(BLOCK_TOKENS) {
+                        let k = &keys[(row + p) * kv_width + g * hd..][..hd];
+                        let s = dot(q, k) * self.scale;
+                        max = max.max(s);
+                        scores.push(s);
+                    }
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let o = &mut self.out[t * width + h * hd..][..hd];
+                for (b, &(si, row)) in self.blocks.iter().enumerate() {
+                    let first = b * BLOCK_TOKENS;
+                    if first >= ctx {
+                        break;
+                    }
+                    let values = self.slices[si].1;
+                    for p in 0..(ctx - first).min(BLOCK_TOKENS) {
+                        let v = &values[(row + p) * kv_width + g * hd..][..hd];
+                        axpy(o, scores[first + p], v);
+                    }
+                }
+                let inv = 1.0 / sum;
+                for x in o.iter_mut() {
+                    *x *= inv;
+                }
+            }
+        }
+    }
+}
+
+/// `a · b`, in sixteen lanes (so the compiler can vectorise it).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `o += w · v`.
+#[inline(always)]
+fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
+    for (o, v) in o.iter_mut().zip(v) {
+        *o += w * v;
+    }
+}
