@@ -9,6 +9,9 @@ use deepwasm_engine::batcher::Batcher;
 
 use crate::util::{deepwasm_bin, default_model};
 
+/// Budgets in the tests below are multiples of this many tokens.
+const BUDGET_UNIT: usize = 256;
+
 fn text_prompt(text: &str) -> Prompt {
     Prompt::Text {
         text: text.into(),
@@ -393,6 +396,145 @@ fn long_text(tokens: usize) -> String {
         .collect()
 }
 
+/// Sequences whose blocks interleave in one pool, and a fork that shares a
+/// prompt's blocks (its partly filled last one copied when it first
+/// writes), give the logits each gives alone in a cache of its own, through
+/// the fused attention (short chunks, decode) and the gathered one (long
+/// chunks).
+#[test]
+fn paged_caches_give_the_logits_of_private_ones() {
+    use deepwasm_model::{KvCache, SeqInput};
+    let engine = default_model();
+    let model = engine.model.as_ref();
+    let encode = |t: &str| engine.tokenizer.encode(t, true).unwrap();
+    let mut a = encode(&long_text(160));
+    // A length that ends inside a block, so the fork below shares a partly
+    // filled one.
+    a.truncate(a.len() / 16 * 16 - 11);
+    let b = encode(&"The river ran past the mill, and the miller sang. ".repeat(8));
+    let rows = |t: candle_core::Tensor| -> Vec<Vec<f32>> { t.to_vec2().unwrap() };
+    let alone = |prompt: &[u32], then: &[u32]| -> Vec<Vec<f32>> {
+        let mut cache = model.new_cache();
+        let mut out = rows(
+            model
+                .forward(&mut [SeqInput {
+                    tokens: prompt,
+                    cache: &mut cache,
+                }])
+                .unwrap(),
+        );
+        for t in then {
+            let tokens = std::slice::from_ref(t);
+            out.extend(rows(
+                model
+                    .forward(&mut [SeqInput {
+                        tokens,
+                        cache: &mut cache,
+                    }])
+                    .unwrap(),
+            ));
+        }
+        out
+    };
+    let pool = deepwasm_model::cache::KvPool::new(model.info().layers, usize::MAX);
+    let (mut ca, mut cb): (KvCache, KvCache) = (pool.new_cache(), pool.new_cache());
+    // Prompts in alternating chunks of 7 and 40 tokens, both in each pass,
+    // so neither sequence's blocks are adjacent.
+    let (mut ia, mut ib) = (0, 0);
+    let (mut last_a, mut last_b) = (Vec::new(), Vec::new());
+    let mut k = 0;
+    while ia < a.len() || ib < b.len() {
+        let n = if k % 2 == 0 { 7 } else { 40 };
+        k += 1;
+        let (ea, eb) = ((ia + n).min(a.len()), (ib + n).min(b.len()));
+        let mut batch = Vec::new();
+        if ia < a.len() {
+            batch.push(SeqInput {
+                tokens: &a[ia..ea],
+                cache: &mut ca,
+            });
+        }
+        if ib < b.len() {
+            batch.push(SeqInput {
+                tokens: &b[ib..eb],
+                cache: &mut cb,
+            });
+        }
+        let out = rows(model.forward(&mut batch).unwrap());
+        let mut out = out.into_iter();
+        if ia < a.len() {
+            last_a = out.next().unwrap();
+        }
+        if ib < b.len() {
+            last_b = out.next().unwrap();
+        }
+        (ia, ib) = (ea, eb);
+    }
+    let adjacent = |c: &KvCache| c.block_ids().windows(2).all(|w| w[1] == w[0] + 1);
+    assert!(
+        !adjacent(&ca) && !adjacent(&cb),
+        "{:?} {:?}",
+        ca.block_ids(),
+        cb.block_ids()
+    );
+    assert!(
+        ca.len() % deepwasm_model::cache::BLOCK_TOKENS != 0,
+        "the fork must share a partly filled block"
+    );
+    // A fork of `a` that goes its own way from the first token on.
+    let mut cf = ca.clone();
+    let (mut ta, mut tb, mut tf) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut got_a, mut got_b, mut got_f) = (vec![last_a.clone()], vec![last_b], vec![last_a]);
+    for step in 0..12u32 {
+        let next_a = deepwasm_plugins::argmax(got_a.last().unwrap()).token;
+        let next_b = deepwasm_plugins::argmax(got_b.last().unwrap()).token;
+        let next_f = 1000 + step * 37;
+        ta.push(next_a);
+        tb.push(next_b);
+        tf.push(next_f);
+        let out = rows(
+            model
+                .forward(&mut [
+                    SeqInput {
+                        tokens: &[next_a],
+                        cache: &mut ca,
+                    },
+                    SeqInput {
+                        tokens: &[next_b],
+                        cache: &mut cb,
+                    },
+                    SeqInput {
+                        tokens: &[next_f],
+                        cache: &mut cf,
+                    },
+                ])
+                .unwrap(),
+        );
+        got_a.push(out[0].clone());
+        got_b.push(out[1].clone());
+        got_f.push(out[2].clone());
+    }
+    for (name, got, want) in [
+        ("a", got_a, alone(&a, &ta)),
+        ("b", got_b, alone(&b, &tb)),
+        ("fork", got_f, alone(&a, &tf)),
+    ] {
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            let worst = g
+                .iter()
+                .zip(w)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{name}, step {step}: logits differ by up to {worst}"
+            );
+        }
+    }
+    drop((ca, cb, cf));
+    assert_eq!(pool.blocks_in_use(), 0);
+}
+
 /// A prompt fed in chunks of every size the kernels treat differently
 /// (single rows, the fused few-row kernels, the blocked GEMM) leaves the
 /// cache as one pass over it would: the logits after it, and after the
@@ -585,7 +727,7 @@ fn sequences_preempted_for_cache_decode_what_they_decode_unbounded() {
     let stats = Arc::new(KvStats::default());
     // Room for three sequences of up to 256 tokens: each outgrows its first
     // block, so sequences give way to each other again and again.
-    let budget = 3 * deepwasm_model::cache::GROWTH_STEP;
+    let budget = 3 * BUDGET_UNIT;
     let (bounded, _) = batch_with(&reqs, |b| b.with_kv_budget(budget, stats.clone()));
     for (a, b) in free.iter().zip(&bounded) {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
@@ -602,7 +744,7 @@ fn sequences_preempted_for_cache_decode_what_they_decode_unbounded() {
 fn the_cache_budget_refuses_huge_prompts_and_ends_sequences_that_outgrow_it() {
     use deepwasm_engine::batcher::KvStats;
     use std::sync::Arc;
-    let budget = 2 * deepwasm_model::cache::GROWTH_STEP;
+    let budget = 2 * BUDGET_UNIT;
     let huge = greedy(text_prompt(&long_text(800)), 4);
     let (r, _) = batch_with(&[huge], |b| {
         b.with_kv_budget(budget, Arc::new(KvStats::default()))
@@ -675,7 +817,7 @@ proptest::proptest! {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let engine = default_model();
-        let budget = blocks * deepwasm_model::cache::GROWTH_STEP;
+        let budget = blocks * BUDGET_UNIT;
         let stats = Arc::new(KvStats::default());
         let flags: Vec<Arc<AtomicBool>> = jobs.iter().map(|_| Default::default()).collect();
         let ends: Vec<Mutex<Option<Outcome>>> = jobs.iter().map(|_| Default::default()).collect();
@@ -708,6 +850,11 @@ proptest::proptest! {
                 batcher.step();
                 let held = stats.reserved_tokens.load(Ordering::Relaxed);
                 assert!(held <= budget, "step {step}: {held} tokens held of {budget}");
+                let blocks = stats.blocks_in_use.load(Ordering::Relaxed);
+                assert!(
+                    blocks * deepwasm_model::cache::BLOCK_TOKENS <= budget,
+                    "step {step}: {blocks} blocks in use for a budget of {budget} tokens"
+                );
                 step += 1;
                 assert!(step < 5000, "the batch never drained");
             }

@@ -53,7 +53,50 @@ def test_a_burst_gets_answers_or_503s_and_frees_the_cache():
         time.sleep(0.05)
     assert metric("deepwasm_kv_cache_tokens_in_use") == 0
     assert metric("deepwasm_batch_running") == 0
+    # Blocks still in use are only those of cached prefixes, within the
+    # budget.
+    in_use = metric("deepwasm_kv_cache_blocks_in_use")
+    assert in_use == metric("deepwasm_kv_cache_blocks_cached"), in_use
+    assert in_use * 16 <= budget, in_use
     assert chat(99).status_code == 200
+
+
+def test_a_repeated_system_prompt_is_taken_from_the_cache():
+    """Two tenants' chats that begin with the same system prompt: the second
+    takes the first's blocks for it (the counter of shared prompt tokens
+    grows by about its length) and answers as it would have computed them:
+    greedy, the same user message, the same text."""
+    system = "You are a patient assistant for a lighthouse museum. " * 4
+
+    def ask(tenant, question):
+        with http(tenant) as h:
+            r = h.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MODEL,
+                    "messages": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": question},
+                    ],
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
+            )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    first = ask("alpha", "When was the lighthouse built?")
+    before = metric("deepwasm_kv_cache_shared_prompt_tokens_total")
+    second = ask("beta", "When was the lighthouse built?")
+    shared = metric("deepwasm_kv_cache_shared_prompt_tokens_total") - before
+    assert shared >= 40, shared
+    assert second["choices"][0]["message"] == first["choices"][0]["message"]
+    # Another question after the same system prompt shares the prompt's
+    # common part only.
+    before = metric("deepwasm_kv_cache_shared_prompt_tokens_total")
+    ask("beta", "Who kept the light?")
+    partial = metric("deepwasm_kv_cache_shared_prompt_tokens_total") - before
+    assert 40 <= partial < second["usage"]["prompt_tokens"], (partial, second["usage"])
 
 
 if __name__ == "__main__":

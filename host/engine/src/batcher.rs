@@ -13,7 +13,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use deepwasm_model::cache::GROWTH_STEP;
+use deepwasm_model::KvCache;
+use deepwasm_model::cache::{BLOCK_TOKENS, KvPool};
 use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
@@ -74,9 +75,6 @@ struct Running<'e, 'r> {
     sink: Box<DeltaSink<'r>>,
     done: Done<'r>,
     cancelled: Arc<AtomicBool>,
-    /// Attention-cache tokens held for this sequence (a multiple of
-    /// [`GROWTH_STEP`]: what its cache's buffers grow to).
-    reserved: usize,
 }
 
 /// The attention cache's budget across a batch's sequences, and what is
@@ -85,12 +83,19 @@ struct Running<'e, 'r> {
 pub struct KvStats {
     /// Tokens of cache the budget allows in all; `usize::MAX`: no bound.
     pub budget_tokens: AtomicUsize,
-    /// Tokens of cache held by running sequences now.
+    /// Tokens of cache held or promised to running sequences now: blocks in
+    /// use, and the blocks the rest of their feeds will take, in tokens.
     pub reserved_tokens: AtomicUsize,
+    /// Blocks of [`BLOCK_TOKENS`] positions in use now (a block shared by
+    /// several sequences counts once), kept prefixes included.
+    pub blocks_in_use: AtomicUsize,
+    /// Blocks held only by kept prefixes of ended sequences: a cache for
+    /// later requests, freed first when a sequence needs room.
+    pub blocks_cached: AtomicUsize,
     /// Sequences preempted (cache freed, recomputed later) for want of
     /// cache.
     pub preemptions: AtomicU64,
-    /// Prompt tokens copied from another sequence's cache instead of
+    /// Prompt tokens taken from another sequence's cache instead of
     /// computed.
     pub shared_prompt_tokens: AtomicU64,
 }
@@ -99,26 +104,39 @@ pub struct KvStats {
 enum Donor {
     /// Compute it.
     None,
-    /// Copy it from the running sequence at this index.
-    Running(usize),
-    /// Copy it from the kept prompt cache at this index.
-    Kept(usize),
+    /// Fork the running sequence at this index, for this many positions.
+    Running(usize, usize),
+    /// Fork the kept cache at this index, for this many positions.
+    Kept(usize, usize),
     /// A running sequence is prefilling the same prompt: wait for it.
     Pending,
 }
 
-/// Caches of ended sequences' prompts kept for sequences with the same
-/// prompt that come later (the next of a rollout group past the batch, a
-/// repeated request).
+/// Caches of ended sequences kept for later sequences that begin with the
+/// same tokens (the next of a rollout group past the batch, a repeated
+/// system prompt, an agent's next turn).
 const KEPT_PROMPTS: usize = 8;
 
-/// Prompts shorter than this are computed, not copied: the copy would cost
-/// about what the forward pass does.
+/// Prefixes shorter than this are computed, not shared: the saving is
+/// not worth the search.
 const MIN_SHARED_PROMPT: usize = 16;
 
-/// `tokens` rounded up to what a cache's buffers hold for them.
-fn cache_tokens(tokens: usize) -> usize {
-    tokens.div_ceil(GROWTH_STEP).saturating_mul(GROWTH_STEP)
+/// Blocks that hold `tokens` positions.
+fn blocks_for(tokens: usize) -> usize {
+    tokens.div_ceil(BLOCK_TOKENS)
+}
+
+/// How many leading tokens `a` and `b` have in common.
+fn common_prefix(a: impl Iterator<Item = u32>, b: &[u32]) -> usize {
+    a.zip(b).take_while(|(x, y)| x == *y).count()
+}
+
+/// The attention cache an idle batch leaves behind: its pool and the
+/// prefixes it kept.
+pub struct PrefixCache {
+    pool: KvCache,
+    kept: VecDeque<(Vec<u32>, KvCache)>,
+    budget: usize,
 }
 
 /// Sequences generated together on one engine.
@@ -131,13 +149,17 @@ pub struct Batcher<'e, 'r> {
     /// Started sequences waiting for attention cache: new ones whose prompt
     /// did not fit yet, and preempted ones. They go first when cache frees.
     parked: VecDeque<Running<'e, 'r>>,
+    /// An empty cache in the batch's pool, to start sequences from.
+    pool: KvCache,
+    /// Blocks the batch may hold.
     kv_budget: usize,
-    kv_reserved: usize,
     kv_stats: Arc<KvStats>,
     share_prefixes: bool,
-    /// Prompt caches of ended sequences (prompt tokens, cache cut to all
-    /// but the last of them), oldest first.
-    kept: VecDeque<(Vec<u32>, deepwasm_model::KvCache)>,
+    /// Caches of ended sequences (the tokens they hold, the cache), oldest
+    /// first.
+    kept: VecDeque<(Vec<u32>, KvCache)>,
+    /// Blocks of kept prefixes handed to the next batch.
+    handed_over: usize,
 }
 
 impl<'e, 'r> Batcher<'e, 'r> {
@@ -151,69 +173,119 @@ impl<'e, 'r> Batcher<'e, 'r> {
             queue: VecDeque::new(),
             running: Vec::new(),
             parked: VecDeque::new(),
+            pool: engine.model.new_cache(),
             kv_budget: usize::MAX,
-            kv_reserved: 0,
             kv_stats: Arc::new(KvStats::default()),
             share_prefixes: true,
             kept: VecDeque::new(),
+            handed_over: 0,
         }
     }
 
-    /// Whether a new sequence copies its prompt's cache from a running
-    /// sequence with the same prompt (on by default). The copy gives the
-    /// same logits as computing it; only the time differs.
+    /// Whether a new sequence starts from the cache of a running or
+    /// recently ended sequence whose tokens begin the same way (on by
+    /// default). The shared blocks give the same logits as computing them;
+    /// only the time differs.
     pub fn with_prompt_sharing(mut self, on: bool) -> Self {
         self.share_prefixes = on;
         self
     }
 
     /// Hold at most `tokens` tokens of attention cache across the running
-    /// sequences, reporting to `stats`. A request starts only when its
-    /// whole prompt's cache can be held; one that can never fit fails. When
-    /// a decoding sequence needs more and none is free, the newest sequence
-    /// is preempted: its cache is freed and it is recomputed (prompt and
-    /// tokens so far, without asking its sampler again) when cache frees.
-    /// A sequence alone that outgrows the budget ends with `length`.
+    /// sequences (in blocks of [`BLOCK_TOKENS`]), reporting to `stats`. A
+    /// request starts only when its whole prompt's cache can be held; one
+    /// that can never fit fails. When a decoding sequence needs a block and
+    /// none is free, the newest sequence is preempted: its cache is freed
+    /// and it is recomputed (prompt and tokens so far, without asking its
+    /// sampler again) when cache frees. A sequence alone that outgrows the
+    /// budget ends with `length`.
     pub fn with_kv_budget(mut self, tokens: usize, stats: Arc<KvStats>) -> Self {
-        self.kv_budget = tokens;
+        self.kv_budget = tokens / BLOCK_TOKENS;
+        let layers = self.pool.pool().layers();
+        self.pool = KvPool::new(layers, self.kv_budget).new_cache();
         stats.budget_tokens.store(tokens, Ordering::Relaxed);
         stats.reserved_tokens.store(0, Ordering::Relaxed);
+        stats.blocks_in_use.store(0, Ordering::Relaxed);
         self.kv_stats = stats;
         self
     }
 
-    fn kv_free(&self) -> usize {
-        self.kv_budget.saturating_sub(self.kv_reserved)
+    /// Blocks a running sequence will still take for the rest of its feed
+    /// (or its next token).
+    fn pending(seq: &Sequence<'e, 'r>) -> usize {
+        if seq.done {
+            0
+        } else {
+            seq.cache.blocks_to_append(seq.feed.len().max(1))
+        }
     }
 
-    fn kv_hold(&mut self, tokens: usize) {
-        self.kv_reserved += tokens;
+    /// Blocks in use, and promised to running sequences' feeds.
+    fn kv_committed(&self) -> usize {
+        self.pool.pool().blocks_in_use()
+            + self
+                .running
+                .iter()
+                .map(|r| Self::pending(&r.seq))
+                .sum::<usize>()
+    }
+
+    /// Blocks that only kept prefixes hold.
+    fn kept_only_blocks(&self) -> usize {
+        if self.kept.is_empty() {
+            return 0;
+        }
+        let mut held: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for (_, c) in &self.kept {
+            for &b in c.block_ids() {
+                *held.entry(b).or_default() += 1;
+            }
+        }
+        let refs = self.pool.pool().ref_counts();
+        held.iter()
+            .filter(|(b, n)| refs.get(**b as usize) == Some(n))
+            .count()
+    }
+
+    fn publish_kv(&self) {
+        let cached = self.kept_only_blocks();
+        let committed = self.kv_committed() - cached;
         self.kv_stats
             .reserved_tokens
-            .store(self.kv_reserved, Ordering::Relaxed);
-    }
-
-    fn kv_release(&mut self, tokens: usize) {
-        self.kv_reserved -= tokens;
+            .store(committed.saturating_mul(BLOCK_TOKENS), Ordering::Relaxed);
         self.kv_stats
-            .reserved_tokens
-            .store(self.kv_reserved, Ordering::Relaxed);
+            .blocks_in_use
+            .store(self.pool.pool().blocks_in_use(), Ordering::Relaxed);
+        self.kv_stats.blocks_cached.store(cached, Ordering::Relaxed);
     }
 
-    /// Take the running sequence at `i` out of the batch, releasing its
-    /// cache.
-    fn remove(&mut self, i: usize) -> Running<'e, 'r> {
-        let r = self.running.remove(i);
-        self.kv_release(r.reserved);
-        r
+    /// The pool and the kept prefixes, for the next batch on the same
+    /// engine and budget (so a prefix stays cached while the engine idles).
+    pub fn into_prefix_cache(mut self) -> PrefixCache {
+        self.handed_over = self.kept_only_blocks();
+        PrefixCache {
+            pool: self.pool.empty_like(),
+            kept: std::mem::take(&mut self.kept),
+            budget: self.kv_budget,
+        }
+    }
+
+    /// Start from what an earlier batch with the same budget kept (after
+    /// [`Batcher::with_kv_budget`]; one made for another budget is dropped).
+    pub fn with_prefix_cache(mut self, cache: PrefixCache) -> Self {
+        if cache.budget == self.kv_budget && self.share_prefixes {
+            self.pool = cache.pool;
+            self.kept = cache.kept;
+            self.publish_kv();
+        }
+        self
     }
 
     /// Free the cache of the running sequence at `i` and park it, to be
     /// recomputed when there is room.
     fn preempt(&mut self, i: usize) {
-        let mut r = self.remove(i);
-        r.seq.preempt(self.engine);
-        r.reserved = 0;
+        let mut r = self.running.remove(i);
+        r.seq.preempt();
         self.kv_stats.preemptions.fetch_add(1, Ordering::Relaxed);
         self.parked.push_front(r);
     }
@@ -230,8 +302,8 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 self.parked.remove(i);
                 continue;
             }
-            let need = cache_tokens(r.seq.cache.len() + r.seq.feed.len() + 1);
-            if need > self.kv_budget {
+            let whole = r.seq.cache.len() + r.seq.feed.len() + 1;
+            if blocks_for(whole) > self.kv_budget {
                 let mut r = self.parked.remove(i).expect("a parked sequence");
                 if r.seq.started() {
                     // Preempted, and grown past what the budget holds at all.
@@ -242,157 +314,129 @@ impl<'e, 'r> Batcher<'e, 'r> {
                         "the prompt needs {} tokens of attention cache with its first token, \
                          more than the server's budget of {} tokens",
                         r.seq.feed.len() + 1,
-                        self.kv_budget
+                        self.kv_budget.saturating_mul(BLOCK_TOKENS)
                     ))));
                 }
                 continue;
             }
-            // A prompt that a running or recently finished sequence took in
-            // is copied from its cache, not computed again.
+            // A prompt that begins like what a running or recently ended
+            // sequence holds starts from a fork of its cache.
             let donor = match self.share_prefixes {
-                true => self.prompt_donor(&self.parked[i].seq),
+                true => self.prefix_donor(&self.parked[i].seq),
                 false => Donor::None,
             };
-            if matches!(donor, Donor::Pending) {
-                i += 1;
-                continue;
-            }
-            let need = match &donor {
-                Donor::Running(j) => need.max(self.running[*j].seq.cache.capacity()),
-                Donor::Kept(k) => need.max(self.kept[*k].1.capacity()),
-                _ => need,
+            let fork = match donor {
+                Donor::Pending => {
+                    i += 1;
+                    continue;
+                }
+                Donor::None => None,
+                Donor::Running(j, common) => Some((self.running[j].seq.cache.clone(), common)),
+                Donor::Kept(k, common) => Some((self.kept[k].1.clone(), common)),
             };
-            if need > self.kv_free() {
-                self.evict_kept(need);
+            let seq = &self.parked[i].seq;
+            let need = match &fork {
+                Some((cache, common)) => {
+                    let mut c = cache.clone();
+                    c.truncate(*common);
+                    c.blocks_to_append(seq.feed.len() - common + 1)
+                }
+                None => seq.cache.blocks_to_append(seq.feed.len() + 1),
+            };
+            while self.kv_committed() + need > self.kv_budget && !self.kept.is_empty() {
+                self.kept.pop_front();
             }
-            if need > self.kv_free() {
+            if self.kv_committed() + need > self.kv_budget {
                 return false;
             }
-            let copy = match donor {
-                Donor::Running(j) => self.running[j].seq.cache.deep_copy().ok(),
-                Donor::Kept(k) => self.kept.get(k).and_then(|(_, c)| c.deep_copy().ok()),
-                _ => None,
-            };
             let mut r = self.parked.remove(i).expect("a parked sequence");
-            if let Some(cache) = copy {
-                let shared = r.seq.take_prompt_from(cache);
+            if let Some((cache, common)) = fork {
+                let shared = r.seq.take_prefix_from(cache, common);
                 self.kv_stats
                     .shared_prompt_tokens
                     .fetch_add(shared as u64, Ordering::Relaxed);
             }
-            r.reserved = need;
-            self.kv_hold(need);
             self.running.push(r);
         }
         true
     }
 
-    /// A sequence whose cache starts with all but the last token of `seq`'s
-    /// prompt (the same prompt: `n` choices of a request, a rollout's
-    /// group, a repeated request): running, or finished and kept; or a
-    /// running one whose prefill will get there. Only a sequence not yet
-    /// begun takes from another.
-    fn prompt_donor(&self, seq: &Sequence<'e, 'r>) -> Donor {
+    /// The running or kept cache that holds the longest prefix of `seq`'s
+    /// prompt (all but its last token at most), if that is worth sharing;
+    /// or `Pending` when a running sequence with the same prompt will hold
+    /// all of it after its prefill. Only a sequence not yet begun takes
+    /// from another.
+    fn prefix_donor(&self, seq: &Sequence<'e, 'r>) -> Donor {
         let prompt = seq.prompt();
         if seq.started() || !seq.cache.is_empty() || prompt.len() < MIN_SHARED_PROMPT {
             return Donor::None;
         }
-        if let Some(k) = self.kept.iter().position(|(p, _)| p == prompt) {
-            return Donor::Kept(k);
+        let limit = prompt.len() - 1;
+        let mut best = (Donor::None, 0);
+        for (k, (tokens, _)) in self.kept.iter().enumerate() {
+            let common = common_prefix(tokens.iter().copied(), prompt).min(limit);
+            if common > best.1 {
+                best = (Donor::Kept(k, common), common);
+            }
         }
         let mut pending = false;
         for (j, r) in self.running.iter().enumerate() {
-            if r.seq.prompt() != prompt {
-                continue;
+            let common = common_prefix(r.seq.cached_tokens(), prompt).min(limit);
+            if common > best.1 {
+                best = (Donor::Running(j, common), common);
             }
-            if r.seq.cache.len() >= prompt.len() - 1 {
-                return Donor::Running(j);
-            }
-            pending = true;
+            pending |= r.seq.prompt() == prompt && !r.seq.started() && common < limit;
         }
-        if pending { Donor::Pending } else { Donor::None }
+        if pending && best.1 < limit {
+            Donor::Pending
+        } else if best.1 >= MIN_SHARED_PROMPT {
+            best.0
+        } else {
+            Donor::None
+        }
     }
 
-    /// Keep the cache of a sequence that ended, cut to its prompt, for later
-    /// sequences with the same prompt; the oldest kept one goes past
-    /// [`KEPT_PROMPTS`]. Kept caches count against the budget and are the
+    /// Keep the cache of a sequence that ended for later sequences that
+    /// begin with the same tokens; the oldest kept one goes past
+    /// [`KEPT_PROMPTS`]. Kept blocks count against the budget and are the
     /// first thing freed when a sequence needs room.
-    /// `seq` is leaving the batch, releasing `reserved`.
-    fn keep_prompt(&mut self, seq: &Sequence<'e, 'r>, reserved: usize) {
-        self.kv_release(reserved);
-        let prompt = seq.prompt();
-        if !self.share_prefixes
-            || prompt.len() < MIN_SHARED_PROMPT
-            || seq.cache.len() < prompt.len() - 1
-            || self.kept.iter().any(|(p, _)| p == prompt)
-        {
+    fn keep_cache(&mut self, seq: &Sequence<'e, 'r>) {
+        if !self.share_prefixes || seq.cache.len() < MIN_SHARED_PROMPT {
             return;
         }
-        let prompt = prompt.to_vec();
-        // The sequence is done with its buffers: the kept cache takes them
-        // over (later users copy them), and their size stays counted.
-        let mut cache = seq.cache.clone();
-        cache.truncate(prompt.len() - 1);
-        self.kv_hold(cache.capacity());
-        self.kept.push_back((prompt, cache));
+        let tokens: Vec<u32> = seq.cached_tokens().collect();
+        // One that holds these tokens already (or more) is enough; one that
+        // these extend is replaced.
+        if self.kept.iter().any(|(t, _)| t.starts_with(&tokens)) {
+            return;
+        }
+        self.kept.retain(|(t, _)| !tokens.starts_with(t));
+        self.kept.push_back((tokens, seq.cache.clone()));
         while self.kept.len() > KEPT_PROMPTS {
-            self.drop_kept_oldest();
+            self.kept.pop_front();
         }
     }
 
-    fn drop_kept_oldest(&mut self) {
-        if let Some((_, c)) = self.kept.pop_front() {
-            self.kv_release(c.capacity());
-        }
-    }
-
-    /// Free kept prompt caches, oldest first, until `need` tokens are free
-    /// (or none is kept).
-    fn evict_kept(&mut self, need: usize) {
-        while need > self.kv_free() && !self.kept.is_empty() {
-            self.drop_kept_oldest();
-        }
-    }
-
-    /// Make room in the cache for every running sequence's next feed:
-    /// growing its hold, else preempting the newest sequence (or ending a
-    /// sequence that is alone and has outgrown the budget).
+    /// Make room for every running sequence's next feed: free kept caches,
+    /// else preempt the newest sequence (or end a sequence that is alone
+    /// and has outgrown the budget).
     fn grow(&mut self) {
-        let mut i = 0;
-        while i < self.running.len() {
-            let seq = &self.running[i].seq;
-            if !seq.wants_feed() {
-                i += 1;
-                continue;
-            }
-            let need = cache_tokens(seq.cache.len() + seq.feed.len());
-            let have = self.running[i].reserved;
-            if need <= have {
-                i += 1;
-                continue;
-            }
-            self.evict_kept(need - have);
-            if need - have <= self.kv_free() {
-                self.running[i].reserved = need;
-                self.kv_hold(need - have);
-                i += 1;
+        while self.kv_committed() > self.kv_budget {
+            if self.kept.pop_front().is_some() {
                 continue;
             }
             if self.running.len() == 1 {
                 // Alone, and still too big: the budget is its length.
-                self.running[i].seq.end_for_length();
-                i += 1;
-                continue;
+                self.running[0].seq.end_for_length();
+                break;
             }
-            // The newest sequence not waiting on its sampler gives way
-            // (this one, if it is the newest).
-            let victim = (0..self.running.len())
+            // The newest sequence not waiting on its sampler gives way.
+            match (0..self.running.len())
                 .rev()
                 .find(|&j| self.running[j].seq.wants_feed())
-                .expect("sequence i wants feeding");
-            self.preempt(victim);
-            if victim < i {
-                i -= 1;
+            {
+                Some(victim) => self.preempt(victim),
+                None => break,
             }
         }
     }
@@ -437,7 +481,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].cancelled.load(Ordering::Relaxed) {
-                self.remove(i);
+                self.running.remove(i);
             } else {
                 i += 1;
             }
@@ -458,7 +502,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 done,
                 cancelled,
             } = job;
-            match Sequence::start(self.engine, &req, sampler, seed) {
+            match Sequence::start(self.engine, &req, sampler, seed, self.pool.empty_like()) {
                 Ok(seq) if seq.done => done(Ok(seq.finish(&mut *sink))),
                 Ok(seq) => {
                     // Through the parking lot, which holds it until its
@@ -468,7 +512,6 @@ impl<'e, 'r> Batcher<'e, 'r> {
                         sink,
                         done,
                         cancelled,
-                        reserved: 0,
                     });
                     room = self.unpark();
                 }
@@ -476,6 +519,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
             }
         }
         self.grow();
+        self.publish_kv();
         if self.running.is_empty() {
             return;
         }
@@ -492,14 +536,14 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 match r.seq.settle(deadline, &mut *r.sink) {
                     Ok(true) if r.seq.done => {
                         let r = self.running.remove(i);
-                        self.keep_prompt(&r.seq, r.reserved);
+                        self.keep_cache(&r.seq);
                         let mut sink = r.sink;
                         (r.done)(Ok(r.seq.finish(&mut *sink)));
                         continue;
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        let r = self.remove(i);
+                        let r = self.running.remove(i);
                         (r.done)(Err(e));
                         continue;
                     }
@@ -610,7 +654,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
         }
         // Highest index first, so the others stay where they are.
         for (i, e) in failed.into_iter().rev() {
-            let r = self.remove(i);
+            let r = self.running.remove(i);
             (r.done)(Err(e));
         }
         Some(elapsed)
@@ -637,8 +681,15 @@ pub fn random_seed() -> u64 {
 }
 
 impl Drop for Batcher<'_, '_> {
-    /// A batch that ends holds no cache, kept prompts included.
+    /// A batch that ends holds no cache but what it kept, which
+    /// [`Batcher::into_prefix_cache`] may have taken over.
     fn drop(&mut self) {
         self.kv_stats.reserved_tokens.store(0, Ordering::Relaxed);
+        let kept = match self.kept.is_empty() {
+            true => self.handed_over,
+            false => self.kept_only_blocks(),
+        };
+        self.kv_stats.blocks_in_use.store(kept, Ordering::Relaxed);
+        self.kv_stats.blocks_cached.store(kept, Ordering::Relaxed);
     }
 }

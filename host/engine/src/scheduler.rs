@@ -181,10 +181,15 @@ fn run(
     // receiver; the mutex makes it shareable with that worker.
     let jobs = Mutex::new(jobs);
     let recv = || jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+    // What the last batch kept cached, for the next one.
+    let mut prefixes = None;
     while let Ok(first) = recv() {
         let mut pending = Some(first);
         rayon::scope(|_| {
-            let mut batcher = new_batch();
+            let mut batcher = match prefixes.take() {
+                Some(p) => new_batch().with_prefix_cache(p),
+                None => new_batch(),
+            };
             loop {
                 if let Some(job) = pending.take() {
                     stats.sent.fetch_sub(1, Ordering::Relaxed);
@@ -196,6 +201,7 @@ fn run(
                 }
                 stats.waiting.store(batcher.waiting(), Ordering::Relaxed);
                 if batcher.is_idle() {
+                    prefixes = Some(batcher.into_prefix_cache());
                     break;
                 }
                 let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| batcher.step()));

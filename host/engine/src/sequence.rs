@@ -63,12 +63,13 @@ struct Held {
 
 impl<'e, 'r> Sequence<'e, 'r> {
     /// Check the request, render and tokenize its prompt, and start its
-    /// sampler.
+    /// sampler. The sequence's positions go into `cache` (empty).
     pub(crate) fn start(
         engine: &'e Engine,
         req: &GenerateRequest,
         mut sampler: Box<dyn Sampler + 'r>,
         seed: u64,
+        cache: KvCache,
     ) -> Result<Self, GenerateError> {
         req.params
             .validate()
@@ -100,7 +101,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
             params: req.params.clone(),
             logprobs: req.logprobs,
             sampler,
-            cache: engine.model.new_cache(),
+            cache,
             history: TokenHistory::new(&prompt),
             rng: SequenceRng::new(seed),
             detok: engine.tokenizer.detokenizer(true),
@@ -144,11 +145,22 @@ impl<'e, 'r> Sequence<'e, 'r> {
     /// was still to be fed, becomes the feed, recomputed when the sequence
     /// runs again. The sampler is not asked again for the steps it already
     /// decided.
-    pub(crate) fn preempt(&mut self, engine: &Engine) {
+    pub(crate) fn preempt(&mut self) {
         let mut all = self.out.prompt_tokens.clone();
         all.extend_from_slice(&self.out.tokens);
-        self.cache = engine.model.new_cache();
+        self.cache = self.cache.empty_like();
         self.feed = all;
+    }
+
+    /// The tokens whose keys and values the cache holds: the prompt and
+    /// the tokens generated so far, as far as they went through the model.
+    pub(crate) fn cached_tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        self.out
+            .prompt_tokens
+            .iter()
+            .chain(&self.out.tokens)
+            .copied()
+            .take(self.cache.len())
     }
 
     /// The prompt's tokens.
@@ -156,16 +168,17 @@ impl<'e, 'r> Sequence<'e, 'r> {
         &self.out.prompt_tokens
     }
 
-    /// Start from `cache`, a copy of another sequence's cache that begins
-    /// with this one's prompt: all but the prompt's last token is kept, and
-    /// that token is fed (its logits are this sequence's first step). How
-    /// many tokens were taken over.
-    pub(crate) fn take_prompt_from(&mut self, mut cache: KvCache) -> usize {
-        let shared = self.out.prompt_tokens.len() - 1;
-        cache.truncate(shared);
+    /// Start from `cache`, a fork of another sequence's cache whose first
+    /// `common` positions hold this one's first `common` prompt tokens
+    /// (`common` below the prompt's length: its last token is always fed,
+    /// for its logits). The rest of the prompt is fed. How many tokens were
+    /// taken over.
+    pub(crate) fn take_prefix_from(&mut self, mut cache: KvCache, common: usize) -> usize {
+        let common = common.min(self.out.prompt_tokens.len() - 1);
+        cache.truncate(common);
         self.cache = cache;
-        self.feed = vec![self.out.prompt_tokens[shared]];
-        shared
+        self.feed = self.out.prompt_tokens[common..].to_vec();
+        common
     }
 
     /// End now with `length`: the attention cache has no room to go on.

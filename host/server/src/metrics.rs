@@ -160,7 +160,7 @@ impl Collector for Live {
             }
         }
         let kv = &self.scheduler.kv;
-        let gauges: [(&str, &str, i64); 4] = [
+        let gauges: [(&str, &str, i64); 6] = [
             (
                 "batch_running",
                 "Sequences decoding in the batch now",
@@ -178,8 +178,18 @@ impl Collector for Live {
             ),
             (
                 "kv_cache_tokens_in_use",
-                "Tokens of attention cache the running sequences hold now",
+                "Tokens of attention cache held now, or promised to the running sequences' prompts",
                 kv.reserved_tokens.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "kv_cache_blocks_in_use",
+                "Blocks of attention cache in use now (a block shared by sequences counts once)",
+                kv.blocks_in_use.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "kv_cache_blocks_cached",
+                "Blocks held only by cached prefixes of ended requests (freed first when room is needed)",
+                kv.blocks_cached.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, help, value) in gauges {
@@ -199,6 +209,13 @@ impl Collector for Live {
             "Sequence-steps decoded (divided by forward_passes: the mean batch size)",
             None,
             seq_steps.metric_type(),
+        )?)?;
+        let shared = ConstCounter::new(kv.shared_prompt_tokens.load(Ordering::Relaxed));
+        shared.encode(encoder.encode_descriptor(
+            "kv_cache_shared_prompt_tokens",
+            "Prompt tokens taken from cached blocks of another sequence instead of computed",
+            None,
+            shared.metric_type(),
         )?)?;
         let preempted = ConstCounter::new(kv.preemptions.load(Ordering::Relaxed));
         preempted.encode(encoder.encode_descriptor(
