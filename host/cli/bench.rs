@@ -42,6 +42,9 @@ pub enum BenchCommand {
     /// The quantized matrix product at each batch size: time, GFLOP/s and
     /// cost per activation row.
     Kernels(crate::bench_kernels::KernelBenchArgs),
+    /// One batched decode step at several batch sizes, beside llama.cpp's
+    /// llama-batched-bench.
+    Step(crate::bench_step::StepBenchArgs),
 }
 
 #[derive(Args)]
@@ -77,6 +80,7 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Soak(args) => crate::bench_soak::run(cli, args),
         BenchCommand::Prefill(args) => crate::bench_prefill::run(cli, args),
         BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
+        BenchCommand::Step(args) => crate::bench_step::run(args),
     }
 }
 

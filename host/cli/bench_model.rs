@@ -168,7 +168,10 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
         println!("\n{n}");
     }
 
-    let llama_bench = args.llama_bench.clone().or_else(default_llama_bench);
+    let llama_bench = args
+        .llama_bench
+        .clone()
+        .or_else(|| reference_bin("llama-bench"));
     match llama_bench {
         Some(bin) if bin.is_file() => {
             let threads: Vec<String> = args.threads.iter().map(|t| t.to_string()).collect();
@@ -223,15 +226,17 @@ pub fn run(args: &ModelBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where `scripts/reference/build-llama-cpp` puts llama-bench.
-fn default_llama_bench() -> Option<PathBuf> {
+/// Where `scripts/reference/build-llama-cpp` puts the llama.cpp program
+/// `name`, if it has been built.
+pub fn reference_bin(name: &str) -> Option<PathBuf> {
     let cache = crate::model::model_cache().parent()?.to_owned();
     let src = cache.join("reference/src");
     for entry in std::fs::read_dir(&src).ok()? {
         let bin = entry
             .ok()?
             .path()
-            .join("vendor/llama.cpp/build/bin/llama-bench");
+            .join("vendor/llama.cpp/build/bin")
+            .join(name);
         if bin.is_file() {
             return Some(bin);
         }

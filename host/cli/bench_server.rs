@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::Cli;
 use crate::model::ModelArgs;
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ServerBenchArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -55,6 +55,105 @@ pub struct ServerBenchArgs {
     /// in-process server's --step-tokens); 0 prefills each prompt whole.
     #[arg(long, default_value_t = deepwasm_engine::batcher::DEFAULT_STEP_TOKENS)]
     step_tokens: usize,
+    /// Then measure llama.cpp's llama-server on the same file with the same
+    /// clients, started here (continuous batching, `--peer-slots` slots).
+    #[arg(long)]
+    peer: bool,
+    /// The llama-server to run with `--peer` [default: the reference build
+    /// of scripts/reference/build-llama-cpp]
+    #[arg(long)]
+    llama_server: Option<PathBuf>,
+    /// Sequences llama-server decodes at once (its `-np`).
+    #[arg(long, default_value_t = 16)]
+    peer_slots: usize,
+    /// Context per llama-server slot (its `-c` is this times the slots).
+    #[arg(long, default_value_t = 512)]
+    peer_slot_context: usize,
+}
+
+/// llama.cpp's server on `model`, listening on a free local port; killed
+/// when dropped.
+struct Peer {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Peer {
+    fn start(
+        bin: &std::path::Path,
+        model: &std::path::Path,
+        args: &ServerBenchArgs,
+    ) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .to_string()
+        });
+        let child = std::process::Command::new(bin)
+            .arg("-m")
+            .arg(model)
+            .args(["-t", &threads, "-np", &args.peer_slots.to_string()])
+            .args([
+                "-c",
+                &(args.peer_slots * args.peer_slot_context).to_string(),
+            ])
+            .args([
+                "--cont-batching",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut peer = Peer {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = peer.child.try_wait()? {
+                bail!("llama-server exited before it was ready ({status})");
+            }
+            if healthy(port) {
+                return Ok(peer);
+            }
+            if Instant::now() > deadline {
+                bail!("llama-server was not ready within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Whether the server on `port` answers `GET /health` with 200 (it answers
+/// 503 while it loads the model).
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    if conn
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The prompts the clients cycle through.
@@ -105,7 +204,26 @@ pub fn run(cli: &Cli, args: &ServerBenchArgs) -> anyhow::Result<()> {
             ),
         ),
     };
-    runtime.block_on(bench(&Client::new(&base, None), &label, args))
+    runtime.block_on(bench(&Client::new(&base, None), &label, args))?;
+    if args.peer {
+        let bin = args
+            .llama_server
+            .clone()
+            .or_else(|| crate::bench_model::reference_bin("llama-server"))
+            .context("no llama-server: build it with scripts/reference/build-llama-cpp, or pass --llama-server")?;
+        let peer = Peer::start(&bin, &args.model.path()?, args)?;
+        println!();
+        let label = format!(
+            "llama.cpp llama-server ({} slots, continuous batching)",
+            args.peer_slots
+        );
+        let peer_args = ServerBenchArgs {
+            sampler: None,
+            ..args.clone()
+        };
+        runtime.block_on(bench(&Client::new(&peer.base, None), &label, &peer_args))?;
+    }
+    Ok(())
 }
 
 /// The async runtime the benchmark's clients (and an in-process server) run on.
@@ -170,8 +288,8 @@ async fn bench(client: &Client, label: &str, args: &ServerBenchArgs) -> anyhow::
     for (pass, sampler) in &passes {
         println!("\n{pass}");
         println!(
-            "{:>7}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}  {:>8}",
-            "clients", "requests", "tokens", "tok/s", "TTFT p50", "TTFT p99", "× one"
+            "{:>7}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}  {:>10}  {:>8}",
+            "clients", "requests", "tokens", "tok/s", "TTFT p50", "TTFT p99", "ITL p99", "× one"
         );
         let mut one = None;
         for &clients in &args.clients {
@@ -209,12 +327,22 @@ async fn bench(client: &Client, label: &str, args: &ServerBenchArgs) -> anyhow::
             let tokens: usize = timings.iter().map(|t| t.tokens).sum();
             let rate = tokens as f64 / wall.as_secs_f64();
             let (p50, p99) = crate::bench::stats(timings.iter().map(|t| t.ttft).collect());
+            // Gaps between a stream's chunks after its first.
+            let gaps: Vec<Duration> = timings
+                .iter()
+                .flat_map(|t| t.arrivals.windows(2).map(|w| w[1] - w[0]))
+                .collect();
+            let itl = match gaps.is_empty() {
+                true => Duration::ZERO,
+                false => crate::bench::stats(gaps).1,
+            };
             let base_rate = *one.get_or_insert(rate);
             println!(
-                "{clients:>7}  {:>9}  {tokens:>9}  {rate:>9.1}  {:>8.0}ms  {:>8.0}ms  {:>7.2}×",
+                "{clients:>7}  {:>9}  {tokens:>9}  {rate:>9.1}  {:>8.0}ms  {:>8.0}ms  {:>8.0}ms  {:>7.2}×",
                 timings.len(),
                 p50.as_secs_f64() * 1e3,
                 p99.as_secs_f64() * 1e3,
+                itl.as_secs_f64() * 1e3,
                 rate / base_rate
             );
             let slowest = timings.iter().map(|t| t.total).max().unwrap_or_default();

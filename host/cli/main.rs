@@ -10,6 +10,7 @@ mod bench_prefill;
 mod bench_sampler;
 mod bench_server;
 mod bench_soak;
+mod bench_step;
 mod generate;
 mod model;
 mod plugin;
