@@ -35,9 +35,10 @@ pub struct PrefillBenchArgs {
     #[arg(long, default_value_t = 128)]
     stream_tokens: usize,
     /// Times the long prompt is sent (one after another, each beside a new
-    /// stream); the gaps of all runs are pooled.
-    #[arg(long, default_value_t = 3)]
-    repetitions: usize,
+    /// stream, each prompt labelled with its run so none is a cache hit);
+    /// the gaps of all runs are pooled.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    repetitions: u8,
     /// Print every run's gaps as JSON as well.
     #[arg(long)]
     json: bool,
@@ -153,10 +154,14 @@ async fn measure(
             .arrivals,
     );
 
-    // The same prompt every run: counted once.
-    let counted = prompt_tokens(client, &model, prompt).await?;
+    // Each run's prompt begins differently, so none is served from the
+    // blocks the server keeps of an earlier one (only the chat template's
+    // opening is shared, as between any two chats). They have one length:
+    // counted once, with a label no run uses.
+    let labelled = |r: u8| format!("Run {r}. {prompt}");
+    let counted = prompt_tokens(client, &model, &labelled(args.repetitions)).await?;
     let mut runs = Vec::new();
-    for _ in 0..args.repetitions {
+    for r in 0..args.repetitions {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         // The stream runs until the long prompt's answer is in.
         let stream = {
@@ -174,7 +179,7 @@ async fn measure(
         let long = client
             .stream_chat(json!({
                 "model": model,
-                "messages": [{"role": "user", "content": prompt}],
+                "messages": [{"role": "user", "content": labelled(r)}],
                 "max_tokens": 1,
                 "temperature": 0,
             }))

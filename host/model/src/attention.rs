@@ -10,13 +10,16 @@ use rayon::prelude::*;
 
 use crate::cache::{BLOCK_TOKENS, KvCache, LayerViews};
 
-/// Queries per sequence up to which the fused kernel is used: beyond, the
-/// matrix products of the general path win.
-pub const FUSED_MAX_QUERIES: usize = 16;
+/// Query-key pairs up to which a sequence's chunk goes through the fused
+/// kernel (a decode step always does): it computes one pair at a time on
+/// one thread per sequence, so a long chunk deep into a long prompt is
+/// better served by the matrix products of the general path.
+pub const FUSED_MAX_PAIRS: usize = 4096;
 
 /// One sequence's part of the batch: its cache (the step's keys and values
 /// already written at `[start, start + n)`), and its queries' first row in
 /// the batch.
+#[derive(Clone, Copy)]
 pub struct SeqQueries<'a> {
     pub cache: &'a KvCache,
     pub start: usize,
@@ -32,14 +35,16 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
-/// Whether [`attend`] serves this batch.
-pub fn fused_applies(device: &Device, dtype: DType, seqs: &[SeqQueries]) -> bool {
-    device.is_cpu() && dtype == DType::F32 && seqs.iter().all(|s| s.n <= FUSED_MAX_QUERIES)
+/// Whether [`attend`] suits a sequence's part of a step on this device and
+/// dtype.
+pub fn fused_suits(device: &Device, dtype: DType, s: &SeqQueries) -> bool {
+    device.is_cpu() && dtype == DType::F32 && (s.n == 1 || s.n * (s.start + s.n) <= FUSED_MAX_PAIRS)
 }
 
-/// Causal attention of `q` (`[total, heads * head_dim]`, rotary applied)
-/// against layer `layer` of each sequence's cache, whose rows are
-/// `kv_heads * head_dim` wide. Gives `[total, heads * head_dim]`.
+/// Causal attention of each sequence's rows of `q` (`[rows, heads *
+/// head_dim]`, rotary applied) against layer `layer` of its cache, whose
+/// rows are `kv_heads * head_dim` wide. Gives the sequences' outputs one
+/// after another, `[Σ n, heads * head_dim]`.
 pub fn attend(q: &Tensor, layer: usize, seqs: &[SeqQueries], shape: Heads) -> Result<Tensor> {
     let Heads {
         heads,
@@ -47,13 +52,17 @@ pub fn attend(q: &Tensor, layer: usize, seqs: &[SeqQueries], shape: Heads) -> Re
         head_dim: hd,
     } = shape;
     let width = heads * hd;
-    let total = q.dim(0)?;
+    let rows = q.dim(0)?;
+    let total: usize = seqs.iter().map(|s| s.n).sum();
     let q = q.contiguous()?;
     let (q_storage, q_layout) = q.storage_and_layout();
     let Storage::Cpu(q_cpu) = &*q_storage else {
         candle_core::bail!("fused attention runs on the CPU");
     };
-    let q_all = &q_cpu.as_slice::<f32>()?[q_layout.start_offset()..][..total * width];
+    let q_all = &q_cpu.as_slice::<f32>()?[q_layout.start_offset()..][..rows * width];
+    if seqs.iter().any(|s| s.row + s.n > rows) {
+        candle_core::bail!("a sequence's queries lie past the {rows} rows given");
+    }
 
     let views = LayerViews::new(layer, seqs.iter().map(|s| s.cache))?;
     let guards: Vec<_> = views
@@ -86,15 +95,10 @@ pub fn attend(q: &Tensor, layer: usize, seqs: &[SeqQueries], shape: Heads) -> Re
     // Each sequence's output rows, disjoint, for the threads.
     let mut parts = Vec::with_capacity(seqs.len());
     let mut rest = out.as_mut_slice();
-    let mut at = 0;
     for s in seqs {
-        if s.row != at {
-            candle_core::bail!("sequences' queries must be consecutive rows");
-        }
         let (mine, tail) = rest.split_at_mut(s.n * width);
         parts.push((s, mine, views.block_rows(s.cache, s.start + s.n)?));
         rest = tail;
-        at += s.n;
     }
     let scale = 1.0 / (hd as f32).sqrt();
     parts.into_par_iter().for_each(|(s, out, blocks)| {

@@ -525,18 +525,37 @@ impl Llama {
             });
             row += n;
         }
-        if attention::fused_applies(&self.device, q.dtype(), &seqs) {
-            let shape = attention::Heads {
-                heads: self.cfg.num_attention_heads,
-                kv_heads: self.cfg.kv_heads(),
-                head_dim: self.cfg.head_dim(),
-            };
-            return attention::attend(q, layer, &seqs, shape);
-        }
-        let outs = seqs
+        // Decode steps and short chunks in one fused pass; long chunks by
+        // matrix products.
+        let (fused, general): (Vec<_>, Vec<_>) = seqs
             .iter()
-            .map(|s| self.attend_one(layer, &q.narrow(0, s.row, s.n)?, s.cache, s.start))
-            .collect::<Result<Vec<_>>>()?;
+            .partition(|s| attention::fused_suits(&self.device, q.dtype(), s));
+        let fused_out = match fused.is_empty() {
+            true => None,
+            false => {
+                let shape = attention::Heads {
+                    heads: self.cfg.num_attention_heads,
+                    kv_heads: self.cfg.kv_heads(),
+                    head_dim: self.cfg.head_dim(),
+                };
+                let fused: Vec<attention::SeqQueries> = fused.into_iter().copied().collect();
+                Some(attention::attend(q, layer, &fused, shape)?)
+            }
+        };
+        if general.is_empty() {
+            return Ok(fused_out.expect("every sequence went through the fused pass"));
+        }
+        let mut outs = Vec::with_capacity(seqs.len());
+        let mut fused_row = 0;
+        for s in &seqs {
+            if attention::fused_suits(&self.device, q.dtype(), s) {
+                let out = fused_out.as_ref().expect("a fused output");
+                outs.push(out.narrow(0, fused_row, s.n)?);
+                fused_row += s.n;
+            } else {
+                outs.push(self.attend_one(layer, &q.narrow(0, s.row, s.n)?, s.cache, s.start)?);
+            }
+        }
         if outs.len() == 1 {
             Ok(outs.into_iter().next().expect("one output"))
         } else {
