@@ -927,3 +927,53 @@ fn sequences_with_the_same_prompt_share_its_prefill() {
         3 * (prompt as u64 - 1)
     );
 }
+
+/// An agent's next turn extends the conversation its last turn left in the
+/// cache: run directly on an engine (as `deepwasm agent run` does), it
+/// starts from those blocks instead of computing the conversation again,
+/// and answers what it answers from scratch.
+#[test]
+fn a_next_turn_starts_from_the_blocks_of_the_last() {
+    use deepwasm_engine::{Engine, Generator};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let load = || {
+        Engine::from(
+            deepwasm_model::load(
+                &crate::util::default_model_path(),
+                &deepwasm_model::LoadOptions::default(),
+            )
+            .unwrap(),
+        )
+    };
+    let turn = |engine: &Engine, messages: Vec<ChatMessage>| {
+        let prompt = Prompt::Chat {
+            messages,
+            tools: Vec::new(),
+        };
+        engine
+            .run(
+                greedy(prompt, 12),
+                Box::new(BuiltinSampler),
+                Box::new(|_: &Delta| {}),
+                Arc::new(AtomicBool::new(false)),
+            )
+            .unwrap()
+    };
+    let engine = load();
+    let mut chat = vec![ChatMessage::user(
+        "Name three things a lighthouse keeper does each night.",
+    )];
+    let first = turn(&engine, chat.clone());
+    let before = engine.kv.shared_prompt_tokens.load(Ordering::Relaxed);
+    chat.push(ChatMessage::new("assistant", first.text.clone()));
+    chat.push(ChatMessage::user("And in the morning?"));
+    let second = turn(&engine, chat.clone());
+    let shared = engine.kv.shared_prompt_tokens.load(Ordering::Relaxed) - before;
+    assert!(
+        shared as usize >= first.prompt_tokens.len(),
+        "{shared} tokens shared; the first turn's prompt alone was {}",
+        first.prompt_tokens.len()
+    );
+    assert_eq!(second.tokens, turn(&load(), chat).tokens);
+}

@@ -1,10 +1,11 @@
 //! A loaded model and what it takes to prompt it: the tokenizer, the chat
 //! template and how the model writes tool calls.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use deepwasm_model::{CausalLm, ChatTemplate, LoadedModel, Tokenizer, ToolCallFormat};
 
+use crate::batcher::{KvStats, PrefixCache};
 use crate::request::{GenerateError, Prompt};
 
 /// A loaded model and what it takes to prompt it.
@@ -21,6 +22,12 @@ pub struct Engine {
     /// does, and writes past calls and their results as text (see
     /// [`ToolCallFormat::adapt_messages`]).
     pub template_renders_tools: bool,
+    /// What the last request run here directly (not through a scheduler)
+    /// left cached, for the next: an agent's next turn, or a repeated
+    /// prompt, starts from those blocks.
+    pub(crate) prefixes: Arc<Mutex<Option<PrefixCache>>>,
+    /// The cache of requests run here directly.
+    pub kv: Arc<KvStats>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -45,6 +52,8 @@ impl From<LoadedModel> for Engine {
             chat_template: m.chat_template,
             tool_format,
             template_renders_tools,
+            prefixes: Arc::default(),
+            kv: Arc::default(),
         }
     }
 }

@@ -125,7 +125,16 @@ impl Generator for Engine {
     ) -> Result<Completion, GenerateError> {
         let result = std::sync::Mutex::new(None);
         let run = || {
-            let mut batcher = Batcher::new(self, 1);
+            // Turn after turn, each starts from what the last one cached.
+            let kept = self
+                .prefixes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let mut batcher = Batcher::new(self, 1).with_kv_budget(usize::MAX, self.kv.clone());
+            if let Some(kept) = kept {
+                batcher = batcher.with_prefix_cache(kept);
+            }
             batcher.submit(Job {
                 req,
                 sampler,
@@ -134,6 +143,8 @@ impl Generator for Engine {
                 cancelled,
             });
             batcher.run_to_end();
+            *self.prefixes.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(batcher.into_prefix_cache());
         };
         if rayon::current_thread_index().is_some() {
             run();
