@@ -177,60 +177,80 @@ pub fn normalize(set: &TokenSet, len: u32) -> Result<TokenSet, SetTooLarge> {
 
 /// [`normalize`], as the bitset's words.
 pub fn normalize_words(set: &TokenSet, len: u32) -> Result<Vec<u32>, SetTooLarge> {
-    let words = (len as usize).div_ceil(32);
-    let entries = match set {
-        TokenSet::Ids(ids) => ids.len(),
-        TokenSet::Ranges(ranges) => ranges.len(),
-        TokenSet::Bitset(_) => 0,
-    };
+    match set {
+        TokenSet::Ids(ids) => words_of_ids(ids, len),
+        TokenSet::Ranges(ranges) => words_of_ranges(ranges.iter().map(|r| (r.start, r.end)), len),
+        TokenSet::Bitset(w) => Ok(words_of_bitset(w, len)),
+    }
+}
+
+/// Refuses a set of `entries` ids or ranges over `len` tokens when it is
+/// longer than [`max_set_entries`].
+fn check_entries(entries: usize, len: u32) -> Result<(), SetTooLarge> {
     let max = max_set_entries(len);
     if entries > max {
         return Err(SetTooLarge { entries, max, len });
     }
-    let mut bits = vec![0u32; words];
-    match set {
-        TokenSet::Ids(ids) => {
-            for &id in ids {
-                if id < len {
-                    bits[id as usize / 32] |= 1 << (id % 32);
-                }
-            }
-        }
-        TokenSet::Ranges(ranges) => {
-            let mut runs: Vec<(u32, u32)> = ranges
-                .iter()
-                .map(|r| (r.start, r.end.min(len)))
-                .filter(|(start, end)| start < end)
-                .collect();
-            runs.sort_unstable();
-            let mut merged: Option<(u32, u32)> = None;
-            for (start, end) in runs {
-                match &mut merged {
-                    Some((_, e)) if start <= *e => *e = (*e).max(end),
-                    _ => {
-                        if let Some((s, e)) = merged {
-                            set_bit_run(&mut bits, s, e);
-                        }
-                        merged = Some((start, end));
-                    }
-                }
-            }
-            if let Some((s, e)) = merged {
-                set_bit_run(&mut bits, s, e);
-            }
-        }
-        TokenSet::Bitset(w) => {
-            let n = w.len().min(words);
-            bits[..n].copy_from_slice(&w[..n]);
-            if let Some(last) = bits.last_mut()
-                && !len.is_multiple_of(32)
-                && n == words
-            {
-                *last &= (1u32 << (len % 32)) - 1;
-            }
+    Ok(())
+}
+
+/// [`normalize_words`] of the ids `ids`.
+pub fn words_of_ids(ids: &[u32], len: u32) -> Result<Vec<u32>, SetTooLarge> {
+    check_entries(ids.len(), len)?;
+    let mut bits = vec![0u32; (len as usize).div_ceil(32)];
+    for &id in ids {
+        if id < len {
+            bits[id as usize / 32] |= 1 << (id % 32);
         }
     }
     Ok(bits)
+}
+
+/// [`normalize_words`] of the union of the half-open ranges
+/// `(start, end)`.
+pub fn words_of_ranges(
+    ranges: impl ExactSizeIterator<Item = (u32, u32)>,
+    len: u32,
+) -> Result<Vec<u32>, SetTooLarge> {
+    check_entries(ranges.len(), len)?;
+    let mut bits = vec![0u32; (len as usize).div_ceil(32)];
+    let mut runs: Vec<(u32, u32)> = ranges
+        .map(|(start, end)| (start, end.min(len)))
+        .filter(|(start, end)| start < end)
+        .collect();
+    runs.sort_unstable();
+    let mut merged: Option<(u32, u32)> = None;
+    for (start, end) in runs {
+        match &mut merged {
+            Some((_, e)) if start <= *e => *e = (*e).max(end),
+            _ => {
+                if let Some((s, e)) = merged {
+                    set_bit_run(&mut bits, s, e);
+                }
+                merged = Some((start, end));
+            }
+        }
+    }
+    if let Some((s, e)) = merged {
+        set_bit_run(&mut bits, s, e);
+    }
+    Ok(bits)
+}
+
+/// [`normalize_words`] of the bitset `w`: cut or padded to
+/// `ceil(len / 32)` words, bits past `len` cleared.
+pub fn words_of_bitset(w: &[u32], len: u32) -> Vec<u32> {
+    let words = (len as usize).div_ceil(32);
+    let mut bits = vec![0u32; words];
+    let n = w.len().min(words);
+    bits[..n].copy_from_slice(&w[..n]);
+    if let Some(last) = bits.last_mut()
+        && !len.is_multiple_of(32)
+        && n == words
+    {
+        *last &= (1u32 << (len % 32)) - 1;
+    }
+    bits
 }
 
 /// Sets bits `[start, end)` of a bitset of 32-bit words.
