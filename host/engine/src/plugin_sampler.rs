@@ -22,6 +22,11 @@
 //! ends the sequence with the typed error. A trapping plugin ends only its
 //! own request.
 //!
+//! This is the one place the plugin's WIT types meet the engine's: its
+//! decisions become [`Decision`]s here (token sets normalised on the way,
+//! [`decision_from_wit`]), and the request's parameters become the WIT
+//! record its `open` takes.
+//!
 //! A plugin's pool of instances ([`SamplerPlugin`]) is made in one place,
 //! [`SamplerHosting`]: the model's tokenizer as its import, the limits of a
 //! step budget and policy, and the meter its calls count against. The
@@ -33,13 +38,15 @@ use std::time::{Duration, Instant};
 
 use deepwasm_model::{SpecialKind, Tokenizer};
 use deepwasm_plugins::{
-    Capabilities, Limits, LoadError, Meter, Plugin, PluginError, SamplerPlugin, Sandbox,
-    TokenizerAccess, tokenizer as wit_tokenizer,
+    self as wit, Capabilities, Limits, LoadError, Meter, Plugin, PluginError, SamplerPlugin,
+    Sandbox, SetTooLarge, TokenizerAccess, tokenizer as wit_tokenizer,
 };
 
 use crate::engine::Engine;
-use crate::sampler::{Decision, Prepared, Reply, Sampler, SamplerError, default_spec};
-use crate::sampling::SamplingParams;
+use crate::sampler::{Decision, Prepared, Reply, Sampler, SamplerError};
+use crate::sampling::{
+    SampleSpec, SamplingOverrides, SamplingParams, TokenBias, TokenRange, TokenSet,
+};
 
 /// The default time a step may wait for a sampler plugin.
 pub const DEFAULT_STEP_BUDGET: Duration = Duration::from_millis(25);
@@ -80,7 +87,7 @@ impl MissPolicy {
 /// holds), so one pool of instances, made for the longest budget a tenant
 /// may ask for, serves every shorter budget and every policy.
 pub fn sampler_limits(budget: Duration, policy: MissPolicy) -> Limits {
-    let mut limits = Limits::for_world(deepwasm_plugins::World::Sampler);
+    let mut limits = Limits::for_world(wit::World::Sampler);
     limits.call_deadline = policy.hard_deadline(budget);
     limits
 }
@@ -460,10 +467,10 @@ impl PluginSampler {
         }
         tracing::warn!(sampler = %self.name, "missed its step budget; the built-in sampler picks this step");
         Ok(Reply::Ready(match phase {
-            Phase::Prepare => {
-                Answer::Prepared(Ok(Prepared::Decided(Decision::Sample(default_spec()))))
-            }
-            Phase::Decide => Answer::Decided(Ok(Decision::Sample(default_spec()))),
+            Phase::Prepare => Answer::Prepared(Ok(Prepared::Decided(Decision::Sample(
+                SampleSpec::default(),
+            )))),
+            Phase::Decide => Answer::Decided(Ok(Decision::Sample(SampleSpec::default()))),
         }))
     }
 
@@ -485,13 +492,14 @@ impl PluginSampler {
 }
 
 /// The worker: opens the plugin's sequence, then answers calls in order,
-/// each under `deadline`. Token sets in its answers are normalised here,
-/// on the plugin's own time, to bitsets over `vocab` tokens (when the
-/// plugin has a tokenizer to tell it), so that applying them costs the
-/// batch one pass over the vocabulary however the plugin wrote them.
+/// each under `deadline`, in the engine's types. Token sets in its answers
+/// are normalised here, on the plugin's own time, to bitsets over `vocab`
+/// tokens (when the plugin has a tokenizer to tell it), so that applying
+/// them costs the batch one pass over the vocabulary however the plugin
+/// wrote them.
 fn serve(
     plugin: SamplerPlugin,
-    open: (String, Vec<u32>, deepwasm_plugins::SamplingParams),
+    open: (String, Vec<u32>, wit::SamplingParams),
     deadline: Duration,
     calls: Receiver<Call>,
     answers: Sender<Answer>,
@@ -516,35 +524,27 @@ fn serve(
             return;
         }
     };
-    let tidy = |decision: &mut Decision| -> Result<(), PluginError> {
-        if let (Decision::Sample(spec), Some(len)) = (decision, vocab) {
-            for set in [&mut spec.allow, &mut spec.deny].into_iter().flatten() {
-                *set = deepwasm_plugins::normalize(set, len)
-                    .map_err(|e| PluginError::protocol(&name, format!("sent {e}")))?;
-            }
-        }
-        Ok(())
-    };
+    let refused = |e: SetTooLarge| PluginError::protocol(&name, format!("sent {e}"));
     for call in calls {
         let answer = match call {
             Call::Prepare(step, tokens) => {
-                let mut prepared = seq.prepare_within(deadline, step, &tokens);
-                if let Ok(Prepared::Decided(d)) = &mut prepared
-                    && let Err(e) = tidy(d)
-                {
-                    seq.record_failure(&e);
-                    prepared = Err(e);
-                }
+                let prepared = seq.prepare_within(deadline, step, &tokens).and_then(|p| {
+                    prepared_from_wit(p, vocab).map_err(|e| {
+                        let e = refused(e);
+                        seq.record_failure(&e);
+                        e
+                    })
+                });
                 Answer::Prepared(prepared)
             }
             Call::Decide(step, logits) => {
-                let mut decided = seq.decide_within(deadline, step, logits);
-                if let Ok(d) = &mut decided
-                    && let Err(e) = tidy(d)
-                {
-                    seq.record_failure(&e);
-                    decided = Err(e);
-                }
+                let decided = seq.decide_within(deadline, step, logits).and_then(|d| {
+                    decision_from_wit(d, vocab).map_err(|e| {
+                        let e = refused(e);
+                        seq.record_failure(&e);
+                        e
+                    })
+                });
                 Answer::Decided(decided)
             }
         };
@@ -554,26 +554,101 @@ fn serve(
     }
 }
 
+/// A plugin's `prepared` in the engine's types ([`decision_from_wit`]).
+fn prepared_from_wit(p: wit::Prepared, vocab: Option<u32>) -> Result<Prepared, SetTooLarge> {
+    Ok(match p {
+        wit::Prepared::Decided(d) => Prepared::Decided(decision_from_wit(d, vocab)?),
+        wit::Prepared::NeedLogits => Prepared::NeedLogits,
+    })
+}
+
+/// A plugin's `decision` in the engine's types. With the vocabulary size
+/// known, its token sets become bitsets over it; a set longer than
+/// [`max_set_entries`](deepwasm_plugins::max_set_entries) is refused.
+pub fn decision_from_wit(d: wit::Decision, vocab: Option<u32>) -> Result<Decision, SetTooLarge> {
+    Ok(match d {
+        wit::Decision::Pick(t) => Decision::Pick(t),
+        wit::Decision::Sample(spec) => Decision::Sample(spec_from_wit(spec, vocab)?),
+        wit::Decision::Force(tokens) => Decision::Force(tokens),
+        wit::Decision::Stop => Decision::Stop,
+    })
+}
+
+fn spec_from_wit(spec: wit::SampleSpec, vocab: Option<u32>) -> Result<SampleSpec, SetTooLarge> {
+    let set = |s: Option<wit::TokenSet>| s.map(|s| set_from_wit(s, vocab)).transpose();
+    Ok(SampleSpec {
+        allow: set(spec.allow)?,
+        deny: set(spec.deny)?,
+        bias: spec
+            .bias
+            .into_iter()
+            .map(|b| TokenBias {
+                token: b.token,
+                bias: b.bias,
+            })
+            .collect(),
+        params: spec.params.map(overrides_from_wit),
+    })
+}
+
+/// `set` as the engine's: normalised to a bitset over `vocab` tokens when
+/// that is known, else as the plugin wrote it.
+fn set_from_wit(set: wit::TokenSet, vocab: Option<u32>) -> Result<TokenSet, SetTooLarge> {
+    if let Some(len) = vocab {
+        return wit::normalize_words(&set, len).map(TokenSet::Bitset);
+    }
+    Ok(match set {
+        wit::TokenSet::Ids(ids) => TokenSet::Ids(ids),
+        wit::TokenSet::Ranges(ranges) => TokenSet::Ranges(
+            ranges
+                .into_iter()
+                .map(|r| TokenRange {
+                    start: r.start,
+                    end: r.end,
+                })
+                .collect(),
+        ),
+        wit::TokenSet::Bitset(words) => TokenSet::Bitset(words),
+    })
+}
+
+fn overrides_from_wit(p: wit::SamplingParams) -> SamplingOverrides {
+    SamplingOverrides {
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        repetition_penalty: p.repetition_penalty,
+        presence_penalty: p.presence_penalty,
+        frequency_penalty: p.frequency_penalty,
+        seed: p.seed,
+    }
+}
+
+/// The request's parameters as the WIT record a plugin's `open` takes.
+fn params_to_wit(params: &SamplingParams) -> wit::SamplingParams {
+    wit::SamplingParams {
+        temperature: Some(params.temperature),
+        top_k: Some(params.top_k.min(u32::MAX as usize) as u32),
+        top_p: Some(params.top_p),
+        min_p: Some(params.min_p),
+        repetition_penalty: Some(params.repetition_penalty),
+        presence_penalty: Some(params.presence_penalty),
+        frequency_penalty: Some(params.frequency_penalty),
+        seed: params.seed,
+    }
+}
+
 impl Sampler for PluginSampler {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn begin(&mut self, prompt: &[u32], params: &SamplingParams) -> Result<(), SamplerError> {
-        let wit_params = deepwasm_plugins::SamplingParams {
-            temperature: Some(params.temperature),
-            top_k: Some(params.top_k.min(u32::MAX as usize) as u32),
-            top_p: Some(params.top_p),
-            min_p: Some(params.min_p),
-            repetition_penalty: Some(params.repetition_penalty),
-            presence_penalty: Some(params.presence_penalty),
-            frequency_penalty: Some(params.frequency_penalty),
-            seed: params.seed,
-        };
         let (call_tx, call_rx) = channel();
         let (answer_tx, answer_rx) = channel();
         let plugin = self.plugin.clone();
-        let open = (self.config.clone(), prompt.to_vec(), wit_params);
+        let open = (self.config.clone(), prompt.to_vec(), params_to_wit(params));
         let deadline = self.policy.hard_deadline(self.budget);
         let thread = std::thread::Builder::new()
             .name(format!("sampler-{}", self.name))

@@ -17,7 +17,31 @@ use std::time::Instant;
 
 use crate::sampling::SamplingParams;
 
-pub use deepwasm_plugins::{Decision, Prepared, SampleSpec};
+pub use crate::sampling::SampleSpec;
+
+/// What a sampler decided for a step (the WIT `decision`, in the engine's
+/// types).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Append this token.
+    Pick(u32),
+    /// Let the built-in sampler pick, shaped by the spec.
+    Sample(SampleSpec),
+    /// Append these tokens (at least one) without sampling, in one forward
+    /// pass.
+    Force(Vec<u32>),
+    /// End the sequence now.
+    Stop,
+}
+
+/// What a sampler's first phase answered (the WIT `prepared`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prepared {
+    /// The decision is known without the logits: `decide` is not called.
+    Decided(Decision),
+    /// Call `decide` with this step's logits.
+    NeedLogits,
+}
 
 /// Why a sampler could not decide.
 #[derive(Debug, thiserror::Error)]
@@ -76,16 +100,6 @@ pub trait Sampler: Send {
     ) -> Result<Reply<Decision>, SamplerError>;
 }
 
-/// A spec that leaves everything to the request's parameters.
-pub fn default_spec() -> SampleSpec {
-    SampleSpec {
-        allow: None,
-        deny: None,
-        bias: Vec::new(),
-        params: None,
-    }
-}
-
 /// The built-in sampler: every step is sampled with the request's
 /// parameters, no plugin involved.
 #[derive(Debug, Default)]
@@ -103,7 +117,7 @@ impl Sampler for BuiltinSampler {
         _until: Instant,
     ) -> Result<Reply<Prepared>, SamplerError> {
         Ok(Reply::Ready(Prepared::Decided(Decision::Sample(
-            default_spec(),
+            SampleSpec::default(),
         ))))
     }
 
@@ -113,7 +127,7 @@ impl Sampler for BuiltinSampler {
         _logits: &Arc<Vec<f32>>,
         _until: Instant,
     ) -> Result<Reply<Decision>, SamplerError> {
-        Ok(Reply::Ready(Decision::Sample(default_spec())))
+        Ok(Reply::Ready(Decision::Sample(SampleSpec::default())))
     }
 }
 

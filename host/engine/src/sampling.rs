@@ -45,6 +45,7 @@ mod params;
 mod rng;
 mod sample;
 mod select;
+mod spec;
 
 pub use history::TokenHistory;
 pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, logprobs};
@@ -52,3 +53,4 @@ pub use mask::{MaskError, apply_bias, apply_mask, has_pickable, process_logits};
 pub use params::{GREEDY_TEMPERATURE, InvalidParam, SamplingParams};
 pub use rng::SequenceRng;
 pub use sample::{sample, sample_step};
+pub use spec::{SampleSpec, SamplingOverrides, TokenBias, TokenRange, TokenSet};

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use deepwasm_model::toolcall::{THINK_END, ToolChoiceError};
 use deepwasm_model::{CallConstraint, OutputSplitter, Tokenizer, ToolCallFormat, ToolSpec};
-use deepwasm_plugins::{SamplerPlugin, TokenSet};
+use deepwasm_plugins::SamplerPlugin;
 
 use super::CALL_STEP_BUDGET;
 use crate::plugin_sampler::{MissPolicy, PluginSampler};
-use crate::sampler::{Decision, Prepared, Reply, SampleSpec, Sampler, SamplerError, default_spec};
-use crate::sampling::SamplingParams;
+use crate::sampler::{Decision, Prepared, Reply, SampleSpec, Sampler, SamplerError};
+use crate::sampling::{SamplingParams, TokenSet};
 
 /// What a [`Watch`] saw: the text generated, and where it stopped.
 #[derive(Clone, Default)]
@@ -142,7 +142,7 @@ impl Sampler for Watch {
                 *cut = Some(at);
                 Decision::Stop
             }
-            None => Decision::Sample(default_spec()),
+            None => Decision::Sample(SampleSpec::default()),
         })))
     }
 
@@ -152,7 +152,7 @@ impl Sampler for Watch {
         _logits: &Arc<Vec<f32>>,
         _until: Instant,
     ) -> Result<Reply<Decision>, SamplerError> {
-        Ok(Reply::Ready(Decision::Sample(default_spec())))
+        Ok(Reply::Ready(Decision::Sample(SampleSpec::default())))
     }
 }
 
@@ -348,7 +348,7 @@ impl Sampler for CallSampler {
                     return Ok(Reply::Ready(Prepared::Decided(Decision::Sample(
                         SampleSpec {
                             allow: Some(TokenSet::Ids(next)),
-                            ..default_spec()
+                            ..SampleSpec::default()
                         },
                     ))));
                 }
@@ -442,9 +442,8 @@ fn only_eos(set: &TokenSet, eos: &[u32]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use deepwasm_plugins::TokenRange;
-
     use super::*;
+    use crate::sampling::TokenRange;
 
     #[test]
     fn only_eos_reads_every_encoding() {

@@ -1,13 +1,12 @@
 //! Pipeline steps 1–4: penalties, logit bias, a plugin's mask and its bias.
 //! All edit the logits in place.
 
-use std::borrow::Cow;
-
-use deepwasm_plugins::{SetTooLarge, TokenBias, TokenSet, for_each_bit_run, normalize_words};
+use deepwasm_plugins::{SetTooLarge, for_each_bit_run};
 
 use super::history::TokenHistory;
 use super::kernels::{BLOCK, max_of};
 use super::params::SamplingParams;
+use super::spec::{TokenBias, TokenSet};
 
 /// Applies the request's penalties, then its logit bias, in place.
 ///
@@ -77,7 +76,7 @@ pub enum MaskError {
 /// Fails when a set was given and no token is left with a logit above -inf
 /// (NaN does not count): sampling would otherwise pick a token the plugin
 /// forbade. Sets are normalised to bitsets first (see
-/// [`normalize`]), so the cost is O(n log n) in the set's entries at worst
+/// [`TokenSet::to_words`]), so the cost is O(n log n) in the set's entries at worst
 /// plus passes over the vocabulary, however the plugin repeated itself; a
 /// set of more than [`max_set_entries`](deepwasm_plugins::max_set_entries)
 /// entries is refused.
@@ -88,12 +87,12 @@ pub fn apply_mask(
 ) -> Result<(), MaskError> {
     let len = logits.len().min(u32::MAX as usize) as u32;
     if let Some(deny) = deny {
-        for_each_bit_run(&words(deny, len)?, len, |start, end| {
+        for_each_bit_run(&deny.words(len)?, len, |start, end| {
             logits[start as usize..end as usize].fill(f32::NEG_INFINITY);
         });
     }
     if let Some(allow) = allow {
-        let keep = keep_bits(&words(allow, len)?, len);
+        let keep = keep_bits(&allow.words(len)?, len);
         for (block, &bits) in logits.chunks_mut(BLOCK).zip(&keep) {
             if bits == u64::MAX {
                 continue;
@@ -115,14 +114,6 @@ pub fn apply_mask(
         });
     }
     Ok(())
-}
-
-/// `set` as a bitset's words: ids and ranges normalised, a bitset as it is.
-fn words(set: &TokenSet, len: u32) -> Result<Cow<'_, [u32]>, SetTooLarge> {
-    Ok(match set {
-        TokenSet::Bitset(w) => Cow::Borrowed(w),
-        _ => Cow::Owned(normalize_words(set, len)?),
-    })
 }
 
 /// The bitset `w32` (32-bit words) as words of [`BLOCK`] = 64 tokens over
@@ -149,7 +140,7 @@ pub fn has_pickable(logits: &[f32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deepwasm_plugins::TokenRange;
+    use crate::sampling::spec::TokenRange;
 
     const NEG: f32 = f32::NEG_INFINITY;
 
@@ -334,7 +325,6 @@ mod tests {
     fn a_wide_deny_costs_one_pass_not_one_per_range() {
         // 200,000 ranges, each of every token but 0: the mask leaves token
         // 0, quickly (filling the vocabulary once per range took seconds).
-        use deepwasm_plugins::TokenRange;
         let mut l = vec![1.0f32; 49_152];
         let deny = TokenSet::Ranges(vec![
             TokenRange {

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::spec::SamplingOverrides;
+
 /// Temperatures below this sample greedily, as in vLLM: dividing logits by a
 /// smaller number only magnifies rounding noise, and the answer is the argmax
 /// anyway.
@@ -156,7 +158,7 @@ impl SamplingParams {
     /// These parameters with the fields a sampler plugin set replacing ours
     /// (fields it left `None` keep their value). `logit_bias` is kept: a
     /// plugin biases through its sample spec instead.
-    pub fn with_overrides(&self, o: &deepwasm_plugins::SamplingParams) -> SamplingParams {
+    pub fn with_overrides(&self, o: &SamplingOverrides) -> SamplingParams {
         SamplingParams {
             temperature: o.temperature.unwrap_or(self.temperature),
             top_k: o.top_k.map_or(self.top_k, |k| k as usize),
@@ -324,15 +326,11 @@ mod tests {
             seed: Some(9),
             ..SamplingParams::default()
         };
-        let o = deepwasm_plugins::SamplingParams {
+        let o = SamplingOverrides {
             temperature: Some(0.0),
-            top_k: None,
             top_p: Some(0.5),
-            min_p: None,
-            repetition_penalty: None,
             presence_penalty: Some(1.0),
-            frequency_penalty: None,
-            seed: None,
+            ..SamplingOverrides::default()
         };
         let got = base.with_overrides(&o);
         assert_eq!(

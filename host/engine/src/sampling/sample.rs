@@ -27,8 +27,6 @@
 
 use std::cell::RefCell;
 
-use deepwasm_plugins::SampleSpec;
-
 use super::history::TokenHistory;
 use super::kernels::{
     Keep, collect, count_at_least, draw_from_blocks, first_index_of, kept_block_sums, max_all,
@@ -40,6 +38,7 @@ use super::rng::SequenceRng;
 use super::select::{
     Cand, at_or_before, compact, draw, top_k, top_p_cut, vocab_top_p_cut, weight_sum,
 };
+use super::spec::SampleSpec;
 
 const NEG_INF: f32 = f32::NEG_INFINITY;
 

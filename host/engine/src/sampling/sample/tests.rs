@@ -8,7 +8,7 @@
 use super::*;
 use crate::sampling::kernels::count_at_least;
 use crate::sampling::{GREEDY_TEMPERATURE, logprobs};
-use deepwasm_plugins::{TokenBias, TokenSet};
+use crate::sampling::{SamplingOverrides, TokenBias, TokenSet};
 
 const NEG: f32 = f32::NEG_INFINITY;
 const INF: f32 = f32::INFINITY;
@@ -588,15 +588,9 @@ fn sample_step_runs_the_pipeline_in_order() {
             token: 3,
             bias: 3.5,
         }],
-        params: Some(deepwasm_plugins::SamplingParams {
+        params: Some(SamplingOverrides {
             temperature: Some(0.0),
-            top_k: None,
-            top_p: None,
-            min_p: None,
-            repetition_penalty: None,
-            presence_penalty: None,
-            frequency_penalty: None,
-            seed: None,
+            ..SamplingOverrides::default()
         }),
     };
     let mut rng = SequenceRng::new(0);
@@ -619,15 +613,10 @@ fn sample_step_runs_the_pipeline_in_order() {
         allow: None,
         deny: None,
         bias: vec![],
-        params: Some(deepwasm_plugins::SamplingParams {
+        params: Some(SamplingOverrides {
             temperature: Some(0.0),
             repetition_penalty: Some(1.0),
-            top_k: None,
-            top_p: None,
-            min_p: None,
-            presence_penalty: None,
-            frequency_penalty: None,
-            seed: None,
+            ..SamplingOverrides::default()
         }),
     };
     assert_eq!(sample_step(&mut l, &p, &h, Some(&spec), &mut rng), Ok(0));
