@@ -99,5 +99,25 @@ def test_a_repeated_system_prompt_is_taken_from_the_cache():
     assert 40 <= partial < second["usage"]["prompt_tokens"], (partial, second["usage"])
 
 
+def test_prompts_past_the_cache_or_the_context_are_context_overflows():
+    """Past the server's cache budget or past the model's context, a prompt
+    is refused as OpenAI refuses an overflow (the code and wording clients
+    such as litellm key their context-window handling on)."""
+    for words, limit in [(2000, "server's maximum context length"), (9000, "model's maximum context length is 8192")]:
+        with http("alpha") as h:
+            r = h.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "word " * words}],
+                    "max_tokens": 4,
+                },
+            )
+        assert r.status_code == 400, r.text
+        e = error_of(r)
+        assert e["code"] == "context_length_exceeded" and e["param"] == "messages", e
+        assert limit in e["message"], e
+
+
 if __name__ == "__main__":
     run(globals())

@@ -310,12 +310,10 @@ impl<'e, 'r> Batcher<'e, 'r> {
                     r.seq.end_for_length();
                     (r.done)(Ok(r.seq.finish(&mut *r.sink)));
                 } else {
-                    (r.done)(Err(GenerateError::Invalid(format!(
-                        "the prompt needs {} tokens of attention cache with its first token, \
-                         more than the server's budget of {} tokens",
-                        r.seq.feed.len() + 1,
-                        self.kv_budget.saturating_mul(BLOCK_TOKENS)
-                    ))));
+                    (r.done)(Err(GenerateError::CacheBudget {
+                        need: r.seq.feed.len() + 1,
+                        budget: self.kv_budget.saturating_mul(BLOCK_TOKENS),
+                    }));
                 }
                 continue;
             }

@@ -119,8 +119,20 @@ pub struct Timings {
 pub enum GenerateError {
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("the prompt is {prompt} tokens, and the model's context is {context}")]
+    /// The wording begins as OpenAI's does, which clients such as litellm
+    /// match to tell a context overflow from other bad requests.
+    #[error(
+        "This model's maximum context length is {context} tokens, and the prompt is {prompt} \
+         tokens, which leaves no room to generate; shorten the prompt"
+    )]
     PromptTooLong { prompt: usize, context: usize },
+    /// The prompt alone needs more attention cache than the server holds
+    /// for all sequences together (`--kv-cache-mib`).
+    #[error(
+        "This server's maximum context length is {budget} tokens (its attention cache budget), \
+         and the prompt needs {need} tokens of attention cache with its first token; shorten the prompt"
+    )]
+    CacheBudget { need: usize, budget: usize },
     #[error("cannot render the chat prompt: {0}")]
     Template(String),
     #[error("cannot tokenize the prompt: {0}")]

@@ -429,18 +429,16 @@ impl Plan {
         }
         for (i, p) in prompts.iter().enumerate() {
             if p.ids.len() >= info.max_context {
-                return Err(ApiError::invalid_param(
-                    if prompts.len() > 1 {
-                        "prompt"
-                    } else {
-                        "messages"
-                    },
-                    format!(
-                        "prompt {i} is {} tokens, and the model's context is {}; nothing is left to generate",
-                        p.ids.len(),
-                        info.max_context
-                    ),
+                let mut e = ApiError::context_length_exceeded(format!(
+                    "This model's maximum context length is {} tokens, and prompt {i} is {} \
+                     tokens, which leaves no room to generate; shorten the prompt",
+                    info.max_context,
+                    p.ids.len()
                 ));
+                if prompts.len() > 1 {
+                    e.param = Some("prompt".into());
+                }
+                return Err(e);
             }
             if let Some(&bad) = p.ids.iter().find(|&&t| t as usize >= info.vocab_size) {
                 return Err(ApiError::invalid_param(

@@ -55,6 +55,15 @@ impl ApiError {
         e
     }
 
+    /// 400 with OpenAI's code for a prompt longer than the context, which
+    /// clients key their context-window handling on.
+    pub fn context_length_exceeded(message: impl Into<String>) -> Self {
+        let mut e = Self::invalid(message);
+        e.param = Some("messages".into());
+        e.code = Some("context_length_exceeded");
+        e
+    }
+
     /// 401: no or an unknown API key.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message);
@@ -176,9 +185,10 @@ impl From<deepwasm_engine::GenerateError> for ApiError {
         use deepwasm_engine::GenerateError as G;
         let message = error_chain(&e);
         match e {
-            G::Invalid(_) | G::PromptTooLong { .. } | G::Template(_) | G::Tokenize(_) => {
-                ApiError::invalid(message)
+            G::PromptTooLong { .. } | G::CacheBudget { .. } => {
+                ApiError::context_length_exceeded(message)
             }
+            G::Invalid(_) | G::Template(_) | G::Tokenize(_) => ApiError::invalid(message),
             // The tenant's instance share is in use: its own load, so
             // come back shortly.
             G::Sampler(deepwasm_engine::SamplerError {

@@ -353,10 +353,9 @@ pub async fn rollouts(
             index,
             source: e @ GenerateError::PromptTooLong { .. },
         }) => {
-            return Err(ApiError::invalid_param(
-                &format!("prompts[{index}]"),
-                e.to_string(),
-            ));
+            let mut e = ApiError::context_length_exceeded(e.to_string());
+            e.param = Some(format!("prompts[{index}]"));
+            return Err(e);
         }
         Err(RolloutError::Prompt { source, .. }) => return Err(ApiError::from(source)),
         Err(e) => return Err(ApiError::invalid(e.to_string())),

@@ -322,7 +322,9 @@ impl Inference {
             GenerateError::Invalid(m) | GenerateError::Template(m) | GenerateError::Tokenize(m) => {
                 types::Error::InvalidInput(m)
             }
-            e @ GenerateError::PromptTooLong { .. } => types::Error::InvalidInput(e.to_string()),
+            e @ (GenerateError::PromptTooLong { .. } | GenerateError::CacheBudget { .. }) => {
+                types::Error::InvalidInput(e.to_string())
+            }
             GenerateError::Sampler(e) => match e.source {
                 Some(deepwasm_plugins::PluginError::Guest { error, .. }) => {
                     types::Error::from(error)
