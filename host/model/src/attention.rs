@@ -175,7 +175,7 @@ impl Job<'_> {
             kv_heads,
             head_dim: hd,
         } = self.shape;
-        debug_assert!(hd == 16 * C && C % 2 == 0);
+        debug_assert!(hd == 16 * C && C.is_multiple_of(2));
         let rep = heads / kv_heads;
         let width = heads * hd;
         let kv_width = kv_heads * hd;
