@@ -170,7 +170,7 @@ pub fn run(args: &StepBenchArgs) -> anyhow::Result<()> {
             continue;
         };
         let (Some(b), Some(t_tg), Some(ntg)) =
-            (r["pl"].as_u64(), r["t_tg"].as_f64(), r["n_tg"].as_u64())
+            (r["pl"].as_u64(), r["t_tg"].as_f64(), r["tg"].as_u64())
         else {
             continue;
         };
