@@ -60,6 +60,8 @@ pub(super) struct ChatChunks {
     id: String,
     logprobs: bool,
     outputs: HashMap<usize, ChoiceOutput>,
+    /// Tool calls sent so far, per choice: the next one's `index`.
+    calls_sent: HashMap<usize, usize>,
 }
 
 impl ChatChunks {
@@ -70,6 +72,7 @@ impl ChatChunks {
             id: id.to_owned(),
             logprobs,
             outputs: HashMap::new(),
+            calls_sent: HashMap::new(),
         }
     }
 
@@ -82,11 +85,14 @@ impl ChatChunks {
 }
 
 /// The chunk choices of some output parts of choice `index`; `logprobs`
-/// go with the first.
+/// go with the first. `calls_sent`: the choice's tool calls sent before
+/// these (each call's `index` counts on from it, as clients that assemble
+/// several calls from a stream key on it).
 fn parts_chunks(
     index: usize,
     parts: Vec<Part>,
     logprobs: Option<ChatLogprobs>,
+    calls_sent: &mut usize,
 ) -> Vec<ChatChunkChoice> {
     let mut chunks = Vec::new();
     let mut logprobs = logprobs;
@@ -100,10 +106,17 @@ fn parts_chunks(
                 reasoning_content: Some(t),
                 ..ChatDelta::default()
             },
-            Part::ToolCall(c) => ChatDelta {
-                tool_calls: Some(tool_calls(std::slice::from_ref(&c))),
-                ..ChatDelta::default()
-            },
+            Part::ToolCall(c) => {
+                let mut calls = tool_calls(std::slice::from_ref(&c));
+                for call in &mut calls {
+                    call.index = *calls_sent;
+                    *calls_sent += 1;
+                }
+                ChatDelta {
+                    tool_calls: Some(calls),
+                    ..ChatDelta::default()
+                }
+            }
         };
         chunks.push(ChatChunkChoice {
             index,
@@ -148,14 +161,24 @@ impl ChunkFormat for ChatChunks {
         let logprobs = self
             .logprobs
             .then(|| chat_logprobs(st, &d.logprobs, &d.tokens));
-        parts_chunks(index, parts, logprobs)
+        parts_chunks(
+            index,
+            parts,
+            logprobs,
+            self.calls_sent.entry(index).or_default(),
+        )
     }
 
     fn done(&mut self, index: usize, c: &Completion) -> Vec<ChatChunkChoice> {
         let out = self.output(index);
         let parts = out.finish();
         let reason = finish_reason(c, !out.tool_calls.is_empty());
-        let mut chunks = parts_chunks(index, parts, None);
+        let mut chunks = parts_chunks(
+            index,
+            parts,
+            None,
+            self.calls_sent.entry(index).or_default(),
+        );
         chunks.push(ChatChunkChoice {
             index,
             delta: ChatDelta::default(),
@@ -320,4 +343,31 @@ pub(super) fn respond<F: ChunkFormat>(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(STREAM_KEEP_ALIVE))
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deepwasm_model::ToolCall;
+
+    /// Several calls in one choice's stream count on from 0 across chunks,
+    /// so a client assembling them by `index` keeps them apart.
+    #[test]
+    fn streamed_tool_calls_are_indexed_in_order() {
+        let call = |i: u32| Part::ToolCall(ToolCall::new(&format!("call_{i}"), "f", "{}"));
+        let mut sent = 0;
+        let first = parts_chunks(
+            0,
+            vec![Part::Content("x".into()), call(0), call(1)],
+            None,
+            &mut sent,
+        );
+        let later = parts_chunks(0, vec![call(2)], None, &mut sent);
+        let indices: Vec<usize> = first
+            .iter()
+            .chain(&later)
+            .flat_map(|c| c.delta.tool_calls.iter().flatten().map(|t| t.index))
+            .collect();
+        assert_eq!(indices, [0, 1, 2]);
+    }
 }
