@@ -119,5 +119,27 @@ def test_prompts_past_the_cache_or_the_context_are_context_overflows():
         assert limit in e["message"], e
 
 
+def test_a_chat_without_max_tokens_is_capped_by_the_cache_budget():
+    """No `max_tokens` and no end of text: the sequence runs until the cache
+    budget, not the model's 8k context, and ends with `length`."""
+    budget = metric("deepwasm_kv_cache_tokens_budget")
+    with http("alpha") as h:
+        r = h.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Count upwards from 1."}],
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["finish_reason"] == "length", body["choices"][0]
+    used = body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    # The last token is never fed back, so it needs no cache.
+    assert budget - 32 <= used <= budget + 1, (used, budget)
+
+
 if __name__ == "__main__":
     run(globals())
