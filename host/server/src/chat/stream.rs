@@ -354,7 +354,7 @@ mod tests {
     /// so a client assembling them by `index` keeps them apart.
     #[test]
     fn streamed_tool_calls_are_indexed_in_order() {
-        let call = |i: u32| Part::ToolCall(ToolCall::new(&format!("call_{i}"), "f", "{}"));
+        let call = |i: u32| Part::ToolCall(ToolCall::new(format!("call_{i}"), "f", "{}"));
         let mut sent = 0;
         let first = parts_chunks(
             0,
