@@ -153,6 +153,27 @@ def test_logprobs_and_top_logprobs():
     assert plain.choices[0].logprobs is None, plain
 
 
+def test_logprobs_spell_the_content_of_a_finished_reply():
+    """A reply that ends on its own: the end-of-turn token ends it without
+    being content, so its logprob is not among the content's, whole or
+    streamed."""
+    messages = [{"role": "user", "content": "Say just the word: yes"}]
+    r = c.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=64, logprobs=True
+    )
+    ch = r.choices[0]
+    assert ch.finish_reason == "stop", ch
+    joined = b"".join(bytes(t.bytes) for t in ch.logprobs.content).decode("utf-8", "replace")
+    assert joined == ch.message.content, (joined, ch.message.content)
+    stream = c.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=64, logprobs=True, stream=True
+    )
+    streamed = [
+        t for chunk in stream for choice in chunk.choices if choice.logprobs for t in choice.logprobs.content
+    ]
+    assert [t.token for t in streamed] == [t.token for t in ch.logprobs.content], streamed
+
+
 def greedy_token_ids(messages, max_tokens):
     """The greedy tokens of a chat as ids, from the rollouts endpoint (the
     OpenAI endpoints show tokens as text only)."""

@@ -171,15 +171,18 @@ pub(super) struct TopLogprob {
 }
 
 /// The chat log-probabilities of `tokens`, `lps` their scores (missing
-/// ones count as forced).
+/// ones count as forced). An end-of-text token is left out: it ends the
+/// reply without being part of its content, which these must spell.
 pub(super) fn chat_logprobs(
     st: &AppState,
     lps: &[Option<TokenLogprobs>],
     tokens: &[u32],
 ) -> ChatLogprobs {
+    let eos = st.engine.tokenizer.eos();
     let content = tokens
         .iter()
         .zip(lps.iter().chain(std::iter::repeat(&None)))
+        .filter(|(t, _)| !eos.contains(t))
         .map(|(&t, lp)| {
             let (token, bytes) = token_string(st, t);
             match lp {
