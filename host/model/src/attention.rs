@@ -92,28 +92,72 @@ pub fn attend(q: &Tensor, layer: usize, seqs: &[SeqQueries], shape: Heads) -> Re
     }
 
     let mut out = vec![0f32; total * width];
-    // Each sequence's output rows, disjoint, for the threads.
-    let mut parts = Vec::with_capacity(seqs.len());
-    let mut rest = out.as_mut_slice();
-    for s in seqs {
-        let (mine, tail) = rest.split_at_mut(s.n * width);
-        parts.push((s, mine, views.block_rows(s.cache, s.start + s.n)?));
-        rest = tail;
-    }
     let scale = 1.0 / (hd as f32).sqrt();
-    parts.into_par_iter().for_each(|(s, out, blocks)| {
-        let q = &q_all[s.row * width..][..s.n * width];
-        let job = Job {
-            q,
+    let blocks = seqs
+        .iter()
+        .map(|s| views.block_rows(s.cache, s.start + s.n))
+        .collect::<Result<Vec<_>>>()?;
+    let run = |s: &SeqQueries,
+               blocks: &[(usize, usize)],
+               heads_of: std::ops::Range<usize>,
+               out: &mut [f32]| {
+        Job {
+            q: &q_all[s.row * width..][..s.n * width],
             out,
-            blocks: &blocks,
+            out_width: heads_of.len() * hd,
+            heads_of,
+            blocks,
             slices: &slices,
             start: s.start,
             shape,
             scale,
-        };
-        job.run();
-    });
+        }
+        .run()
+    };
+    if seqs.len() >= 2 * rayon::current_num_threads() {
+        // Enough sequences to keep every thread busy: one task each,
+        // writing its own rows of the output.
+        let mut parts = Vec::with_capacity(seqs.len());
+        let mut rest = out.as_mut_slice();
+        for (s, b) in seqs.iter().zip(&blocks) {
+            let (mine, tail) = rest.split_at_mut(s.n * width);
+            parts.push((s, b, mine));
+            rest = tail;
+        }
+        parts
+            .into_par_iter()
+            .for_each(|(s, b, out)| run(s, b, 0..heads, out));
+    } else {
+        // A few sequences (one stream, or a short prompt beside it): one
+        // task per sequence and key/value head, each into a buffer of its
+        // own, so every thread reads its share of the cache.
+        let rep = heads / kv_heads;
+        let tasks: Vec<(usize, usize)> = (0..seqs.len())
+            .flat_map(|i| (0..kv_heads).map(move |g| (i, g)))
+            .collect();
+        let results: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(i, g)| {
+                let mut buf = vec![0f32; seqs[i].n * rep * hd];
+                run(&seqs[i], &blocks[i], g * rep..(g + 1) * rep, &mut buf);
+                buf
+            })
+            .collect();
+        let firsts: Vec<usize> = seqs
+            .iter()
+            .scan(0, |at, s| {
+                let first = *at;
+                *at += s.n;
+                Some(first)
+            })
+            .collect();
+        for (&(i, g), buf) in tasks.iter().zip(&results) {
+            for t in 0..seqs[i].n {
+                let row = (firsts[i] + t) * width + g * rep * hd;
+                out[row..row + rep * hd].copy_from_slice(&buf[t * rep * hd..][..rep * hd]);
+            }
+        }
+    }
     drop(slices);
     drop(guards);
     Tensor::from_vec(out, (total, width), q.device())
@@ -122,7 +166,11 @@ pub fn attend(q: &Tensor, layer: usize, seqs: &[SeqQueries], shape: Heads) -> Re
 /// One sequence's attention.
 struct Job<'a> {
     q: &'a [f32],
+    /// The output of heads `heads_of`: per query, `out_width` numbers, the
+    /// first head's first.
     out: &'a mut [f32],
+    out_width: usize,
+    heads_of: std::ops::Range<usize>,
     /// Per block: index into `slices`, first row.
     blocks: &'a [(usize, usize)],
     slices: &'a [(&'a [f32], &'a [f32])],
@@ -187,9 +235,10 @@ impl Job<'_> {
             unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * c)) }
         };
         let mut scores = Vec::with_capacity(self.start + n);
+        let h0 = self.heads_of.start;
         for t in 0..n {
             let ctx = self.start + t + 1;
-            for h in 0..heads {
+            for h in self.heads_of.clone() {
                 let g = h / rep;
                 let q_row = &self.q[t * width + h * hd..][..hd];
                 let q: [__m512; C] = std::array::from_fn(|c| load(q_row, c));
@@ -235,7 +284,7 @@ impl Job<'_> {
                     }
                 }
                 let inv = _mm512_set1_ps(1.0 / sum);
-                let o = &mut self.out[t * width + h * hd..][..hd];
+                let o = &mut self.out[t * self.out_width + (h - h0) * hd..][..hd];
                 for (c, a) in acc.iter().enumerate() {
                     // SAFETY: `o` holds `hd` = 16 * C floats and `c` < C.
                     unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(*a, inv)) };
@@ -262,9 +311,10 @@ impl Job<'_> {
         let kv_width = kv_heads * hd;
         let n = self.q.len() / width;
         let mut scores = Vec::with_capacity(self.start + n);
+        let h0 = self.heads_of.start;
         for t in 0..n {
             let ctx = self.start + t + 1;
-            for h in 0..heads {
+            for h in self.heads_of.clone() {
                 let g = h / rep;
                 let q = &self.q[t * width + h * hd..][..hd];
                 scores.clear();
@@ -287,7 +337,7 @@ impl Job<'_> {
                     *s = (*s - max).exp();
                     sum += *s;
                 }
-                let o = &mut self.out[t * width + h * hd..][..hd];
+                let o = &mut self.out[t * self.out_width + (h - h0) * hd..][..hd];
                 for (b, &(si, row)) in self.blocks.iter().enumerate() {
                     let first = b * BLOCK_TOKENS;
                     if first >= ctx {
