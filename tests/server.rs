@@ -694,3 +694,69 @@ fn schemathesis_finds_no_server_error() {
         .expect("running schemathesis");
     server.check("schemathesis", &out);
 }
+
+/// llama.cpp's llama-server from `scripts/reference/build-llama-cpp`, if
+/// built.
+fn llama_server_bin() -> Option<PathBuf> {
+    let cache = models_dir().parent()?.join("reference/src");
+    std::fs::read_dir(cache).ok()?.find_map(|e| {
+        let bin = e
+            .ok()?
+            .path()
+            .join("vendor/llama.cpp/build/bin/llama-server");
+        bin.is_file().then_some(bin)
+    })
+}
+
+/// The peer tier (`scripts/test --full`, which builds llama.cpp first):
+/// deepwasm and llama-server on the same file give the same greedy tokens
+/// wherever llama.cpp is decisive.
+#[test]
+#[ignore = "needs llama.cpp's llama-server: scripts/test --full builds it"]
+fn greedy_completions_agree_with_llama_server() {
+    let _turn = turn();
+    let bin = llama_server_bin().expect("no llama-server: run scripts/reference/build-llama-cpp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut peer = Command::new(bin)
+        .arg("-m")
+        .arg(default_model_path())
+        .args([
+            "-t",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting llama-server");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut head = [0u8; 12];
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
+                && s.read_exact(&mut head).is_ok()
+                && head.ends_with(b" 200")
+        });
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "llama-server was not ready within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (server, _dir) = fresh();
+    server.python_with_env("peer_llama.py", &[], &[("DEEPWASM_PEER_URL", &url)]);
+    let _ = peer.kill();
+    let _ = peer.wait();
+}
