@@ -153,6 +153,50 @@ fn parameters(tool: &ToolSpec) -> Value {
     }
 }
 
+/// The schema a call's arguments are generated under: the parameters,
+/// closed. An object schema that lists its `properties` and says nothing of
+/// others allows no others (as OpenAI's strict function calling does):
+/// JSON Schema would let the model add keys there, and a call with keys its
+/// tool does not take is not a call the client can make. (The tools prompt
+/// shows the parameters as given.)
+fn call_parameters(tool: &ToolSpec) -> Value {
+    let mut params = parameters(tool);
+    close_objects(&mut params);
+    params
+}
+
+/// Add `"additionalProperties": false` to every subschema of `schema` that
+/// has `properties` and no `additionalProperties` (or
+/// `patternProperties`) of its own, following only keywords that hold
+/// subschemas (never `const`, `enum` or `default` values).
+fn close_objects(schema: &mut Value) {
+    let Value::Object(map) = schema else {
+        return;
+    };
+    if map.contains_key("properties")
+        && !map.contains_key("additionalProperties")
+        && !map.contains_key("patternProperties")
+        && !map.contains_key("unevaluatedProperties")
+    {
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for (key, value) in map.iter_mut() {
+        match (key.as_str(), value) {
+            ("properties" | "$defs" | "definitions" | "patternProperties", Value::Object(subs)) => {
+                subs.values_mut().for_each(close_objects)
+            }
+            ("anyOf" | "oneOf" | "allOf" | "prefixItems", Value::Array(subs)) => {
+                subs.iter_mut().for_each(close_objects)
+            }
+            (
+                "items" | "additionalProperties" | "not" | "if" | "then" | "else" | "contains",
+                sub @ Value::Object(_),
+            ) => close_objects(sub),
+            _ => {}
+        }
+    }
+}
+
 fn has_ref(value: &Value) -> bool {
     match value {
         Value::Object(map) => map
@@ -185,7 +229,7 @@ fn rebase_refs(value: &mut Value, base: &str) {
 /// when it has local references (which point at its own root), moved to
 /// the root's `$defs` with the references rebased.
 fn embedded(tool: &ToolSpec, slot: usize, defs: &mut Map<String, Value>) -> Value {
-    let mut params = parameters(tool);
+    let mut params = call_parameters(tool);
     if !has_ref(&params) {
         return params;
     }
@@ -287,7 +331,7 @@ pub(super) fn call_constraint(
             if let [tool] = selected[..] {
                 CallConstraint::Json {
                     prefix: format!("{before_name}{}{name_end}", tool.name),
-                    schema: with_options(parameters(tool)),
+                    schema: with_options(call_parameters(tool)),
                     suffix,
                 }
             } else {
@@ -341,7 +385,7 @@ pub(super) fn call_grammar(
                 grammar.push_str(&format!(
                     "call_{i}: {} args_{i}\nargs_{i}: %json {}\n",
                     lark_string(&format!("{}{name_end}", tool.name)),
-                    with_options(parameters(tool))
+                    with_options(call_parameters(tool))
                 ));
             }
         }

@@ -984,6 +984,50 @@ fn hermes_constraint_accepts_a_correct_call_and_rejects_a_wrong_name() {
     );
 }
 
+/// Parameters that list their properties allow no others in a call, down
+/// to nested objects, unless the schema itself says what others may be.
+#[test]
+fn constrained_calls_take_no_keys_their_tool_does_not_list() {
+    let tool = ToolSpec {
+        name: "book".into(),
+        description: "Book a room.".into(),
+        parameters: json!({
+            "type": "object",
+            "properties": {
+                "room": {"type": "string"},
+                "guest": {"type": "object", "properties": {"name": {"type": "string"}}},
+                "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                "note": {"const": {"properties": 1}},
+            },
+            "required": ["room"],
+        }),
+    };
+    let c = ToolCallFormat::Hermes
+        .call_constraint(&[tool], None)
+        .unwrap();
+    let CallConstraint::Json { schema, .. } = &c else {
+        panic!("JSON constraint expected");
+    };
+    let v = validator(schema);
+    let call = |args: Value| json!({"name": "book", "arguments": args});
+    assert!(v.is_valid(&call(
+        json!({"room": "12", "guest": {"name": "Ada"}, "tags": {"a": "b"}})
+    )));
+    assert!(
+        !v.is_valid(&call(json!({"room": "12", "floor": 3}))),
+        "an unlisted key"
+    );
+    assert!(
+        !v.is_valid(&call(
+            json!({"room": "12", "guest": {"name": "Ada", "age": 3}})
+        )),
+        "nested"
+    );
+    // A schema's own word on other keys stands, and values are left alone.
+    assert!(v.is_valid(&call(json!({"room": "12", "tags": {"any": "thing"}}))));
+    assert!(v.is_valid(&call(json!({"room": "12", "note": {"properties": 1}}))));
+}
+
 #[test]
 fn constraints_of_every_json_format_validate_the_call() {
     let tools = [calculator(), weather()];
