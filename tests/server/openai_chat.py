@@ -314,6 +314,26 @@ def test_tool_choice_required_gives_well_formed_tool_calls():
         assert isinstance(args, dict) and isinstance(args.get("city"), str), args
 
 
+def test_a_tool_call_cut_off_by_max_tokens_is_not_content():
+    """`max_tokens` ends a required call half way: the reply says `length`
+    and shows neither half a call as content nor a broken call, whole or
+    streamed."""
+    kwargs = dict(temperature=0, max_tokens=6, tools=[WEATHER_TOOL], tool_choice="required")
+    r = chat(c, "What is the weather in Paris?", **kwargs)
+    ch = r.choices[0]
+    assert ch.finish_reason == "length", dump(r.model_dump())
+    assert not ch.message.tool_calls, dump(r.model_dump())
+    assert not ch.message.content, dump(r.model_dump())
+    text, calls, finishes = "", [], []
+    for chunk in chat(c, "What is the weather in Paris?", stream=True, **kwargs):
+        for d in chunk.choices:
+            text += d.delta.content or ""
+            calls += d.delta.tool_calls or []
+            if d.finish_reason:
+                finishes.append(d.finish_reason)
+    assert (text, calls, finishes) == ("", [], ["length"]), (text, calls, finishes)
+
+
 def test_a_named_tool_choice_calls_that_tool_in_a_stream():
     time_tool = {
         "type": "function",

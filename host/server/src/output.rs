@@ -45,11 +45,12 @@ impl ChoiceOutput {
         }
     }
 
-    /// Split a whole text at once.
-    pub fn whole(split: Split, id: &str, index: usize, text: &str) -> Self {
+    /// Split a whole text at once; `cut`: a length limit ended it (see
+    /// [`ChoiceOutput::finish`]).
+    pub fn whole(split: Split, id: &str, index: usize, text: &str, cut: bool) -> Self {
         let mut out = Self::new(split, id, index);
         out.push(text);
-        out.finish();
+        out.finish(cut);
         out
     }
 
@@ -65,11 +66,17 @@ impl ChoiceOutput {
     }
 
     /// The end of the text: whatever was held back, and the tool calls.
-    pub fn finish(&mut self) -> Vec<Part> {
+    /// `cut`: a length limit ended the text, so a tool call it cut off is
+    /// dropped rather than shown as content (the choice's `length` finish
+    /// says what happened).
+    pub fn finish(&mut self, cut: bool) -> Vec<Part> {
         let Some(splitter) = self.splitter.take() else {
             return Vec::new();
         };
-        let (pieces, calls) = splitter.finish();
+        let (pieces, calls) = match cut {
+            true => splitter.finish_cut(),
+            false => splitter.finish(),
+        };
         let mut parts = self.keep(pieces);
         self.tool_calls.extend(calls.iter().cloned());
         parts.extend(calls.into_iter().map(Part::ToolCall));

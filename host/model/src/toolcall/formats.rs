@@ -133,8 +133,14 @@ struct Found {
 }
 
 /// Parse `tail`, which starts with a complete call marker: the text that
-/// is not a call (as written), and the calls.
-pub(super) fn parse_tail(format: ToolCallFormat, tail: &str) -> (String, Vec<(String, String)>) {
+/// is not a call (as written), and the calls. `cut`: the reply was cut
+/// short (a length limit), so a last call that does not parse is a call
+/// cut off, not text, and is dropped.
+pub(super) fn parse_tail(
+    format: ToolCallFormat,
+    tail: &str,
+    cut: bool,
+) -> (String, Vec<(String, String)>) {
     let mut content = String::new();
     let mut calls = Vec::new();
     let mut rest = tail;
@@ -151,9 +157,14 @@ pub(super) fn parse_tail(format: ToolCallFormat, tail: &str) -> (String, Vec<(St
                         rest = &rest[found.consumed..];
                     }
                     _ => {
+                        let n = rest.chars().next().map_or(0, char::len_utf8);
+                        if cut && !matches!(find_marker(format, &rest[n..], false), Some((_, true)))
+                        {
+                            // The last call, cut off by the limit.
+                            break;
+                        }
                         // Not a call after all: its first character is
                         // text, and the search goes on after it.
-                        let n = rest.chars().next().map_or(0, char::len_utf8);
                         content.push_str(&rest[..n]);
                         rest = &rest[n..];
                     }

@@ -37,6 +37,9 @@ pub struct OutputSplitter {
     content: Trimmed,
     id_prefix: String,
     calls: Vec<ToolCall>,
+    /// The reply was cut short: a call (or call marker) it ends in is
+    /// dropped, not shown as text.
+    cut: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +107,7 @@ impl OutputSplitter {
             content: Trimmed::default(),
             id_prefix: "call_".into(),
             calls: Vec::new(),
+            cut: false,
         }
     }
 
@@ -135,6 +139,17 @@ impl OutputSplitter {
         let mut out = Vec::new();
         self.advance(&mut out, true);
         (out, self.calls)
+    }
+
+    /// The end of a reply cut short by a length limit: as [`finish`], but a
+    /// tool call the limit cut off (or the start of a call marker) is
+    /// dropped instead of shown as content, where a client would take half a
+    /// call for the answer.
+    ///
+    /// [`finish`]: OutputSplitter::finish
+    pub fn finish_cut(mut self) -> (Vec<Piece>, Vec<ToolCall>) {
+        self.cut = true;
+        self.finish()
     }
 
     fn advance(&mut self, out: &mut Vec<Piece>, at_end: bool) {
@@ -186,6 +201,12 @@ impl OutputSplitter {
                             self.show_content(out, at);
                             return;
                         }
+                        Some((at, false)) if self.cut => {
+                            // The limit cut the reply inside a call marker.
+                            self.show_content(out, at);
+                            self.buf.clear();
+                            return;
+                        }
                         _ => {
                             self.show_content(out, self.buf.len());
                             return;
@@ -200,7 +221,7 @@ impl OutputSplitter {
                         .format
                         .expect("calls are only looked for with a format");
                     let tail = std::mem::take(&mut self.buf);
-                    let (content, calls) = formats::parse_tail(format, &tail);
+                    let (content, calls) = formats::parse_tail(format, &tail, self.cut);
                     if let Some(text) = self.content.emit(&content) {
                         add(out, Piece::Content(text));
                     }

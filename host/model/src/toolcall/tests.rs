@@ -1332,3 +1332,42 @@ fn smollm2_conversations_are_adapted_to_carry_tools() {
         ToolCallFormat::Hermes.adapt_messages(qwen3_template(), &messages, &[calculator()]);
     assert_eq!(adapted, messages);
 }
+
+/// A reply cut short by a length limit inside a tool call (or inside its
+/// marker) shows the text before it and no half call; the calls before the
+/// cut one stay. Not cut short, the same text is shown as it was written.
+#[test]
+fn a_call_cut_off_by_the_limit_is_not_content() {
+    let split = |text: &str, cut: bool| {
+        let mut s = OutputSplitter::new(ToolCallFormat::Hermes, false);
+        let mut shown: String = text_of(&s.push(text));
+        let (rest, calls) = if cut { s.finish_cut() } else { s.finish() };
+        shown.push_str(&text_of(&rest));
+        (shown, calls.len())
+    };
+    let whole = "Let me check.<tool_call>\n{\"name\": \"calculator\", \"arguments\": {\"expression\": \"2+2\"}}\n</tool_call>";
+    let half = "<tool_call>\n{\"name\": \"calculator\", \"argu";
+    assert_eq!(
+        split(&format!("Let me check.{half}"), true),
+        ("Let me check.".into(), 0)
+    );
+    assert_eq!(
+        split(&format!("{whole}{half}"), true),
+        ("Let me check.".into(), 1)
+    );
+    assert_eq!(
+        split("Let me check.<tool_ca", true),
+        ("Let me check.".into(), 0)
+    );
+    let (shown, calls) = split(&format!("Let me check.{half}"), false);
+    assert!(shown.ends_with("argu") && calls == 0, "{shown}");
+}
+
+fn text_of(pieces: &[Piece]) -> String {
+    pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Content(t) | Piece::Reasoning(t) => t.as_str(),
+        })
+        .collect()
+}

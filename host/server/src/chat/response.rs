@@ -229,7 +229,8 @@ pub(super) fn chat_choice(
     logprobs: bool,
     scored: Option<&Scored>,
 ) -> ChatChoice {
-    let out = ChoiceOutput::whole(split, id, index, &c.text);
+    let cut = c.finish_reason == deepwasm_engine::FinishReason::Length;
+    let out = ChoiceOutput::whole(split, id, index, &c.text, cut);
     let calls = !out.tool_calls.is_empty();
     let finish_reason = finish_reason(c, calls);
     ChatChoice {

@@ -171,7 +171,7 @@ impl ChunkFormat for ChatChunks {
 
     fn done(&mut self, index: usize, c: &Completion) -> Vec<ChatChunkChoice> {
         let out = self.output(index);
-        let parts = out.finish();
+        let parts = out.finish(c.finish_reason == deepwasm_engine::FinishReason::Length);
         let reason = finish_reason(c, !out.tool_calls.is_empty());
         let mut chunks = parts_chunks(
             index,
