@@ -20,6 +20,12 @@ def test_models_list():
     m = models.data[0]
     assert m.object == "model" and m.owned_by == "deepwasm", m
     assert c.models.retrieve(MODEL).id == MODEL
+    # What a client needs to plan requests: the context, and what works.
+    extra = m.model_extra
+    assert extra["context_length"] == 8192 and 0 < extra["max_model_len"] <= 8192, extra
+    caps = extra["capabilities"]
+    assert caps["chat_completions"] and caps["tools"] and "required" in caps["tool_choice"], caps
+    assert caps["embeddings"] is False, caps
 
 
 def test_greedy_is_repeatable():

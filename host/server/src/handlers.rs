@@ -67,6 +67,15 @@ pub async fn not_found(req: Request) -> ApiError {
 
 fn model_json(st: &AppState) -> Value {
     let info = st.engine.model.info();
+    let chat = st.engine.chat_template.is_some();
+    // The longest request this server holds: the model's context, or less
+    // when the attention-cache budget is smaller.
+    let budget = st
+        .scheduler
+        .stats
+        .kv
+        .budget_tokens
+        .load(std::sync::atomic::Ordering::Relaxed);
     json!({
         "id": st.model_id(),
         "object": "model",
@@ -74,7 +83,21 @@ fn model_json(st: &AppState) -> Value {
         "owned_by": "deepwasm",
         "architecture": info.architecture,
         "context_length": info.max_context,
+        "max_model_len": info.max_context.min(budget),
         "vocab_size": info.vocab_size,
+        "capabilities": {
+            "chat_completions": chat,
+            "completions": true,
+            "streaming": true,
+            "logprobs": true,
+            "tools": chat,
+            "tool_choice": if chat { json!(["auto", "none", "required", "function"]) } else { json!([]) },
+            "response_format": ["text", "json_object", "json_schema"],
+            "sampler_plugins": true,
+            "reward_plugins": true,
+            "embeddings": false,
+            "responses": false,
+        },
     })
 }
 
