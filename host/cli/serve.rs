@@ -143,12 +143,7 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let plugins = cli.server_engine(&args.compile)?;
     let state = deepwasm_server::AppState::new(engine, tenants, plugins, config)?;
     // What the server settled on, not worked out again here.
-    let budget = state
-        .scheduler
-        .stats
-        .kv
-        .budget_tokens
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let budget = state.kv_budget_tokens();
     let per_token = state.engine.model.info().kv_bytes_per_token;
     eprintln!(
         "attention cache budget: {} MiB, {budget} tokens",

@@ -70,12 +70,7 @@ fn model_json(st: &AppState) -> Value {
     let chat = st.engine.chat_template.is_some();
     // The longest request this server holds: the model's context, or less
     // when the attention-cache budget is smaller.
-    let budget = st
-        .scheduler
-        .stats
-        .kv
-        .budget_tokens
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let budget = st.kv_budget_tokens();
     json!({
         "id": st.model_id(),
         "object": "model",

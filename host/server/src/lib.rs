@@ -185,6 +185,16 @@ impl AppState {
     }
 
     /// The model's name as the API shows it.
+    /// Tokens of attention cache the running sequences may hold, as the
+    /// server settled on at start.
+    pub fn kv_budget_tokens(&self) -> usize {
+        self.scheduler
+            .stats
+            .kv
+            .budget_tokens
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn model_id(&self) -> &str {
         &self.engine.name
     }
