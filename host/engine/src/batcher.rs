@@ -241,10 +241,9 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 *held.entry(b).or_default() += 1;
             }
         }
-        let refs = self.pool.pool().ref_counts();
-        held.iter()
-            .filter(|(b, n)| refs.get(**b as usize) == Some(n))
-            .count()
+        let ids: Vec<u32> = held.keys().copied().collect();
+        let refs = self.pool.pool().ref_counts_of(&ids);
+        ids.iter().zip(refs).filter(|(b, r)| held[b] == *r).count()
     }
 
     fn publish_kv(&self) {
@@ -331,14 +330,14 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 Donor::None => None,
                 Donor::Running(j, common) => Some((self.running[j].seq.cache.clone(), common)),
                 Donor::Kept(k, common) => Some((self.kept[k].1.clone(), common)),
-            };
+            }
+            .map(|(mut cache, common)| {
+                cache.truncate(common);
+                (cache, common)
+            });
             let seq = &self.parked[i].seq;
             let need = match &fork {
-                Some((cache, common)) => {
-                    let mut c = cache.clone();
-                    c.truncate(*common);
-                    c.blocks_to_append(seq.feed.len() - common + 1)
-                }
+                Some((cache, common)) => cache.blocks_to_append(seq.feed.len() - common + 1),
                 None => seq.cache.blocks_to_append(seq.feed.len() + 1),
             };
             while self.kv_committed() + need > self.kv_budget && !self.kept.is_empty() {

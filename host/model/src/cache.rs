@@ -123,6 +123,14 @@ impl KvPool {
             .sum()
     }
 
+    /// The reference counts of blocks `ids`, read under one lock.
+    pub fn ref_counts_of(&self, ids: &[u32]) -> Vec<u32> {
+        let b = self.lock();
+        ids.iter()
+            .map(|&id| b.refs.get(id as usize).copied().unwrap_or(0))
+            .collect()
+    }
+
     /// Every block id's reference count (for checks: a free block counts 0).
     pub fn ref_counts(&self) -> Vec<u32> {
         self.lock().refs.clone()

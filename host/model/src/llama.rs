@@ -527,9 +527,16 @@ impl Llama {
         }
         // Decode steps and short chunks in one fused pass; long chunks by
         // matrix products.
-        let (fused, general): (Vec<_>, Vec<_>) = seqs
+        let fuse: Vec<bool> = seqs
             .iter()
-            .partition(|s| attention::fused_suits(&self.device, q.dtype(), s));
+            .map(|s| attention::fused_suits(&self.device, q.dtype(), s))
+            .collect();
+        let fused: Vec<attention::SeqQueries> = seqs
+            .iter()
+            .zip(&fuse)
+            .filter(|(_, f)| **f)
+            .map(|(s, _)| *s)
+            .collect();
         let fused_out = match fused.is_empty() {
             true => None,
             false => {
@@ -538,22 +545,27 @@ impl Llama {
                     kv_heads: self.cfg.kv_heads(),
                     head_dim: self.cfg.head_dim(),
                 };
-                let fused: Vec<attention::SeqQueries> = fused.into_iter().copied().collect();
-                Some(attention::attend(q, layer, &fused, shape)?)
+                let out = attention::attend(q, layer, &fused, shape)?;
+                if fused.len() == seqs.len() {
+                    return Ok(out);
+                }
+                Some(out)
             }
         };
-        if general.is_empty() {
-            return Ok(fused_out.expect("every sequence went through the fused pass"));
-        }
         let mut outs = Vec::with_capacity(seqs.len());
         let mut fused_row = 0;
-        for s in &seqs {
-            if attention::fused_suits(&self.device, q.dtype(), s) {
-                let out = fused_out.as_ref().expect("a fused output");
-                outs.push(out.narrow(0, fused_row, s.n)?);
-                fused_row += s.n;
-            } else {
-                outs.push(self.attend_one(layer, &q.narrow(0, s.row, s.n)?, s.cache, s.start)?);
+        for (s, fuse) in seqs.iter().zip(fuse) {
+            match &fused_out {
+                Some(out) if fuse => {
+                    outs.push(out.narrow(0, fused_row, s.n)?);
+                    fused_row += s.n;
+                }
+                _ => outs.push(self.attend_one(
+                    layer,
+                    &q.narrow(0, s.row, s.n)?,
+                    s.cache,
+                    s.start,
+                )?),
             }
         }
         if outs.len() == 1 {
