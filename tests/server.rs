@@ -337,6 +337,13 @@ fn openai_sdk_completions() {
 }
 
 #[test]
+fn openai_sdk_clients_round_trip_and_newer_fields() {
+    let _turn = turn();
+    let (server, _dir) = fresh();
+    server.python("openai_clients.py", &[]);
+}
+
+#[test]
 fn openai_sdk_errors() {
     let _turn = turn();
     let (server, _dir) = fresh();

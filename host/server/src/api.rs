@@ -1,8 +1,15 @@
 //! Request bodies of the API, their parsing and their validation.
 //!
-//! Unknown fields are refused (a misspelt `max_token` would otherwise be
-//! silently ignored); the fields OpenAI clients send that do not change
-//! anything here (`user`, `store`, `metadata`, ...) are accepted.
+//! The fields this server implements are checked strictly (a wrong type or
+//! value is a 400 that names the field). Unknown top-level fields of the
+//! OpenAI endpoints are accepted and ignored, as OpenAI-compatible servers
+//! do: clients send fields of newer API versions (`prompt_cache_key`,
+//! `safety_identifier`, `verbosity`, ...) that change nothing here. Each
+//! ignored field is logged and counted (see [`ignore_unknown`]) and named
+//! in the answer's `deepwasm-ignored-fields` header, so a misspelt
+//! `max_token` is still visible. Inside messages and tools, unknown fields
+//! stay errors, but everything the server itself returns in a message is
+//! accepted back.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -119,6 +126,9 @@ pub struct FunctionCall {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InToolCall {
+    /// The position the server numbered it with; accepted and ignored.
+    #[serde(default)]
+    pub index: Option<usize>,
     pub id: String,
     #[serde(rename = "type", default = "function")]
     pub kind: String,
@@ -147,6 +157,15 @@ pub struct InMessage {
     /// Accepted and ignored (OpenAI's assistant refusals).
     #[serde(default)]
     pub refusal: Option<String>,
+    /// Accepted and ignored (OpenAI's URL citations).
+    #[serde(default)]
+    pub annotations: Option<Value>,
+    /// Accepted and ignored (a reference to an earlier audio reply).
+    #[serde(default)]
+    pub audio: Option<Value>,
+    /// The legacy form of one tool call, in an assistant message.
+    #[serde(default)]
+    pub function_call: Option<FunctionCall>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -292,6 +311,13 @@ pub struct ChatRequest {
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
+    /// Legacy tools: mapped onto `tools`, and the reply's call is shown
+    /// as `message.function_call`.
+    #[serde(default)]
+    pub functions: Option<Vec<FunctionDef>>,
+    /// Legacy `tool_choice`: `none`, `auto` or `{"name": ...}`.
+    #[serde(default)]
+    pub function_call: Option<Value>,
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
     /// Whether a template may keep earlier reasoning (accepted, unused).
@@ -307,7 +333,7 @@ pub struct ChatRequest {
     pub service_tier: Option<String>,
     #[serde(flatten)]
     pub sampling: Sampling,
-    /// Fields nobody knows: refused by [`check_unknown`].
+    /// Fields this server does not implement: see [`ignore_unknown`].
     #[serde(flatten)]
     pub unknown: serde_json::Map<String, Value>,
 }
@@ -337,7 +363,7 @@ pub struct CompletionRequest {
     pub user: Option<String>,
     #[serde(flatten)]
     pub sampling: Sampling,
-    /// Fields nobody knows: refused by [`check_unknown`].
+    /// Fields this server does not implement: see [`ignore_unknown`].
     #[serde(flatten)]
     pub unknown: serde_json::Map<String, Value>,
 }
@@ -403,10 +429,66 @@ pub struct RolloutRequest {
     pub format: Option<String>,
 }
 
-/// Refuse fields this server does not know, naming them.
-pub fn check_unknown(unknown: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
-    match unknown.keys().next() {
-        None => Ok(()),
-        Some(k) => Err(ApiError::invalid_param(k, format!("unknown field `{k}`"))),
+/// Top-level fields of OpenAI's request bodies this server accepts and
+/// ignores, by name in the metric; any other unknown field counts as
+/// `other`, so clients cannot grow the metric's label set.
+const KNOWN_IGNORED: &[&str] = &[
+    "audio",
+    "modalities",
+    "prediction",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "verbosity",
+    "web_search_options",
+    "background",
+    "include",
+    "max_tool_calls",
+    "truncation",
+    "conversation",
+    "context_management",
+];
+
+/// Accept and ignore the unknown top-level fields of a request to
+/// `endpoint`: each is logged at debug level and counted in
+/// `deepwasm_request_ignored_fields_total`. Returns their names, sorted,
+/// for the answer's `deepwasm-ignored-fields` header.
+pub fn ignore_unknown(
+    endpoint: &str,
+    unknown: &serde_json::Map<String, Value>,
+    metrics: &crate::metrics::Metrics,
+) -> Vec<String> {
+    let mut names: Vec<String> = unknown.keys().cloned().collect();
+    names.sort();
+    for name in &names {
+        tracing::debug!(endpoint, field = %name, "ignoring a request field this server does not implement");
+        let label = KNOWN_IGNORED
+            .iter()
+            .find(|k| **k == name)
+            .copied()
+            .unwrap_or("other");
+        metrics.ignored_field(endpoint, label);
     }
+    names
+}
+
+/// The `deepwasm-ignored-fields` header naming `names`, if any; names
+/// that cannot go in a header are left out of it (they are still logged).
+pub fn ignored_header(
+    names: &[String],
+) -> Option<(axum::http::HeaderName, axum::http::HeaderValue)> {
+    let shown: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.len() <= 64 && n.bytes().all(|b| b.is_ascii_graphic() && b != b','))
+        .take(32)
+        .collect();
+    if shown.is_empty() {
+        return None;
+    }
+    let value = axum::http::HeaderValue::from_str(&shown.join(", ")).ok()?;
+    Some((
+        axum::http::HeaderName::from_static("deepwasm-ignored-fields"),
+        value,
+    ))
 }

@@ -24,6 +24,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram>,
     ttft: Family<Labels, Histogram>,
+    ignored_fields: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -62,12 +63,19 @@ impl Metrics {
             "Time from a generation request to its first streamed token, by tenant",
             ttft.clone(),
         );
+        let ignored_fields = Family::<Labels, Counter>::default();
+        registry.register(
+            "request_ignored_fields",
+            "Unknown request fields accepted and ignored, by endpoint and field (fields OpenAI defines by name, any other as `other`)",
+            ignored_fields.clone(),
+        );
         registry.register_collector(Box::new(Live { tenants, scheduler }));
         Metrics {
             registry,
             requests,
             latency,
             ttft,
+            ignored_fields,
         }
     }
 
@@ -86,6 +94,17 @@ impl Metrics {
                 ("endpoint", endpoint.to_owned()),
             ])
             .observe(took.as_secs_f64());
+    }
+
+    /// Count an unknown request field ignored; `field` is one of a fixed
+    /// set of names, so clients cannot grow the label set.
+    pub fn ignored_field(&self, endpoint: &str, field: &'static str) {
+        self.ignored_fields
+            .get_or_create(&vec![
+                ("endpoint", endpoint.to_owned()),
+                ("field", field.to_owned()),
+            ])
+            .inc();
     }
 
     /// Record a time to first token.

@@ -13,16 +13,23 @@ pub enum Part {
 
 /// How a chat reply is split: which tool-call format to look for (none
 /// when the request has no tools), and whether the prompt opened `<think>`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Split {
     pub tools: Option<ToolCallFormat>,
     pub reasoning_opened: bool,
+    /// At most one tool call is shown (`parallel_tool_calls: false`);
+    /// calls after the first are dropped.
+    pub one_call: bool,
+    /// The request used legacy `functions`: its call is shown as
+    /// `function_call` (and implies `one_call`).
+    pub legacy_functions: bool,
 }
 
 /// Splits one choice's text, keeping what it has shown.
 #[derive(Debug)]
 pub struct ChoiceOutput {
     splitter: Option<OutputSplitter>,
+    one_call: bool,
     pub content: String,
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
@@ -39,6 +46,7 @@ impl ChoiceOutput {
         let suffix = id.rsplit('-').next().unwrap_or(id);
         ChoiceOutput {
             splitter: Some(splitter.with_id_prefix(format!("call_{suffix}_{index}_"))),
+            one_call: split.one_call || split.legacy_functions,
             content: String::new(),
             reasoning: String::new(),
             tool_calls: Vec::new(),
@@ -78,6 +86,11 @@ impl ChoiceOutput {
             false => splitter.finish(),
         };
         let mut parts = self.keep(pieces);
+        let room = match self.one_call {
+            true => 1usize.saturating_sub(self.tool_calls.len()),
+            false => usize::MAX,
+        };
+        let calls: Vec<ToolCall> = calls.into_iter().take(room).collect();
         self.tool_calls.extend(calls.iter().cloned());
         parts.extend(calls.into_iter().map(Part::ToolCall));
         parts
@@ -97,5 +110,39 @@ impl ChoiceOutput {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_CALLS: &str = "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": {}}\n</tool_call>";
+
+    fn calls(split: Split) -> Vec<String> {
+        ChoiceOutput::whole(split, "chatcmpl-1", 0, TWO_CALLS, false)
+            .tool_calls
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn one_call_keeps_only_the_first_call() {
+        let split = Split {
+            tools: Some(ToolCallFormat::Hermes),
+            ..Split::default()
+        };
+        assert_eq!(calls(split), ["a", "b"]);
+        let one = Split {
+            one_call: true,
+            ..split
+        };
+        assert_eq!(calls(one), ["a"]);
+        let legacy = Split {
+            legacy_functions: true,
+            ..split
+        };
+        assert_eq!(calls(legacy), ["a"]);
     }
 }

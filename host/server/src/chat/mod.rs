@@ -38,7 +38,7 @@ use self::response::{
 };
 use self::stream::{ChatChunks, TextChunks};
 use crate::AppState;
-use crate::api::{ApiJson, ChatRequest, CompletionRequest, check_unknown};
+use crate::api::{ApiJson, ChatRequest, CompletionRequest, ignore_unknown, ignored_header};
 use crate::error::ApiError;
 use crate::tenants::{Admission, Tenant};
 
@@ -52,14 +52,31 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// `answer` with the `deepwasm-ignored-fields` header naming `ignored`.
+fn with_ignored(answer: Result<Response, ApiError>, ignored: &[String]) -> Response {
+    let mut response = answer.into_response();
+    if let Some((name, value)) = ignored_header(ignored) {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
 pub async fn chat_completions(
     State(st): State<Arc<AppState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
     ApiJson(req): ApiJson<ChatRequest>,
+) -> Response {
+    let ignored = ignore_unknown("chat/completions", &req.unknown, &st.metrics);
+    with_ignored(chat(st, tenant, req).await, &ignored)
+}
+
+async fn chat(
+    st: Arc<AppState>,
+    tenant: Arc<Tenant>,
+    mut req: ChatRequest,
 ) -> Result<Response, ApiError> {
-    check_unknown(&req.unknown)?;
     st.check_model(&req.model)?;
-    let input = ChatInput::read(&req)?;
+    let input = ChatInput::read(&mut req)?;
     let admission = tenant.admit()?;
     let (plan, split) = input.plan(&st, &tenant, &req)?;
     plan.steering.warm_up().await?;
@@ -103,8 +120,16 @@ pub async fn completions(
     State(st): State<Arc<AppState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
     ApiJson(req): ApiJson<CompletionRequest>,
+) -> Response {
+    let ignored = ignore_unknown("completions", &req.unknown, &st.metrics);
+    with_ignored(complete(st, tenant, req).await, &ignored)
+}
+
+async fn complete(
+    st: Arc<AppState>,
+    tenant: Arc<Tenant>,
+    req: CompletionRequest,
 ) -> Result<Response, ApiError> {
-    check_unknown(&req.unknown)?;
     st.check_model(&req.model)?;
     let prompts = completion_prompts(&req)?;
     let admission = tenant.admit()?;
@@ -136,7 +161,7 @@ pub async fn completions(
                 logprobs: plan
                     .logprobs
                     .map(|_| text_logprobs(&st, &c.tokens, lps, offset)),
-                finish_reason: Some(finish_reason(c, false)),
+                finish_reason: Some(finish_reason(c, false, false)),
                 reward: scored.as_ref().map(|s| s.to_json().0),
             }
         })

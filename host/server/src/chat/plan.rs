@@ -21,7 +21,9 @@ use tokio::sync::mpsc;
 use super::rewards::weighted_rewards;
 use super::steer::{Steering, format_steering, tool_call_steering};
 use crate::AppState;
-use crate::api::{ChatRequest, CompletionRequest, Content, InMessage, PromptInput, Sampling};
+use crate::api::{
+    ChatRequest, CompletionRequest, Content, InMessage, PromptInput, Sampling, ToolDef,
+};
 use crate::error::ApiError;
 use crate::output::Split;
 use crate::tenants::Tenant;
@@ -333,6 +335,10 @@ fn message_text(m: &InMessage, i: usize) -> Result<Option<String>, ApiError> {
 }
 
 /// A request's `messages` as the chat template reads them.
+///
+/// Legacy function calling maps onto tool calls: an assistant message's
+/// `function_call` becomes a call with an id of its own, and a `function`
+/// message (named by `name`) answers the latest such call.
 pub(crate) fn chat_messages(messages: &[InMessage]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid_param(
@@ -340,52 +346,125 @@ pub(crate) fn chat_messages(messages: &[InMessage]) -> Result<Vec<ChatMessage>, 
             "at least one message is required",
         ));
     }
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = match m.role.as_str() {
-                // OpenAI's newer name for the system role.
-                "developer" => "system",
-                r @ ("system" | "user" | "assistant" | "tool") => r,
-                other => {
-                    return Err(ApiError::invalid_param(
-                        &format!("messages[{i}].role"),
-                        format!(
-                            "must be system, developer, user, assistant or tool, got `{other}`"
-                        ),
-                    ));
-                }
-            };
-            let content = message_text(m, i)?;
-            if role != "assistant" && content.is_none() {
+    let mut legacy_call: Option<String> = None;
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            // OpenAI's newer name for the system role.
+            "developer" => "system",
+            "function" => "tool",
+            r @ ("system" | "user" | "assistant" | "tool") => r,
+            other => {
                 return Err(ApiError::invalid_param(
-                    &format!("messages[{i}].content"),
-                    "content is required",
+                    &format!("messages[{i}].role"),
+                    format!(
+                        "must be system, developer, user, assistant, tool or function, got `{other}`"
+                    ),
                 ));
             }
-            if role == "tool" && m.tool_call_id.is_none() {
+        };
+        let content = message_text(m, i)?;
+        if role != "assistant" && content.is_none() {
+            return Err(ApiError::invalid_param(
+                &format!("messages[{i}].content"),
+                "content is required",
+            ));
+        }
+        if m.function_call.is_some() && role != "assistant" {
+            return Err(ApiError::invalid_param(
+                &format!("messages[{i}].function_call"),
+                "only an assistant message makes a function call",
+            ));
+        }
+        let mut tool_call_id = m.tool_call_id.clone();
+        if m.role == "function" {
+            if m.name.is_none() {
                 return Err(ApiError::invalid_param(
-                    &format!("messages[{i}].tool_call_id"),
-                    "a tool message answers a call: `tool_call_id` is required",
+                    &format!("messages[{i}].name"),
+                    "a function message names the function it answers: `name` is required",
                 ));
             }
-            let tool_calls = m
-                .tool_calls
-                .iter()
-                .flatten()
-                .map(|c| ToolCall::new(&c.id, &c.function.name, &c.function.arguments))
-                .collect();
-            Ok(ChatMessage {
-                role: role.to_owned(),
-                content,
-                reasoning_content: m.reasoning_content.clone(),
-                tool_calls,
-                tool_call_id: m.tool_call_id.clone(),
-                name: m.name.clone(),
+            tool_call_id = tool_call_id.or_else(|| legacy_call.take());
+            if tool_call_id.is_none() {
+                return Err(ApiError::invalid_param(
+                    &format!("messages[{i}]"),
+                    "a function message answers an assistant message's `function_call`, and none comes before it",
+                ));
+            }
+        }
+        if role == "tool" && tool_call_id.is_none() {
+            return Err(ApiError::invalid_param(
+                &format!("messages[{i}].tool_call_id"),
+                "a tool message answers a call: `tool_call_id` is required",
+            ));
+        }
+        let mut tool_calls: Vec<ToolCall> = m
+            .tool_calls
+            .iter()
+            .flatten()
+            .map(|c| ToolCall::new(&c.id, &c.function.name, &c.function.arguments))
+            .collect();
+        if let Some(f) = &m.function_call {
+            let id = format!("call_legacy_{i}");
+            tool_calls.push(ToolCall::new(&id, &f.name, &f.arguments));
+            legacy_call = Some(id);
+        }
+        out.push(ChatMessage {
+            role: role.to_owned(),
+            content,
+            reasoning_content: m.reasoning_content.clone(),
+            tool_calls,
+            tool_call_id,
+            name: m.name.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Map legacy function calling (`functions`, `function_call`) onto
+/// `tools` and `tool_choice`. Returns whether the request used it, in
+/// which case the reply shows its call as `message.function_call`.
+pub(super) fn map_legacy_functions(req: &mut ChatRequest) -> Result<bool, ApiError> {
+    let Some(functions) = req.functions.take() else {
+        if req.function_call.is_some() {
+            return Err(ApiError::invalid_param(
+                "function_call",
+                "`function_call` chooses among `functions`, and the request has none",
+            ));
+        }
+        return Ok(false);
+    };
+    if req.tools.is_some() || req.tool_choice.is_some() {
+        return Err(ApiError::invalid_param(
+            "functions",
+            "`functions` is the legacy form of `tools`: send one or the other",
+        ));
+    }
+    req.tools = Some(
+        functions
+            .into_iter()
+            .map(|function| ToolDef {
+                kind: "function".into(),
+                function,
             })
-        })
-        .collect()
+            .collect(),
+    );
+    req.tool_choice = match req.function_call.take() {
+        None => None,
+        Some(Value::String(s)) if s == "none" || s == "auto" => Some(Value::String(s)),
+        Some(Value::Object(o)) if o.get("name").is_some_and(Value::is_string) => {
+            Some(json!({"type": "function", "function": {"name": o["name"]}}))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "function_call",
+                "must be `none`, `auto` or {\"name\": ...}",
+            ));
+        }
+    };
+    // The legacy API makes one call per reply.
+    req.parallel_tool_calls = Some(false);
+    Ok(true)
 }
 
 fn tool_specs(req: &ChatRequest) -> Result<Vec<ToolSpec>, ApiError> {
@@ -435,10 +514,14 @@ pub(super) struct ChatInput {
     /// The tools the model is shown: none under `tool_choice: "none"`.
     tools: Vec<ToolSpec>,
     logprobs: Option<usize>,
+    /// The request used legacy `functions`.
+    legacy_functions: bool,
 }
 
 impl ChatInput {
-    pub(super) fn read(req: &ChatRequest) -> Result<ChatInput, ApiError> {
+    /// Read `req`, mapping legacy function calling onto its tools first.
+    pub(super) fn read(req: &mut ChatRequest) -> Result<ChatInput, ApiError> {
+        let legacy_functions = map_legacy_functions(req)?;
         let messages = chat_messages(&req.messages)?;
         let tools = tool_specs(req)?;
         if let Some(choice) = &req.tool_choice {
@@ -463,6 +546,7 @@ impl ChatInput {
             messages,
             tools: if tool_choice_none { Vec::new() } else { tools },
             logprobs,
+            legacy_functions,
         })
     }
 
@@ -483,6 +567,8 @@ impl ChatInput {
         let split = Split {
             tools: (!tools.is_empty()).then_some(st.engine.tool_format),
             reasoning_opened: text.as_deref().is_some_and(prompt_opens_reasoning),
+            one_call: req.parallel_tool_calls == Some(false),
+            legacy_functions: self.legacy_functions,
         };
         let format = match &req.response_format {
             Some(f) => format_steering(st, tenant, f)?,

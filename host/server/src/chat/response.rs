@@ -88,6 +88,9 @@ pub(super) struct AssistantMessage {
     pub reasoning_content: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallObject>,
+    /// The call, for a request that used legacy `functions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionObject>,
 }
 
 /// A choice of one chat chunk.
@@ -110,6 +113,8 @@ pub(super) struct ChatDelta {
     pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallObject>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionObject>,
 }
 
 #[derive(Serialize)]
@@ -128,6 +133,16 @@ pub(super) struct FunctionObject {
     pub arguments: String,
 }
 
+impl FunctionObject {
+    /// A call as legacy function calling shows it.
+    pub fn of(c: &ToolCall) -> Self {
+        FunctionObject {
+            name: c.name.clone(),
+            arguments: c.arguments.clone(),
+        }
+    }
+}
+
 /// `calls` as the API shows them, indexed from 0.
 pub(super) fn tool_calls(calls: &[ToolCall]) -> Vec<ToolCallObject> {
     calls
@@ -137,10 +152,7 @@ pub(super) fn tool_calls(calls: &[ToolCall]) -> Vec<ToolCallObject> {
             index,
             id: c.id.clone(),
             kind: "function",
-            function: FunctionObject {
-                name: c.name.clone(),
-                arguments: c.arguments.clone(),
-            },
+            function: FunctionObject::of(c),
         })
         .collect()
 }
@@ -232,14 +244,19 @@ pub(super) fn chat_choice(
     let cut = c.finish_reason == deepwasm_engine::FinishReason::Length;
     let out = ChoiceOutput::whole(split, id, index, &c.text, cut);
     let calls = !out.tool_calls.is_empty();
-    let finish_reason = finish_reason(c, calls);
+    let finish_reason = finish_reason(c, calls, split.legacy_functions);
+    let (tool_calls, function_call) = match split.legacy_functions {
+        true => (Vec::new(), out.tool_calls.first().map(FunctionObject::of)),
+        false => (tool_calls(&out.tool_calls), None),
+    };
     ChatChoice {
         index,
         message: AssistantMessage {
             role: "assistant",
             content: (!(out.content.is_empty() && calls)).then_some(out.content),
             reasoning_content: out.reasoning,
-            tool_calls: tool_calls(&out.tool_calls),
+            tool_calls,
+            function_call,
         },
         logprobs: match (logprobs, &c.logprobs) {
             (true, Some(lps)) => Some(chat_logprobs(st, lps, &c.tokens)),
@@ -317,10 +334,15 @@ pub(super) fn text_logprobs(
 
 // ---------------------------------------------------------------- shared
 
-/// The API's `finish_reason` of `c`; `tool_calls` when its text held any.
-pub(super) fn finish_reason(c: &Completion, tool_calls: bool) -> &'static str {
+/// The API's `finish_reason` of `c`; `tool_calls` when its text held any
+/// (`function_call` under legacy function calling).
+pub(super) fn finish_reason(c: &Completion, tool_calls: bool, legacy: bool) -> &'static str {
     if tool_calls {
-        return "tool_calls";
+        return if legacy {
+            "function_call"
+        } else {
+            "tool_calls"
+        };
     }
     match c.finish_reason {
         FinishReason::Stop | FinishReason::SamplerStop => "stop",
@@ -369,6 +391,7 @@ mod tests {
             content: None,
             reasoning_content: String::new(),
             tool_calls: tool_calls(&[ToolCall::new("call_1", "f", "{}")]),
+            function_call: None,
         };
         assert_eq!(
             json(&message),

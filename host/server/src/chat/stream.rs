@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use super::CancelOnDrop;
 use super::plan::Plan;
 use super::response::{
-    ChatChunkChoice, ChatDelta, ChatLogprobs, ChunkObject, TextChoice, Usage, chat_logprobs,
-    finish_reason, now_secs, text_logprobs, tool_calls,
+    ChatChunkChoice, ChatDelta, ChatLogprobs, ChunkObject, FunctionObject, TextChoice, Usage,
+    chat_logprobs, finish_reason, now_secs, text_logprobs, tool_calls,
 };
 use crate::AppState;
 use crate::error::ApiError;
@@ -89,6 +89,7 @@ impl ChatChunks {
 /// these (each call's `index` counts on from it, as clients that assemble
 /// several calls from a stream key on it).
 fn parts_chunks(
+    split: Split,
     index: usize,
     parts: Vec<Part>,
     logprobs: Option<ChatLogprobs>,
@@ -104,6 +105,10 @@ fn parts_chunks(
             },
             Part::Reasoning(t) => ChatDelta {
                 reasoning_content: Some(t),
+                ..ChatDelta::default()
+            },
+            Part::ToolCall(c) if split.legacy_functions => ChatDelta {
+                function_call: Some(FunctionObject::of(&c)),
                 ..ChatDelta::default()
             },
             Part::ToolCall(c) => {
@@ -162,6 +167,7 @@ impl ChunkFormat for ChatChunks {
             .logprobs
             .then(|| chat_logprobs(st, &d.logprobs, &d.tokens));
         parts_chunks(
+            self.split,
             index,
             parts,
             logprobs,
@@ -172,8 +178,9 @@ impl ChunkFormat for ChatChunks {
     fn done(&mut self, index: usize, c: &Completion) -> Vec<ChatChunkChoice> {
         let out = self.output(index);
         let parts = out.finish(c.finish_reason == deepwasm_engine::FinishReason::Length);
-        let reason = finish_reason(c, !out.tool_calls.is_empty());
+        let reason = finish_reason(c, !out.tool_calls.is_empty(), self.split.legacy_functions);
         let mut chunks = parts_chunks(
+            self.split,
             index,
             parts,
             None,
@@ -236,7 +243,7 @@ impl ChunkFormat for TextChunks {
             index,
             text: String::new(),
             logprobs: None,
-            finish_reason: Some(finish_reason(c, false)),
+            finish_reason: Some(finish_reason(c, false, false)),
             reward: None,
         }]
     }
@@ -357,12 +364,13 @@ mod tests {
         let call = |i: u32| Part::ToolCall(ToolCall::new(format!("call_{i}"), "f", "{}"));
         let mut sent = 0;
         let first = parts_chunks(
+            Split::default(),
             0,
             vec![Part::Content("x".into()), call(0), call(1)],
             None,
             &mut sent,
         );
-        let later = parts_chunks(0, vec![call(2)], None, &mut sent);
+        let later = parts_chunks(Split::default(), 0, vec![call(2)], None, &mut sent);
         let indices: Vec<usize> = first
             .iter()
             .chain(&later)

@@ -1,0 +1,257 @@
+"""What real clients send and expect beyond the basics: the official SDK's
+agent loop (messages appended as the SDK returned them), `model_dump()`
+round-trips, fields of newer API versions, and legacy function calling."""
+
+import json
+
+import openai
+
+from common import MODEL, chat, client, dump, expect_status, http, run
+
+c = client("alpha")
+
+CALC_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def run_tool(call):
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"a", "b"}, args
+    return str(args["a"] + args["b"])
+
+
+def test_the_sdk_agent_loop_appends_the_returned_messages():
+    """The documented loop: append `choices[0].message` as the SDK parsed
+    it (tool calls with their `index`), answer each call, ask again; three
+    tool turns, then a text answer."""
+    messages = [
+        {"role": "system", "content": "You add numbers with the add tool."},
+        {"role": "user", "content": "What is 2 + 3, then plus 4, then plus 5?"},
+    ]
+    for turn in range(3):
+        r = c.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            tools=[CALC_TOOL],
+            tool_choice="required",
+            temperature=0,
+            max_tokens=60,
+        )
+        message = r.choices[0].message
+        assert r.choices[0].finish_reason == "tool_calls", dump(r.model_dump())
+        assert message.tool_calls, dump(r.model_dump())
+        messages.append(message)
+        for call in message.tool_calls:
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": run_tool(call)})
+    r = c.chat.completions.create(
+        model=MODEL, messages=messages, tools=[CALC_TOOL], temperature=0, max_tokens=8
+    )
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls"), dump(r.model_dump())
+    # The request really carried the SDK's objects: 2 + 3 turns of calls
+    # and results.
+    assert sum(1 for m in messages if not isinstance(m, dict)) == 3
+
+
+def test_model_dump_of_a_reply_is_accepted_back():
+    """`message.model_dump()` adds `annotations`, `audio`, `function_call`
+    (null) and keeps `index` in each tool call; all of it comes back."""
+    r = chat(
+        c,
+        "Add 1 and 2.",
+        tools=[CALC_TOOL],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=60,
+    )
+    dumped = r.choices[0].message.model_dump()
+    assert {"annotations", "audio", "function_call"} <= set(dumped), dumped
+    assert "index" in dumped["tool_calls"][0], dumped
+    call = dumped["tool_calls"][0]
+    messages = [
+        {"role": "user", "content": "Add 1 and 2."},
+        dumped,
+        {"role": "tool", "tool_call_id": call["id"], "content": "3"},
+    ]
+    r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
+    assert r.choices[0].message.content is not None, dump(r.model_dump())
+    # The whole reply object too, as a JSON round trip of what was sent.
+    text = chat(c, "Say hi.", max_tokens=4, temperature=0).choices[0].message
+    r = c.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hi."}, text.model_dump(), {"role": "user", "content": "Again."}],
+        max_tokens=4,
+    )
+    assert r.choices[0].message.content is not None
+
+
+NEWER_FIELDS = {
+    "prompt_cache_key": "user-42",
+    "prompt_cache_retention": "24h",
+    "safety_identifier": "hash-of-user",
+    "verbosity": "low",
+    "modalities": ["text"],
+    "prediction": {"type": "content", "content": "hello"},
+    "web_search_options": {},
+    "parallel_tool_calls": True,
+    "service_tier": "auto",
+    "store": False,
+    "metadata": {"k": "v"},
+}
+
+
+def ignored_counts(endpoint):
+    with http() as h:
+        text = h.get("/metrics").text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("deepwasm_request_ignored_fields_total{") and f'endpoint="{endpoint}"' in line:
+            field = line.split('field="')[1].split('"')[0]
+            counts[field] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_fields_of_newer_api_versions_are_accepted_and_counted():
+    before = ignored_counts("chat/completions")
+    with http("alpha") as h:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+            **NEWER_FIELDS,
+            "max_token": 5,
+        }
+        r = h.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        ignored = r.headers["deepwasm-ignored-fields"].split(", ")
+        # A misspelt field is ignored too, and the header says so.
+        assert "max_token" in ignored and "verbosity" in ignored, ignored
+        # Fields this server implements are not in it.
+        assert "parallel_tool_calls" not in ignored and "store" not in ignored, ignored
+        # Implemented fields stay strict.
+        r = h.post("/v1/chat/completions", json=dict(body, temperature="hot"))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "temperature", r.text
+        r = h.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "a", "max_tokens": 1, "safety_identifier": "x"},
+        )
+        assert r.status_code == 200, r.text
+    after = ignored_counts("chat/completions")
+    assert after.get("verbosity", 0) - before.get("verbosity", 0) == 1, (before, after)
+    # Names outside OpenAI's fields share one label, so clients cannot
+    # grow the metric.
+    assert after.get("other", 0) - before.get("other", 0) == 1, (before, after)
+    assert "max_token" not in after, after
+    # The SDK sends them as typed arguments.
+    r = chat(
+        c,
+        "hi",
+        max_tokens=2,
+        prompt_cache_key="k",
+        safety_identifier="s",
+        verbosity="low",
+        modalities=["text"],
+        parallel_tool_calls=False,
+    )
+    assert r.choices[0].message.content is not None
+
+
+def test_many_unknown_fields_do_not_grow_the_metric():
+    before = ignored_counts("chat/completions")
+    with http("alpha") as h:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        body.update({f"junk_{i}": i for i in range(200)})
+        r = h.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert len(r.headers["deepwasm-ignored-fields"].split(", ")) <= 32
+    after = ignored_counts("chat/completions")
+    assert set(after) - set(before) <= {"other"}, (before, after)
+    assert after["other"] - before.get("other", 0) == 200
+
+
+ADD_FUNCTION = dict(CALC_TOOL["function"])
+
+
+def test_legacy_functions_map_onto_tools():
+    r = c.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Add 2 and 2."}],
+        functions=[ADD_FUNCTION],
+        function_call={"name": "add"},
+        temperature=0,
+        max_tokens=60,
+    )
+    ch = r.choices[0]
+    assert ch.finish_reason == "function_call", dump(r.model_dump())
+    assert not ch.message.tool_calls, dump(r.model_dump())
+    fc = ch.message.function_call
+    assert fc.name == "add" and set(json.loads(fc.arguments)) == {"a", "b"}, fc
+    # The legacy round trip: the call, and a `function` message answering it.
+    messages = [
+        {"role": "user", "content": "Add 2 and 2."},
+        ch.message.model_dump(exclude_none=True),
+        {"role": "function", "name": "add", "content": "4"},
+    ]
+    r = c.chat.completions.create(
+        model=MODEL, messages=messages, functions=[ADD_FUNCTION], max_tokens=4, temperature=0
+    )
+    assert r.choices[0].finish_reason in ("stop", "length", "function_call"), dump(r.model_dump())
+    # Streamed: the call comes as `delta.function_call`.
+    stream = c.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Add 2 and 2."}],
+        functions=[ADD_FUNCTION],
+        function_call={"name": "add"},
+        temperature=0,
+        max_tokens=60,
+        stream=True,
+    )
+    name, args, finishes = "", "", []
+    for chunk in stream:
+        for d in chunk.choices:
+            assert not d.delta.tool_calls, chunk
+            if d.delta.function_call:
+                name += d.delta.function_call.name or ""
+                args += d.delta.function_call.arguments or ""
+            if d.finish_reason:
+                finishes.append(d.finish_reason)
+    assert name == "add" and finishes == ["function_call"], (name, finishes)
+    assert json.loads(args) == json.loads(fc.arguments), (args, fc.arguments)
+
+
+def test_legacy_function_calling_errors_name_the_field():
+    e = expect_status(
+        openai.BadRequestError,
+        400,
+        chat,
+        c,
+        "hi",
+        functions=[ADD_FUNCTION],
+        tools=[CALC_TOOL],
+    )
+    assert e.param == "functions", e.body
+    e = expect_status(openai.BadRequestError, 400, chat, c, "hi", function_call="auto")
+    assert e.param == "function_call", e.body
+    e = expect_status(
+        openai.BadRequestError,
+        400,
+        c.chat.completions.create,
+        model=MODEL,
+        messages=[{"role": "user", "content": "x"}, {"role": "function", "name": "add", "content": "4"}],
+        max_tokens=2,
+    )
+    assert e.param == "messages[1]", e.body
+
+
+if __name__ == "__main__":
+    run(globals())
