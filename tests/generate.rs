@@ -977,3 +977,186 @@ fn a_next_turn_starts_from_the_blocks_of_the_last() {
     );
     assert_eq!(second.tokens, turn(&load(), chat).tokens);
 }
+
+/// One pass over `tokens` on a fresh cache, returning what `output` asks.
+fn one_pass(tokens: &[u32], output: deepwasm_model::Output) -> deepwasm_model::Outputs {
+    let model = default_model().model.as_ref();
+    let mut cache = model.new_cache();
+    model
+        .forward_outputs(
+            &mut [deepwasm_model::SeqInput {
+                tokens,
+                cache: &mut cache,
+            }],
+            &[output],
+        )
+        .unwrap()
+}
+
+fn rows(t: &candle_core::Tensor) -> Vec<Vec<f32>> {
+    t.to_vec2().unwrap()
+}
+
+fn worst_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// A pass that mixes what sequences ask for gives each what a pass of its
+/// own gives: the last row's logits, every row's logits, hidden states.
+#[test]
+fn a_mixed_pass_gives_each_sequence_its_own_outputs() {
+    use deepwasm_model::{Output, SeqInput};
+    let engine = default_model();
+    let model = engine.model.as_ref();
+    let enc = |t: &str| engine.tokenizer.encode(t, true).unwrap();
+    let (a, b, c) = (
+        enc("The sky is"),
+        enc("def add(a, b):"),
+        enc("One, two, three"),
+    );
+    let (mut ca, mut cb, mut cc) = (model.new_cache(), model.new_cache(), model.new_cache());
+    let out = model
+        .forward_outputs(
+            &mut [
+                SeqInput {
+                    tokens: &a,
+                    cache: &mut ca,
+                },
+                SeqInput {
+                    tokens: &b,
+                    cache: &mut cb,
+                },
+                SeqInput {
+                    tokens: &c,
+                    cache: &mut cc,
+                },
+            ],
+            &[Output::Last, Output::AllLogits, Output::Hidden],
+        )
+        .unwrap();
+    let logits = rows(&out.logits);
+    assert_eq!(logits.len(), 1 + b.len());
+    let hidden = rows(out.hidden.as_ref().expect("hidden states were asked for"));
+    assert_eq!(hidden.len(), c.len());
+    assert_eq!(hidden[0].len(), model.info().hidden_size);
+    let alone_a = rows(&one_pass(&a, Output::Last).logits);
+    let alone_b = rows(&one_pass(&b, Output::AllLogits).logits);
+    let alone_c = one_pass(&c, Output::Hidden);
+    assert_eq!(
+        rows(&alone_c.logits).len(),
+        0,
+        "an embedding pass computes no logits"
+    );
+    let alone_c = rows(&alone_c.hidden.unwrap());
+    assert!(worst_gap(&logits[0], &alone_a[0]) < 1e-4);
+    for (k, row) in alone_b.iter().enumerate() {
+        assert!(worst_gap(&logits[1 + k], row) < 1e-4, "row {k}");
+    }
+    // The last of every row's logits is what generation would get.
+    let last_b = rows(&one_pass(&b, Output::Last).logits);
+    assert!(worst_gap(alone_b.last().unwrap(), &last_b[0]) < 1e-4);
+    for (k, row) in alone_c.iter().enumerate() {
+        assert!(worst_gap(&hidden[k], row) < 1e-4, "hidden row {k}");
+    }
+}
+
+/// Scoring a prompt in the batch (by chunks, beside sequences that decode
+/// and one that shares its prompt) gives each token the log-probability a
+/// single pass gives it; scoring changes nothing about what is generated.
+#[test]
+fn prompt_logprobs_match_one_pass_over_the_prompt() {
+    use deepwasm_engine::sampling::logprobs;
+    let engine = default_model();
+    let prompt = engine.tokenizer.encode(&long_text(600), true).unwrap();
+    assert!(prompt.len() > 300, "scored in more than one chunk");
+    let all = rows(&one_pass(&prompt, deepwasm_model::Output::AllLogits).logits);
+    let tokens = || Prompt::Tokens(prompt.clone());
+    let reqs = [
+        GenerateRequest {
+            prompt_logprobs: Some(2),
+            ..greedy(tokens(), 0)
+        },
+        GenerateRequest {
+            prompt_logprobs: Some(0),
+            ignore_eos: true,
+            ..greedy(tokens(), 6)
+        },
+        GenerateRequest {
+            ignore_eos: true,
+            ..greedy(tokens(), 6)
+        },
+        greedy(text_prompt("1, 2, 3, 4,"), 20),
+    ];
+    let (out, _) = batch_with_budget(&reqs, 16);
+    let scored = &out[0];
+    assert!(scored.tokens.is_empty() && scored.finish_reason == FinishReason::Length);
+    let lps = scored.prompt_logprobs.as_ref().expect("prompt logprobs");
+    assert_eq!(lps.len(), prompt.len());
+    assert!(lps[0].is_none(), "nothing predicts the first token");
+    let mut worst = 0f32;
+    for (i, lp) in lps.iter().enumerate().skip(1) {
+        let lp = lp.as_ref().expect("every later token is scored");
+        let want = logprobs(&all[i - 1], prompt[i], 2);
+        assert_eq!(lp.token, prompt[i]);
+        worst = worst.max((lp.logprob - want.logprob).abs());
+        assert_eq!(lp.top.len(), 2);
+        assert_eq!(lp.top[0].0, want.top[0].0, "position {i}");
+        assert!(lp.top[0].1 >= lp.logprob - 1e-4);
+    }
+    assert!(worst < 1e-3, "prompt logprobs differ by up to {worst}");
+    // Scored or not, the continuation is the same.
+    assert_eq!(out[1].tokens.len(), 6);
+    assert_eq!(out[1].tokens, out[2].tokens);
+    assert!(out[2].prompt_logprobs.is_none());
+    let again = out[1].prompt_logprobs.as_ref().unwrap();
+    assert_eq!(again.len(), prompt.len());
+    assert!(
+        again[1..]
+            .iter()
+            .all(|l| l.as_ref().unwrap().top.is_empty())
+    );
+}
+
+/// An embedding is the mean (or the last) of the prompt's final hidden
+/// states, whether the prompt goes in whole or by chunks beside others.
+#[test]
+fn embeddings_pool_the_final_hidden_states() {
+    use deepwasm_engine::Pooling;
+    let engine = default_model();
+    let prompt = engine.tokenizer.encode(&long_text(300), true).unwrap();
+    let hidden = rows(
+        &one_pass(&prompt, deepwasm_model::Output::Hidden)
+            .hidden
+            .unwrap(),
+    );
+    let d = hidden[0].len();
+    let mean: Vec<f32> = (0..d)
+        .map(|j| hidden.iter().map(|r| r[j]).sum::<f32>() / hidden.len() as f32)
+        .collect();
+    let embed = |pooling| GenerateRequest {
+        embedding: Some(pooling),
+        ..greedy(Prompt::Tokens(prompt.clone()), 50)
+    };
+    let reqs = [
+        embed(Pooling::Mean),
+        embed(Pooling::Last),
+        greedy(text_prompt("1, 2, 3, 4,"), 20),
+    ];
+    for step_tokens in [usize::MAX, 16] {
+        let (out, _) = batch_with_budget(&reqs, step_tokens);
+        let got = out[0].embedding.as_ref().expect("an embedding");
+        assert!(out[0].tokens.is_empty(), "an embedding generates nothing");
+        assert_eq!(out[0].usage.prompt_tokens, prompt.len());
+        assert!(worst_gap(got, &mean) < 1e-4, "mean, step {step_tokens}");
+        let last = out[1].embedding.as_ref().unwrap();
+        assert!(
+            worst_gap(last, hidden.last().unwrap()) < 1e-4,
+            "last, step {step_tokens}"
+        );
+        assert_eq!(out[2].tokens.len(), 20);
+    }
+}

@@ -365,7 +365,11 @@ impl<'e, 'r> Batcher<'e, 'r> {
     /// from another.
     fn prefix_donor(&self, seq: &Sequence<'e, 'r>) -> Donor {
         let prompt = seq.prompt();
-        if seq.started() || !seq.cache.is_empty() || prompt.len() < MIN_SHARED_PROMPT {
+        if seq.started()
+            || !seq.cache.is_empty()
+            || prompt.len() < MIN_SHARED_PROMPT
+            || seq.needs_prompt_rows()
+        {
             return Donor::None;
         }
         let limit = prompt.len() - 1;
@@ -600,6 +604,9 @@ impl<'e, 'r> Batcher<'e, 'r> {
         if let Some(i) = oldest {
             take[i] = take[i].max(seqs[i].feed.len().min(MIN_CHUNK));
         }
+        for (t, s) in take.iter_mut().zip(&seqs) {
+            *t = (*t).min(s.max_take());
+        }
         take
     }
 
@@ -623,17 +630,30 @@ impl<'e, 'r> Batcher<'e, 'r> {
             .filter(|(_, t)| **t > 0)
             .map(|(r, _)| &mut r.seq)
             .collect();
-        let (logits, prepared) = forward_and_prepare(self.engine.model.as_ref(), &mut fed, &take);
+        let starts: Vec<usize> = fed.iter().map(|s| s.cache.len()).collect();
+        let (rows, prepared) = forward_and_prepare(self.engine.model.as_ref(), &mut fed, &take);
         let elapsed = started.elapsed();
         let mut failed = Vec::new();
-        match logits {
+        match rows {
             Ok(rows) => {
-                for ((((seq, row), prepared), &i), &n) in
-                    fed.into_iter().zip(rows).zip(prepared).zip(&at).zip(&take)
+                for (((((seq, rows), prepared), &i), &n), &start) in fed
+                    .into_iter()
+                    .zip(rows)
+                    .zip(prepared)
+                    .zip(&at)
+                    .zip(&take)
+                    .zip(&starts)
                 {
+                    if !rows.prompt.is_empty() {
+                        seq.take_prompt_rows(start, &rows.prompt);
+                    }
                     match prepared {
                         Ok(_) if n < seq.feed.len() => seq.fed_chunk(n, elapsed),
-                        Ok(p) => seq.hold(row, p, elapsed),
+                        Ok(_) if seq.prompt_only() => {
+                            seq.fed_chunk(n, elapsed);
+                            seq.end_after_prompt();
+                        }
+                        Ok(p) => seq.hold(rows.last, p, elapsed),
                         Err(e) => failed.push((i, GenerateError::from(e))),
                     }
                 }

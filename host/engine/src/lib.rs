@@ -22,7 +22,8 @@ pub use plugin_sampler::{
     DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, SamplerHosting, sampler_limits,
 };
 pub use request::{
-    Completion, Delta, FinishReason, GenerateError, GenerateRequest, Prompt, Timings, Usage,
+    Completion, Delta, FinishReason, GenerateError, GenerateRequest, Pooling, Prompt, Timings,
+    Usage,
 };
 pub use sampler::{BuiltinSampler, Reply, Sampler, SamplerError};
 pub use scheduler::{Event, Scheduler, SchedulerConfig, SchedulerStats};

@@ -41,6 +41,22 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Report log-probabilities of each token and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Report log-probabilities of the prompt's tokens too (each but the
+    /// first, which nothing predicts), with this many alternatives each.
+    /// With `max_tokens` 0 the prompt is only scored.
+    pub prompt_logprobs: Option<usize>,
+    /// Instead of generating, pool the final hidden states of the prompt's
+    /// tokens into [`Completion::embedding`] (`max_tokens` is ignored).
+    pub embedding: Option<Pooling>,
+}
+
+/// How the prompt's final hidden states become one embedding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// Their mean over the prompt's tokens.
+    Mean,
+    /// The last token's.
+    Last,
 }
 
 impl GenerateRequest {
@@ -52,6 +68,8 @@ impl GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            prompt_logprobs: None,
+            embedding: None,
         }
     }
 }
@@ -100,6 +118,11 @@ pub struct Completion {
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub logprobs: Option<Vec<Option<TokenLogprobs>>>,
+    /// One entry per prompt token when asked for (`prompt_logprobs`); the
+    /// first is `None`.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
+    /// The pooled embedding, when asked for.
+    pub embedding: Option<Vec<f32>>,
     pub timings: Timings,
 }
 

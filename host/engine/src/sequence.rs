@@ -11,11 +11,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deepwasm_model::{CausalLm, Detokenizer, KvCache, SeqInput};
+use deepwasm_model::{CausalLm, Detokenizer, KvCache, Output, SeqInput};
 
 use crate::engine::Engine;
 use crate::request::{
-    Completion, Delta, FinishReason, GenerateError, GenerateRequest, Timings, Usage,
+    Completion, Delta, FinishReason, GenerateError, GenerateRequest, Pooling, Timings, Usage,
 };
 use crate::sampler::{Decision, Prepared, Reply, SampleSpec, Sampler, SamplerError};
 use crate::sampling::{self, SamplingParams, SequenceRng, TokenHistory};
@@ -50,7 +50,17 @@ pub(crate) struct Sequence<'e, 'r> {
     /// Logits of this step waiting for the sampler; `None` while the
     /// sequence is to be fed.
     held: Option<Held>,
+    /// Alternatives to report with each prompt token's log-probability,
+    /// when the prompt is scored.
+    prompt_logprobs: Option<usize>,
+    /// The pooling of an embedding, and its running sum (or last row) and
+    /// rows counted so far.
+    embedding: Option<(Pooling, Vec<f32>, usize)>,
 }
+
+/// Most prompt tokens a sequence whose prompt is scored takes in one
+/// forward pass: each brings a row of logits (`vocab_size` floats).
+pub(crate) const SCORED_CHUNK: usize = 256;
 
 /// A step's logits, and what the sampler has said about them so far.
 struct Held {
@@ -96,7 +106,11 @@ impl<'e, 'r> Sequence<'e, 'r> {
             )));
         }
         sampler.begin(&prompt, &req.params)?;
-        let max_tokens = req.max_tokens.min(context - prompt.len());
+        let max_tokens = match req.embedding {
+            Some(_) => 0,
+            None => req.max_tokens.min(context - prompt.len()),
+        };
+        let prompt_only = req.prompt_logprobs.is_some() || req.embedding.is_some();
         Ok(Sequence {
             params: req.params.clone(),
             logprobs: req.logprobs,
@@ -123,16 +137,94 @@ impl<'e, 'r> Sequence<'e, 'r> {
                     completion_tokens: 0,
                 },
                 logprobs: req.logprobs.map(|_| Vec::new()),
+                prompt_logprobs: req.prompt_logprobs.map(|_| vec![None]),
+                embedding: None,
                 timings: Timings::default(),
             },
             feed: prompt,
             chunked: Duration::ZERO,
             new_tokens: Vec::new(),
             step: 0,
-            done: max_tokens == 0,
+            done: max_tokens == 0 && !prompt_only,
             hit_stop_string: false,
             held: None,
+            prompt_logprobs: req.prompt_logprobs,
+            embedding: req.embedding.map(|p| (p, Vec::new(), 0)),
         })
+    }
+
+    /// What the next forward pass returns for this sequence: every row's
+    /// logits while a scored prompt goes in, hidden states for an
+    /// embedding, else the last row's logits.
+    pub(crate) fn output(&self) -> Output {
+        if self.embedding.is_some() {
+            Output::Hidden
+        } else if self.prompt_logprobs.is_some() && !self.started() {
+            Output::AllLogits
+        } else {
+            Output::Last
+        }
+    }
+
+    /// Whether the forward passes over the prompt produce more than the
+    /// next token's logits: such a prompt is computed whole, never taken
+    /// from another sequence's cache.
+    pub(crate) fn needs_prompt_rows(&self) -> bool {
+        self.output() != Output::Last
+    }
+
+    /// Most feed tokens one forward pass may take.
+    pub(crate) fn max_take(&self) -> usize {
+        match self.output() {
+            Output::AllLogits => SCORED_CHUNK,
+            _ => usize::MAX,
+        }
+    }
+
+    /// Take the rows a forward pass returned beside the next token's
+    /// logits, for the `n` feed tokens it took: each scored prompt token's
+    /// log-probability (from the row before it), or the hidden states. The
+    /// pass's positions began at `start`.
+    pub(crate) fn take_prompt_rows(&mut self, start: usize, rows: &[Vec<f32>]) {
+        let prompt = &self.out.prompt_tokens;
+        if let (Some(top), Some(all)) = (self.prompt_logprobs, self.out.prompt_logprobs.as_mut()) {
+            for (k, row) in rows.iter().enumerate() {
+                let next = start + k + 1;
+                if next < prompt.len() && all.len() == next {
+                    all.push(Some(sampling::logprobs(row, prompt[next], top)));
+                }
+            }
+        }
+        if let Some((pooling, acc, count)) = self.embedding.as_mut() {
+            for row in rows {
+                match pooling {
+                    Pooling::Last => acc.clone_from(row),
+                    Pooling::Mean if acc.is_empty() => acc.clone_from(row),
+                    Pooling::Mean => acc.iter_mut().zip(row).for_each(|(a, b)| *a += b),
+                }
+                *count += 1;
+            }
+        }
+    }
+
+    /// The prompt has gone in and nothing is to be generated: end with the
+    /// embedding or the prompt's scores.
+    pub(crate) fn end_after_prompt(&mut self) {
+        if let Some((pooling, acc, count)) = self.embedding.take() {
+            let mut v = acc;
+            if pooling == Pooling::Mean && count > 0 {
+                let inv = 1.0 / count as f32;
+                v.iter_mut().for_each(|x| *x *= inv);
+            }
+            self.out.embedding = Some(v);
+        }
+        self.finish_with(FinishReason::Length);
+    }
+
+    /// Whether the prompt is all this sequence runs (scoring or an
+    /// embedding, no tokens to generate).
+    pub(crate) fn prompt_only(&self) -> bool {
+        self.max_tokens == 0
     }
 
     /// Whether this sequence goes into the next forward pass (else it is
@@ -146,6 +238,16 @@ impl<'e, 'r> Sequence<'e, 'r> {
     /// runs again. The sampler is not asked again for the steps it already
     /// decided.
     pub(crate) fn preempt(&mut self) {
+        if !self.started() {
+            // What the prompt's passes gave so far is recomputed.
+            if let Some(all) = self.out.prompt_logprobs.as_mut() {
+                all.truncate(1);
+            }
+            if let Some((_, acc, count)) = self.embedding.as_mut() {
+                acc.clear();
+                *count = 0;
+            }
+        }
         let mut all = self.out.prompt_tokens.clone();
         all.extend_from_slice(&self.out.tokens);
         self.cache = self.cache.empty_like();
@@ -389,11 +491,21 @@ impl<'e, 'r> Sequence<'e, 'r> {
     }
 }
 
-/// The logits of one forward pass, a row per sequence, and what each
-/// sampler's `prepare` answered at once (`None`: not yet, or the pass took
-/// only a chunk of the sequence's feed; asked again when the step settles).
+/// What one forward pass gave one sequence.
+pub(crate) struct Rows {
+    /// The logits after the last token it took (empty for an embedding).
+    pub last: Vec<f32>,
+    /// The rows a scored prompt (logits) or an embedding (hidden states)
+    /// asked for, one per token taken.
+    pub prompt: Vec<Vec<f32>>,
+}
+
+/// The rows of one forward pass, per sequence, and what each sampler's
+/// `prepare` answered at once (`None`: not yet, or the pass took only a
+/// chunk of the sequence's feed, or it generates nothing; asked again when
+/// the step settles).
 type StepResults = (
-    candle_core::Result<Vec<Vec<f32>>>,
+    candle_core::Result<Vec<Rows>>,
     Vec<Result<Option<Prepared>, SamplerError>>,
 );
 
@@ -410,7 +522,10 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
     let now = Instant::now();
     let mut inputs = Vec::with_capacity(seqs.len());
     let mut prepared = Vec::with_capacity(seqs.len());
+    let mut outputs = Vec::with_capacity(seqs.len());
     for (seq, &take) in seqs.iter_mut().zip(take) {
+        let output = seq.output();
+        let prompt_only = seq.prompt_only();
         let Sequence {
             sampler,
             new_tokens,
@@ -420,7 +535,7 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
             ..
         } = &mut **seq;
         let take = take.clamp(1, feed.len().max(1));
-        prepared.push(if take < feed.len() {
+        prepared.push(if take < feed.len() || prompt_only {
             Ok(None)
         } else {
             match sampler.prepare(*step, new_tokens, now) {
@@ -429,11 +544,40 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
                 Err(e) => Err(e),
             }
         });
+        outputs.push((output, take));
         inputs.push(SeqInput {
             tokens: &feed[..take],
             cache,
         });
     }
-    let logits = model.forward(&mut inputs).and_then(|l| l.to_vec2::<f32>());
-    (logits, prepared)
+    let only: Vec<Output> = outputs.iter().map(|o| o.0).collect();
+    let rows = model.forward_outputs(&mut inputs, &only).and_then(|out| {
+        let mut logits = out.logits.to_vec2::<f32>()?.into_iter();
+        let mut hidden = match out.hidden {
+            Some(h) => h.to_vec2::<f32>()?,
+            None => Vec::new(),
+        }
+        .into_iter();
+        Ok(outputs
+            .iter()
+            .map(|&(output, n)| match output {
+                Output::Last => Rows {
+                    last: logits.next().unwrap_or_default(),
+                    prompt: Vec::new(),
+                },
+                Output::AllLogits => {
+                    let prompt: Vec<Vec<f32>> = logits.by_ref().take(n).collect();
+                    Rows {
+                        last: prompt.last().cloned().unwrap_or_default(),
+                        prompt,
+                    }
+                }
+                Output::Hidden => Rows {
+                    last: Vec::new(),
+                    prompt: hidden.by_ref().take(n).collect(),
+                },
+            })
+            .collect())
+    });
+    (rows, prepared)
 }

@@ -47,6 +47,76 @@ pub struct SeqInput<'a> {
     pub cache: &'a mut KvCache,
 }
 
+/// What a forward pass returns for one sequence of its batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// The logits after its last token: what generation needs.
+    #[default]
+    Last,
+    /// The logits after each of its tokens, in order (scoring a prompt).
+    AllLogits,
+    /// The final hidden state (after the last norm) of each of its tokens,
+    /// and no logits (embeddings).
+    Hidden,
+}
+
+/// What a forward pass returns: rows in batch order, each sequence's rows
+/// in token order, as its [`Output`] asked.
+#[derive(Debug)]
+pub struct Outputs {
+    /// `[rows, vocab_size]`, f32; no rows when every sequence asked for
+    /// hidden states.
+    pub logits: candle_core::Tensor,
+    /// `[rows, hidden_size]`, f32, when some sequence asked for them.
+    pub hidden: Option<candle_core::Tensor>,
+}
+
+/// The rows of a pass's `total` activations that `outputs` need, for
+/// sequences of `lens` tokens each: `(logit rows, hidden rows)`.
+pub fn output_rows(lens: &[usize], outputs: &[Output]) -> (Vec<u32>, Vec<u32>) {
+    let (mut logits, mut hidden) = (Vec::with_capacity(lens.len()), Vec::new());
+    let mut start = 0u32;
+    for (i, &n) in lens.iter().enumerate() {
+        let n = n as u32;
+        match outputs.get(i).copied().unwrap_or_default() {
+            Output::Last => logits.push(start + n - 1),
+            Output::AllLogits => logits.extend(start..start + n),
+            Output::Hidden => hidden.extend(start..start + n),
+        }
+        start += n;
+    }
+    (logits, hidden)
+}
+
+/// The [`Outputs`] of a pass from its final activations `x` (`[total,
+/// hidden]`, before the last norm), given the model's final `norm` and
+/// `head`. Only the rows asked for go through them.
+pub fn select_outputs(
+    x: &candle_core::Tensor,
+    lens: &[usize],
+    outputs: &[Output],
+    vocab: usize,
+    norm: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
+    head: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
+) -> candle_core::Result<Outputs> {
+    use candle_core::{DType, Tensor};
+    let (logit_rows, hidden_rows) = output_rows(lens, outputs);
+    let rows = |r: Vec<u32>| -> candle_core::Result<Tensor> {
+        let n = r.len();
+        norm(&x.index_select(&Tensor::from_vec(r, n, x.device())?, 0)?)
+    };
+    let logits = if logit_rows.is_empty() {
+        Tensor::zeros((0, vocab), DType::F32, x.device())?
+    } else {
+        head(&rows(logit_rows)?)?.to_dtype(DType::F32)?
+    };
+    let hidden = match hidden_rows.is_empty() {
+        true => None,
+        false => Some(rows(hidden_rows)?.to_dtype(DType::F32)?),
+    };
+    Ok(Outputs { logits, hidden })
+}
+
 /// A causal language model.
 pub trait CausalLm: Send + Sync {
     fn info(&self) -> &ModelInfo;
@@ -57,7 +127,18 @@ pub trait CausalLm: Send + Sync {
     /// Run the tokens of every sequence in `batch` through the model,
     /// appending them to their caches. Returns the logits after each
     /// sequence's last token, `[batch.len(), vocab_size]`, in f32.
-    fn forward(&self, batch: &mut [SeqInput<'_>]) -> candle_core::Result<candle_core::Tensor>;
+    fn forward(&self, batch: &mut [SeqInput<'_>]) -> candle_core::Result<candle_core::Tensor> {
+        let outputs = vec![Output::Last; batch.len()];
+        Ok(self.forward_outputs(batch, &outputs)?.logits)
+    }
+
+    /// [`CausalLm::forward`], returning for each sequence what its entry of
+    /// `outputs` asks.
+    fn forward_outputs(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        outputs: &[Output],
+    ) -> candle_core::Result<Outputs>;
 
     /// Time spent in named parts of the forward pass since the model was
     /// loaded (for benchmarks: where the time goes), if the model keeps it.

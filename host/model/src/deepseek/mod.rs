@@ -25,7 +25,7 @@ pub use mla::MlaCache;
 use crate::cache::KvCache;
 use crate::checkpoint::{Checkpoint, TensorName};
 use crate::linear::Linear;
-use crate::{CausalLm, ModelError, ModelInfo, SeqInput};
+use crate::{CausalLm, ModelError, ModelInfo, Output, Outputs, SeqInput, select_outputs};
 use mla::{Mla, QueryProj, RmsNorm};
 use moe::{Mlp, Moe, Router};
 
@@ -263,13 +263,15 @@ impl CausalLm for DeepSeek {
         ]
     }
 
-    fn forward(&self, batch: &mut [SeqInput<'_>]) -> Result<Tensor> {
-        self.timers.forward.time(|| self.forward_batch(batch))
+    fn forward_outputs(&self, batch: &mut [SeqInput<'_>], outputs: &[Output]) -> Result<Outputs> {
+        self.timers
+            .forward
+            .time(|| self.forward_batch(batch, outputs))
     }
 }
 
 impl DeepSeek {
-    fn forward_batch(&self, batch: &mut [SeqInput<'_>]) -> Result<Tensor> {
+    fn forward_batch(&self, batch: &mut [SeqInput<'_>], outputs: &[Output]) -> Result<Outputs> {
         let total: usize = batch.iter().map(|s| s.tokens.len()).sum();
         if total == 0 {
             candle_core::bail!("forward called with no tokens");
@@ -318,16 +320,17 @@ impl DeepSeek {
             };
             x = (x + y)?;
         }
-        let mut last = Vec::with_capacity(batch.len());
-        let mut offset = 0;
-        for seq in batch.iter_mut() {
-            let n = seq.tokens.len();
+        let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
+        for (seq, &n) in batch.iter_mut().zip(&lens) {
             seq.cache.advance(n);
-            offset += n;
-            last.push((offset - 1) as u32);
         }
-        let last = Tensor::from_vec(last, batch.len(), &self.device)?;
-        let x = self.norm.forward(&x.index_select(&last, 0)?)?;
-        self.lm_head.forward(&x)?.to_dtype(DType::F32)
+        select_outputs(
+            &x,
+            &lens,
+            outputs,
+            self.cfg.vocab_size,
+            |x| self.norm.forward(x),
+            |x| self.lm_head.forward(x),
+        )
     }
 }
