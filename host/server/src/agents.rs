@@ -25,10 +25,11 @@ use crate::error::ApiError;
 use crate::tenants::Tenant;
 
 /// The body of a run request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentRunRequest {
     /// What the agent is to do.
+    #[schema(min_length = 1)]
     pub task: String,
     /// The agent's config (any JSON; the agent reads it).
     #[serde(default)]
@@ -39,9 +40,11 @@ pub struct AgentRunRequest {
     pub tools: Option<Vec<String>>,
     /// Step, tool-call, token and time budgets (defaults for those unset).
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::shapes::AgentBudgets>)]
     pub budgets: Option<AgentBudgets>,
     /// SSE events while it runs (default), or one JSON answer at the end.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub stream: bool,
 }
 

@@ -78,7 +78,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// `stop`: one string or a list of them.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     #[default]
@@ -99,23 +99,24 @@ impl OneOrMany {
 
 /// Message content: a string, or a list of parts of which only text ones
 /// are understood.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContentPart {
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::shapes::PartType)]
     pub kind: String,
     #[serde(default)]
     pub text: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionCall {
     pub name: String,
@@ -123,7 +124,7 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InToolCall {
     /// The position the server numbered it with; accepted and ignored.
@@ -131,6 +132,7 @@ pub struct InToolCall {
     pub index: Option<usize>,
     pub id: String,
     #[serde(rename = "type", default = "function")]
+    #[schema(value_type = crate::openapi::shapes::ToolType)]
     pub kind: String,
     pub function: FunctionCall,
 }
@@ -140,9 +142,10 @@ fn function() -> String {
 }
 
 /// A message of the conversation.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InMessage {
+    #[schema(value_type = crate::openapi::shapes::Role)]
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
@@ -168,9 +171,10 @@ pub struct InMessage {
     pub function_call: Option<FunctionCall>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionDef {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
@@ -180,15 +184,16 @@ pub struct FunctionDef {
     pub strict: Option<bool>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolDef {
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::shapes::ToolType)]
     pub kind: String,
     pub function: FunctionDef,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonSchemaFormat {
     pub name: String,
@@ -200,16 +205,17 @@ pub struct JsonSchemaFormat {
     pub strict: Option<bool>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseFormat {
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::shapes::ResponseFormatType)]
     pub kind: String,
     #[serde(default)]
     pub json_schema: Option<JsonSchemaFormat>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default)]
@@ -219,7 +225,7 @@ pub struct StreamOptions {
 }
 
 /// `sampler`: a plugin of the tenant's steering every step.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerRef {
     /// The plugin's id or name.
@@ -230,16 +236,18 @@ pub struct SamplerRef {
     /// Milliseconds it has to answer a step (default 25, at most the
     /// tenant's `max_step_budget_ms`); its sequence alone waits for it.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub step_budget_ms: Option<u64>,
     /// When it misses the budget: `wait` (default: the sequence sits steps
     /// out until it answers, at most 8 budgets), `fail` the request, or
     /// `fallback` to the built-in sampler for that step.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::shapes::OnMiss>)]
     pub on_miss: Option<String>,
 }
 
 /// One entry of `rewards`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardRef {
     pub plugin: String,
@@ -250,9 +258,10 @@ pub struct RewardRef {
 }
 
 /// The generation parameters chat and completions share.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct Sampling {
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub n: Option<usize>,
     #[serde(default)]
     pub seed: Option<i64>,
@@ -261,20 +270,28 @@ pub struct Sampling {
     #[serde(default)]
     pub max_tokens: Option<usize>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     #[serde(default)]
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f32>,
     #[serde(default)]
+    #[schema(exclusive_minimum = 0)]
     pub repetition_penalty: Option<f32>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, f64>>)]
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     pub ignore_eos: bool,
@@ -288,6 +305,7 @@ pub struct Sampling {
     #[serde(default)]
     pub rewards: Option<Vec<RewardRef>>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub best_of: Option<usize>,
     /// Fields the rewards get as `extra` (a ground-truth `answer`).
     #[serde(default)]
@@ -295,19 +313,23 @@ pub struct Sampling {
 }
 
 /// `POST /v1/chat/completions`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<InMessage>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<usize>,
     #[serde(default)]
     pub logprobs: Option<bool>,
     #[serde(default)]
+    #[schema(maximum = 20)]
     pub top_logprobs: Option<usize>,
     #[serde(default)]
     pub tools: Option<Vec<ToolDef>>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::shapes::ToolChoice>)]
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
@@ -317,6 +339,7 @@ pub struct ChatRequest {
     pub functions: Option<Vec<FunctionDef>>,
     /// Legacy `tool_choice`: `none`, `auto` or `{"name": ...}`.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::shapes::FunctionChoice>)]
     pub function_call: Option<Value>,
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
@@ -332,6 +355,7 @@ pub struct ChatRequest {
     #[serde(default)]
     pub service_tier: Option<String>,
     #[serde(flatten)]
+    #[schema(inline)]
     pub sampling: Sampling,
     /// Fields this server does not implement: see [`ignore_unknown`].
     #[serde(flatten)]
@@ -339,7 +363,7 @@ pub struct ChatRequest {
 }
 
 /// `prompt` of `POST /v1/completions`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum PromptInput {
     Text(String),
@@ -349,19 +373,21 @@ pub enum PromptInput {
 }
 
 /// `POST /v1/completions`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: PromptInput,
     #[serde(default)]
     pub echo: bool,
     #[serde(default)]
+    #[schema(maximum = 20)]
     pub logprobs: Option<usize>,
     #[serde(default)]
     pub suffix: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(flatten)]
+    #[schema(inline)]
     pub sampling: Sampling,
     /// Fields this server does not implement: see [`ignore_unknown`].
     #[serde(flatten)]
@@ -369,14 +395,16 @@ pub struct CompletionRequest {
 }
 
 /// `POST /v1/rewards/score`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
+    #[schema(min_items = 1)]
     pub rewards: Vec<RewardRef>,
+    #[schema(max_items = 4096)]
     pub samples: Vec<ScoreSample>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreSample {
     #[serde(default)]
@@ -389,7 +417,7 @@ pub struct ScoreSample {
 }
 
 /// One prompt of a rollout.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutPrompt {
     #[serde(default)]
@@ -402,21 +430,26 @@ pub struct RolloutPrompt {
 }
 
 /// `POST /v1/rollouts`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutRequest {
     #[serde(default)]
     pub model: Option<String>,
+    #[schema(min_items = 1)]
     pub prompts: Vec<RolloutPrompt>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub group_size: Option<usize>,
     #[serde(default)]
     pub rewards: Vec<RewardRef>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_tokens: Option<usize>,
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub temperature: Option<f32>,
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     #[serde(default)]
     pub seed: Option<u64>,
@@ -426,6 +459,7 @@ pub struct RolloutRequest {
     pub pass_threshold: Option<f64>,
     /// `ndjson` or `sse` (default: from `Accept`, else NDJSON).
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::shapes::RolloutFormat>)]
     pub format: Option<String>,
 }
 

@@ -26,9 +26,6 @@ use crate::api::{ApiJson, RolloutRequest, ScoreRequest};
 use crate::error::ApiError;
 use crate::tenants::Tenant;
 
-/// The OpenAPI description of this API.
-pub const OPENAPI: &str = include_str!("../openapi.json");
-
 pub async fn health(State(st): State<Arc<AppState>>) -> Response {
     let stats = &st.scheduler.stats;
     axum::Json(json!({
@@ -54,7 +51,11 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 }
 
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
+        .into_response()
 }
 
 pub async fn not_found(req: Request) -> ApiError {

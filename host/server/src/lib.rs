@@ -12,6 +12,7 @@ mod chat;
 pub mod error;
 mod handlers;
 pub mod metrics;
+pub mod openapi;
 mod output;
 mod plugins;
 pub mod store;

@@ -19,10 +19,12 @@ use crate::error::ApiError;
 use crate::store::UploadError;
 use crate::tenants::Tenant;
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// The plugin's name (how requests may name it).
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     name: String,
 }
 

@@ -13,7 +13,7 @@
 //! - [`response`]: the wire format, as serde types.
 
 mod plan;
-mod response;
+pub(crate) mod response;
 mod rewards;
 mod steer;
 mod stream;

@@ -19,26 +19,28 @@ use crate::AppState;
 use crate::output::{ChoiceOutput, Split};
 
 /// A whole answer: `chat.completion` or `text_completion`.
-#[derive(Serialize)]
-pub(super) struct CompletionObject<'a, C> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CompletionObject<'a, C> {
     pub id: &'a str,
     pub object: &'static str,
     pub created: u64,
     pub model: &'a str,
     /// Always `null`.
+    #[schema(required)]
     pub system_fingerprint: Option<&'static str>,
     pub choices: Vec<C>,
     pub usage: Usage,
 }
 
 /// One streamed chunk: `chat.completion.chunk` or `text_completion`.
-#[derive(Serialize)]
-pub(super) struct ChunkObject<'a, C> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ChunkObject<'a, C> {
     pub id: &'a str,
     pub object: &'static str,
     pub created: u64,
     pub model: &'a str,
     /// Always `null`.
+    #[schema(required)]
     pub system_fingerprint: Option<&'static str>,
     /// One choice per chunk; none in the closing usage chunk.
     pub choices: &'a [C],
@@ -48,8 +50,8 @@ pub(super) struct ChunkObject<'a, C> {
     pub usage: Option<Option<Usage>>,
 }
 
-#[derive(Clone, Copy, Serialize)]
-pub(super) struct Usage {
+#[derive(Clone, Copy, Serialize, utoipa::ToSchema)]
+pub(crate) struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
@@ -68,10 +70,11 @@ impl Usage {
 // ---------------------------------------------------------------- chat
 
 /// A choice of a whole chat completion.
-#[derive(Serialize)]
-pub(super) struct ChatChoice {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
+    #[schema(required)]
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
     /// The reward plugins' scores, when the request named any.
@@ -79,10 +82,11 @@ pub(super) struct ChatChoice {
     pub reward: Option<Map<String, Value>>,
 }
 
-#[derive(Serialize)]
-pub(super) struct AssistantMessage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AssistantMessage {
     pub role: &'static str,
     /// `null` when the reply is only tool calls.
+    #[schema(required)]
     pub content: Option<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reasoning_content: String,
@@ -94,17 +98,19 @@ pub(super) struct AssistantMessage {
 }
 
 /// A choice of one chat chunk.
-#[derive(Serialize)]
-pub(super) struct ChatChunkChoice {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ChatChunkChoice {
     pub index: usize,
     pub delta: ChatDelta,
+    #[schema(required)]
     pub logprobs: Option<ChatLogprobs>,
+    #[schema(required)]
     pub finish_reason: Option<&'static str>,
 }
 
 /// What a chat chunk adds to its choice's message; `{}` for nothing.
-#[derive(Default, Serialize)]
-pub(super) struct ChatDelta {
+#[derive(Default, Serialize, utoipa::ToSchema)]
+pub(crate) struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,8 +123,8 @@ pub(super) struct ChatDelta {
     pub function_call: Option<FunctionObject>,
 }
 
-#[derive(Serialize)]
-pub(super) struct ToolCallObject {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ToolCallObject {
     pub index: usize,
     pub id: String,
     #[serde(rename = "type")]
@@ -126,8 +132,8 @@ pub(super) struct ToolCallObject {
     pub function: FunctionObject,
 }
 
-#[derive(Serialize)]
-pub(super) struct FunctionObject {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct FunctionObject {
     pub name: String,
     /// A JSON object, as text.
     pub arguments: String,
@@ -158,25 +164,27 @@ pub(super) fn tool_calls(calls: &[ToolCall]) -> Vec<ToolCallObject> {
 }
 
 /// A chat choice's log-probabilities.
-#[derive(Serialize)]
-pub(super) struct ChatLogprobs {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
     /// Always `null`.
+    #[schema(required)]
     pub refusal: Option<String>,
 }
 
-#[derive(Serialize)]
-pub(super) struct ChatTokenLogprob {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ChatTokenLogprob {
     pub token: String,
     /// `null` for a token a sampler forced: the model scored no
     /// alternatives.
+    #[schema(required)]
     pub logprob: Option<f64>,
     pub bytes: Vec<u8>,
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Serialize)]
-pub(super) struct TopLogprob {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TopLogprob {
     pub token: String,
     pub logprob: f64,
     pub bytes: Vec<u8>,
@@ -270,12 +278,14 @@ pub(super) fn chat_choice(
 // ---------------------------------------------------------------- completions
 
 /// A choice of a legacy completion, whole or streamed.
-#[derive(Serialize)]
-pub(super) struct TextChoice {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TextChoice {
     pub index: usize,
     pub text: String,
+    #[schema(required)]
     pub logprobs: Option<TextLogprobs>,
     /// `null` until the choice's last chunk.
+    #[schema(required)]
     pub finish_reason: Option<&'static str>,
     /// The reward plugins' scores, when the request named any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -283,8 +293,8 @@ pub(super) struct TextChoice {
 }
 
 /// A legacy completion's log-probabilities, one entry per token.
-#[derive(Serialize)]
-pub(super) struct TextLogprobs {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TextLogprobs {
     pub tokens: Vec<String>,
     /// `null` for a token a sampler forced.
     pub token_logprobs: Vec<Option<f64>>,
