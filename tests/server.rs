@@ -344,6 +344,13 @@ fn openai_sdk_clients_round_trip_and_newer_fields() {
 }
 
 #[test]
+fn openai_sdk_responses_api() {
+    let _turn = turn();
+    let (server, _dir) = fresh();
+    server.python("openai_responses.py", &[]);
+}
+
+#[test]
 fn openai_sdk_errors() {
     let _turn = turn();
     let (server, _dir) = fresh();

@@ -25,7 +25,8 @@ def test_models_list():
     assert extra["context_length"] == 8192 and 0 < extra["max_model_len"] <= 8192, extra
     caps = extra["capabilities"]
     assert caps["chat_completions"] and caps["tools"] and "required" in caps["tool_choice"], caps
-    assert caps["embeddings"] is False, caps
+    assert caps["embeddings"] is True and caps["responses"] is True, caps
+    assert extra["hidden_size"] > 0, extra
 
 
 def test_greedy_is_repeatable():

@@ -253,5 +253,63 @@ def test_legacy_function_calling_errors_name_the_field():
     assert e.param == "messages[1]", e.body
 
 
+def test_embeddings_through_the_sdk():
+    # The SDK asks for base64 unless told otherwise, and decodes it.
+    r = c.embeddings.create(model=MODEL, input="The cat sat on the mat.")
+    assert r.object == "list" and r.model == MODEL and len(r.data) == 1, r
+    v = r.data[0].embedding
+    caps = c.models.retrieve(MODEL).model_extra
+    assert caps["capabilities"]["embeddings"] is True, caps
+    assert len(v) == caps["hidden_size"], (len(v), caps)
+    assert abs(sum(x * x for x in v) - 1.0) < 1e-3, "unit length"
+    assert r.usage.prompt_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens, r.usage
+    floats = c.embeddings.create(model=MODEL, input="The cat sat on the mat.", encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, v)) < 1e-6
+    texts = ["The cat sat on the mat.", "A dog ran in the park.", "The cat sat on the mat."]
+    batch = c.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    assert [d.index for d in batch.data] == [0, 1, 2], batch
+    a, b, again = (d.embedding for d in batch.data)
+    assert max(abs(x - y) for x, y in zip(a, again)) < 1e-4, "the same text, the same vector"
+    assert max(abs(x - y) for x, y in zip(a, v)) < 1e-4, "batched or alone, the same vector"
+    assert max(abs(x - y) for x, y in zip(a, b)) > 1e-3, "other text, another vector"
+    # Token ids and the last-token pooling; raw (unnormalised) vectors.
+    ids = c.embeddings.create(model=MODEL, input=[[1, 2, 3], [4, 5]], encoding_format="float")
+    assert len(ids.data) == 2 and ids.usage.prompt_tokens == 5, ids
+    last = c.embeddings.create(
+        model=MODEL, input="The cat sat on the mat.", encoding_format="float",
+        extra_body={"pooling": "last", "normalize": False},
+    )
+    lv = last.data[0].embedding
+    assert abs(sum(x * x for x in lv) - 1.0) > 1e-2, "not normalised"
+    assert max(abs(x - y) for x, y in zip(lv, v)) > 1e-3, "last token is not the mean"
+
+
+def test_embedding_errors_name_the_field():
+    cases = [
+        ("dimensions", dict(input="x", dimensions=3)),
+        ("encoding_format", dict(input="x", encoding_format="int8")),
+        ("input[0]", dict(input="")),
+        ("input", dict(input=[])),
+        ("pooling", dict(input="x", extra_body={"pooling": "max"})),
+    ]
+    for param, kwargs in cases:
+        e = expect_status(openai.BadRequestError, 400, c.embeddings.create, model=MODEL, **kwargs)
+        assert e.param == param, (param, e.body)
+    e = expect_status(
+        openai.BadRequestError, 400, c.embeddings.create, model=MODEL, input=[[1] * 9000]
+    )
+    assert e.code == "context_length_exceeded", e.body
+
+
+def test_many_inputs_share_the_batch_without_filling_the_queue():
+    # More inputs than the scheduler queues at once: they go in by a
+    # window, and each comes back at its index.
+    texts = [f"item number {i}" for i in range(300)]
+    r = c.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    assert [d.index for d in r.data] == list(range(300))
+    one = c.embeddings.create(model=MODEL, input=texts[123], encoding_format="float")
+    assert max(abs(x - y) for x, y in zip(r.data[123].embedding, one.data[0].embedding)) < 1e-4
+
+
 if __name__ == "__main__":
     run(globals())

@@ -87,6 +87,49 @@ def test_logprobs():
         assert max(top.values()) == top.get(tok, max(top.values())), (tok, top)
 
 
+def test_echo_with_logprobs_scores_the_prompt():
+    """Prompt scoring as lm-eval-harness's `local-completions` does it:
+    token-id prompts, `echo`, `logprobs: 1`, `max_tokens` 1 (the last
+    entry dropped) or 0. Each prompt token after the first has the
+    log-probability the model gives it after the tokens before it."""
+    ctx = complete(prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
+    ids_lp = ctx.choices[0].logprobs
+    assert ctx.choices[0].text == PROMPT, ctx
+    assert ctx.usage.completion_tokens == 0 and ctx.choices[0].finish_reason == "length", ctx
+    n = ctx.usage.prompt_tokens
+    assert len(ids_lp.tokens) == len(ids_lp.token_logprobs) == len(ids_lp.text_offset) == n, ids_lp
+    assert ids_lp.token_logprobs[0] is None and ids_lp.top_logprobs[0] is None, ids_lp
+    assert all(l is not None and l <= 0 for l in ids_lp.token_logprobs[1:]), ids_lp
+    assert ids_lp.text_offset == sorted(ids_lp.text_offset), ids_lp
+    assert all(0 <= o <= len(PROMPT) for o in ids_lp.text_offset), ids_lp
+    # The greedy next token and its log-probability, as generation sees
+    # them; then the same token scored as the last of a token-id prompt.
+    g = complete(prompt=PROMPT, max_tokens=1, temperature=0, logprobs=1, extra_body={"ignore_eos": True})
+    glp = g.choices[0].logprobs
+    with_next = complete(prompt=PROMPT + glp.tokens[0], max_tokens=1, echo=True, logprobs=1, temperature=0)
+    lp = with_next.choices[0].logprobs
+    scored = lp.token_logprobs[:-1]
+    # lm-eval's parse: continuation = entries [ctxlen:-1], greedy when each
+    # is the best of its top_logprobs.
+    ctxlen = n
+    cont = scored[ctxlen:]
+    assert len(cont) == 1, (lp.tokens, glp.tokens)
+    assert abs(cont[0] - glp.token_logprobs[0]) < 1e-3, (cont, glp.token_logprobs)
+    top = lp.top_logprobs[ctxlen]
+    assert abs(max(top.values()) - cont[0]) < 1e-3, (top, cont)
+    assert len(lp.token_logprobs) == with_next.usage.prompt_tokens + 1, lp
+    # Token-id prompts, batched, each scored on its own.
+    r = c.completions.create(model=MODEL, prompt=[[1, 2, 3, 4], [5, 6]], max_tokens=0, echo=True, logprobs=1)
+    assert [len(ch.logprobs.token_logprobs) for ch in r.choices] == [4, 2], r
+    alone = c.completions.create(model=MODEL, prompt=[5, 6], max_tokens=0, echo=True, logprobs=1)
+    assert abs(alone.choices[0].logprobs.token_logprobs[1] - r.choices[1].logprobs.token_logprobs[1]) < 1e-3
+
+
+def test_max_tokens_zero_without_echo_is_empty():
+    r = complete(max_tokens=0)
+    assert r.choices[0].text == "" and r.usage.completion_tokens == 0, r
+
+
 def test_stop():
     full = complete(prompt="Count: 1, 2, 3,", temperature=0, max_tokens=12).choices[0].text
     assert "," in full, full

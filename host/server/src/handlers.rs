@@ -81,6 +81,8 @@ fn model_json(st: &AppState) -> Value {
         "context_length": info.max_context,
         "max_model_len": info.max_context.min(budget),
         "vocab_size": info.vocab_size,
+        // The length of this model's embeddings.
+        "hidden_size": info.hidden_size,
         "capabilities": {
             "chat_completions": chat,
             "completions": true,
@@ -91,8 +93,8 @@ fn model_json(st: &AppState) -> Value {
             "response_format": ["text", "json_object", "json_schema"],
             "sampler_plugins": true,
             "reward_plugins": true,
-            "embeddings": false,
-            "responses": false,
+            "embeddings": true,
+            "responses": true,
         },
     })
 }

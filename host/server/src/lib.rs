@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod api;
 mod chat;
+pub mod embeddings;
 pub mod error;
 mod handlers;
 pub mod metrics;
@@ -117,6 +118,8 @@ pub struct AppState {
     /// Plugin compiles running at once, across tenants.
     pub(crate) compiles: Arc<tokio::sync::Semaphore>,
     rewards: Mutex<HashMap<(String, String), RewardPlugin>>,
+    /// Tenants' stored Responses-API responses.
+    pub(crate) responses: chat::responses::ResponseStore,
 }
 
 impl std::fmt::Debug for AppState {
@@ -181,6 +184,7 @@ impl AppState {
             json_schema,
             samplers: Mutex::new(HashMap::new()),
             rewards: Mutex::new(HashMap::new()),
+            responses: Default::default(),
             compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
         }))
     }
@@ -301,6 +305,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/usage", get(handlers::usage))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(chat::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/responses", post(chat::responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(chat::responses::get).delete(chat::responses::delete),
+        )
         .route("/v1/rewards/score", post(handlers::score))
         .route("/v1/rollouts", post(handlers::rollouts))
         .route("/v1/agents/{plugin}/runs", post(agents::run))

@@ -73,6 +73,10 @@ fn unlink(text: &str) -> String {
         paths::usage,
         paths::chat_completions,
         paths::completions,
+        paths::embeddings,
+        paths::responses,
+        paths::get_response,
+        paths::delete_response,
         paths::score,
         paths::rollouts,
         paths::agent_run,
@@ -300,6 +304,90 @@ mod paths {
         )
     )]
     pub(super) fn completions() {}
+
+    /// Embeddings: the served model's final hidden states, pooled.
+    ///
+    /// The mean over the input's tokens (or the last token's, with
+    /// `pooling: "last"`), scaled to unit length unless `normalize: false`.
+    /// A chat model's hidden states are not a retrieval model's embeddings.
+    #[utoipa::path(
+        post,
+        path = "/v1/embeddings",
+        tag = "inference",
+        request_body = crate::embeddings::EmbeddingRequest,
+        responses(
+            (status = 200, description = "One embedding per input, in order", body = crate::embeddings::EmbeddingList),
+            (status = 400, description = "Invalid request (`code: context_length_exceeded` for an input longer than the context)", body = Error),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such model", body = Error),
+            (status = 413, description = "Body too large", body = Error),
+            (status = 429, description = "Quota exceeded (see Retry-After)", body = Error),
+            (status = 503, description = "The server is at capacity (see Retry-After)", body = Error),
+        )
+    )]
+    pub(super) fn embeddings() {}
+
+    /// Create a response (OpenAI's Responses API).
+    ///
+    /// `input` is a string or a list of `message`, `function_call`,
+    /// `function_call_output` and `reasoning` items; the reply's output
+    /// items are `reasoning` (an R1-style model's thinking, as its
+    /// summary), a `message` and `function_call`s. With `stream: true` the
+    /// answer is Server-Sent Events named by their `type`
+    /// (`response.created`, `response.output_text.delta`, ...,
+    /// `response.completed` or `response.incomplete`). Stored responses
+    /// (`store`, the default) continue with `previous_response_id`, within
+    /// the tenant, while the server runs.
+    #[utoipa::path(
+        post,
+        path = "/v1/responses",
+        tag = "inference",
+        request_body = crate::chat::responses::ResponsesRequest,
+        responses(
+            (status = 200, description = "The response object, or its events when streamed",
+                headers(("deepwasm-ignored-fields" = String, description = "The request's top-level fields this server ignored")),
+                content(
+                    (Object = "application/json"),
+                    (String = "text/event-stream"),
+                )),
+            (status = 400, description = "Invalid request (an unknown `previous_response_id` included)", body = Error),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such model or plugin", body = Error),
+            (status = 413, description = "Body too large", body = Error),
+            (status = 422, description = "A plugin failed", body = Error),
+            (status = 429, description = "Quota exceeded (see Retry-After)", body = Error),
+            (status = 503, description = "The server is at capacity (see Retry-After)", body = Error),
+        )
+    )]
+    pub(super) fn responses() {}
+
+    /// One of the tenant's stored responses.
+    #[utoipa::path(
+        get,
+        path = "/v1/responses/{id}",
+        tag = "inference",
+        params(("id" = String, Path, description = "The response's id")),
+        responses(
+            (status = 200, description = "The response object", body = Object),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such response of this tenant", body = Error),
+        )
+    )]
+    pub(super) fn get_response() {}
+
+    /// Delete one of the tenant's stored responses.
+    #[utoipa::path(
+        delete,
+        path = "/v1/responses/{id}",
+        tag = "inference",
+        params(("id" = String, Path, description = "The response's id")),
+        responses(
+            (status = 200, description = "Deleted", body = Object),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such response of this tenant", body = Error),
+        )
+    )]
+    pub(super) fn delete_response() {}
 
     /// Score samples with the tenant's reward plugins.
     #[utoipa::path(
@@ -657,6 +745,8 @@ pub(crate) mod shapes {
         /// less when the attention-cache budget is smaller.
         pub max_model_len: usize,
         pub vocab_size: usize,
+        /// The length of this model's embeddings.
+        pub hidden_size: usize,
         #[schema(inline)]
         pub capabilities: Capabilities,
     }
@@ -901,6 +991,9 @@ mod tests {
         ("/v1/usage", &["get"]),
         ("/v1/chat/completions", &["post"]),
         ("/v1/completions", &["post"]),
+        ("/v1/embeddings", &["post"]),
+        ("/v1/responses", &["post"]),
+        ("/v1/responses/{id}", &["get", "delete"]),
         ("/v1/rewards/score", &["post"]),
         ("/v1/rollouts", &["post"]),
         ("/v1/agents/{plugin}/runs", &["post"]),

@@ -14,6 +14,7 @@
 
 mod plan;
 pub(crate) mod response;
+pub(crate) mod responses;
 mod rewards;
 mod steer;
 mod stream;
@@ -34,7 +35,7 @@ pub(crate) use rewards::{score_async, weighted_rewards};
 use self::plan::{ChatInput, Plan, completion_plan, completion_prompts, include_usage};
 use self::response::{
     CompletionObject, TextChoice, Usage, chat_choice, finish_reason, new_id, now_secs,
-    text_logprobs,
+    prompt_logprobs, text_logprobs,
 };
 use self::stream::{ChatChunks, TextChunks};
 use crate::AppState;
@@ -44,7 +45,7 @@ use crate::tenants::{Admission, Tenant};
 
 /// Sets the flag when dropped: the request's sequences leave the batch if
 /// its handler or stream goes away before they finish.
-struct CancelOnDrop(Arc<AtomicBool>);
+pub(crate) struct CancelOnDrop(pub(crate) Arc<AtomicBool>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -53,7 +54,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// `answer` with the `deepwasm-ignored-fields` header naming `ignored`.
-fn with_ignored(answer: Result<Response, ApiError>, ignored: &[String]) -> Response {
+pub(crate) fn with_ignored(answer: Result<Response, ApiError>, ignored: &[String]) -> Response {
     let mut response = answer.into_response();
     if let Some((name, value)) = ignored_header(ignored) {
         response.headers_mut().insert(name, value);
@@ -155,12 +156,21 @@ async fn complete(
                 (c.text.clone(), 0)
             };
             let lps = c.logprobs.as_deref().unwrap_or(&[]);
+            let logprobs = plan.logprobs.map(|_| {
+                let generated = text_logprobs(&st, &c.tokens, lps, offset);
+                match &c.prompt_logprobs {
+                    Some(scored) => {
+                        let mut all = prompt_logprobs(&st, &c.prompt_tokens, scored, offset);
+                        all.extend(generated);
+                        all
+                    }
+                    None => generated,
+                }
+            });
             TextChoice {
                 index,
                 text,
-                logprobs: plan
-                    .logprobs
-                    .map(|_| text_logprobs(&st, &c.tokens, lps, offset)),
+                logprobs,
                 finish_reason: Some(finish_reason(c, false, false)),
                 reward: scored.as_ref().map(|s| s.to_json().0),
             }

@@ -180,9 +180,6 @@ impl Plan {
                 format!("must be at most {MAX_TOP_LOGPROBS}, got {k}"),
             ));
         }
-        if max_tokens == Some(0) {
-            return Err(ApiError::invalid_param("max_tokens", "must be at least 1"));
-        }
         if prompts.len() * s.best_of.unwrap_or(n) > MAX_CHOICES {
             return Err(ApiError::invalid_param(
                 "prompt",
@@ -585,6 +582,13 @@ impl ChatInput {
             None => format,
         };
         let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
+        if max_tokens == Some(0) {
+            let param = match req.max_completion_tokens {
+                Some(_) => "max_completion_tokens",
+                None => "max_tokens",
+            };
+            return Err(ApiError::invalid_param(param, "must be at least 1"));
+        }
         let plan = Plan::new(
             st,
             tenant,
@@ -662,8 +666,10 @@ pub(super) fn completion_plan(
         };
         rendered.push(RenderedPrompt { text, ids });
     }
+    // `max_tokens: 0` only scores (with `echo` and `logprobs`: the
+    // prompt's log-probabilities), as prompt-scoring clients ask.
     let max_tokens = Some(req.sampling.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS));
-    Plan::new(
+    let mut plan = Plan::new(
         st,
         tenant,
         rendered,
@@ -671,5 +677,9 @@ pub(super) fn completion_plan(
         max_tokens,
         req.logprobs,
         None,
-    )
+    )?;
+    if req.echo {
+        plan.request.prompt_logprobs = req.logprobs;
+    }
+    Ok(plan)
 }

@@ -304,6 +304,37 @@ pub(crate) struct TextLogprobs {
     pub text_offset: Vec<usize>,
 }
 
+impl TextLogprobs {
+    /// Those of `more` after these.
+    pub fn extend(&mut self, more: TextLogprobs) {
+        self.tokens.extend(more.tokens);
+        self.token_logprobs.extend(more.token_logprobs);
+        self.top_logprobs.extend(more.top_logprobs);
+        self.text_offset.extend(more.text_offset);
+    }
+}
+
+/// The legacy log-probabilities of an echoed prompt's `tokens` (`lps`
+/// their scores, the first `None`), in a text whose first `len` bytes
+/// are the prompt: a token the text does not spell (a BOS the tokenizer
+/// added) takes no room, so offsets stay within the prompt.
+pub(super) fn prompt_logprobs(
+    st: &AppState,
+    tokens: &[u32],
+    lps: &[Option<TokenLogprobs>],
+    len: usize,
+) -> TextLogprobs {
+    let mut out = text_logprobs(st, tokens, lps, 0);
+    let shift = match (tokens.first(), st.engine.tokenizer.bos()) {
+        (Some(&first), Some(bos)) if first == bos => out.tokens[0].len(),
+        _ => 0,
+    };
+    for o in &mut out.text_offset {
+        *o = o.saturating_sub(shift).min(len);
+    }
+    out
+}
+
 /// The legacy log-probabilities of `tokens` (`lps` their scores), the
 /// first starting at byte `offset` of the choice's text.
 pub(super) fn text_logprobs(
