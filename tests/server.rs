@@ -351,6 +351,13 @@ fn openai_sdk_responses_api() {
 }
 
 #[test]
+fn litellm_chats_embeds_and_raises_context_window_errors() {
+    let _turn = turn();
+    let (server, _dir) = fresh();
+    server.python("litellm_client.py", &[]);
+}
+
+#[test]
 fn openai_sdk_errors() {
     let _turn = turn();
     let (server, _dir) = fresh();
