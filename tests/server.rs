@@ -258,6 +258,30 @@ impl Server {
         self.check(&format!("tests/server/{script} {}", args.join(" ")), &out);
     }
 
+    /// Run a JavaScript test of `tests/server/` on node, with the OpenAI
+    /// JavaScript SDK `scripts/setup` installs.
+    fn node(&self, script: &str) {
+        let cache = models_dir()
+            .parent()
+            .expect("the model cache has a parent")
+            .to_owned();
+        let modules = cache.join("node-clients/node_modules");
+        assert!(
+            modules.join("openai").is_dir(),
+            "{} is missing: run scripts/setup",
+            modules.display()
+        );
+        let out = Command::new("node")
+            .arg(script)
+            .current_dir(script_dir())
+            .envs(self.env())
+            .env("NODE_PATH", &modules)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running node");
+        self.check(&format!("tests/server/{script}"), &out);
+    }
+
     fn check(&self, what: &str, out: &Output) {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -355,6 +379,13 @@ fn litellm_chats_embeds_and_raises_context_window_errors() {
     let _turn = turn();
     let (server, _dir) = fresh();
     server.python("litellm_client.py", &[]);
+}
+
+#[test]
+fn openai_js_sdk_streams_chat_and_responses() {
+    let _turn = turn();
+    let (server, _dir) = fresh();
+    server.node("openai_js.cjs");
 }
 
 #[test]
