@@ -1160,3 +1160,42 @@ fn embeddings_pool_the_final_hidden_states() {
         assert_eq!(out[2].tokens.len(), 20);
     }
 }
+
+/// Several long prompts scored at once share each pass's bounded rows of
+/// logits (`SCORED_ROWS_PER_PASS`): some wait a pass, and every one still
+/// gets the scores a single pass gives it.
+#[test]
+fn many_scored_prompts_at_once_get_their_own_scores() {
+    use deepwasm_engine::sampling::logprobs;
+    let engine = default_model();
+    let prompts: Vec<Vec<u32>> = [700, 500, 650, 300]
+        .iter()
+        .map(|&n| engine.tokenizer.encode(&long_text(n), true).unwrap())
+        .collect();
+    let total: usize = prompts.iter().map(Vec::len).sum();
+    assert!(total > 2 * deepwasm_engine::batcher::SCORED_ROWS_PER_PASS);
+    let mut reqs: Vec<GenerateRequest> = prompts
+        .iter()
+        .map(|p| GenerateRequest {
+            prompt_logprobs: Some(1),
+            ..greedy(Prompt::Tokens(p.clone()), 0)
+        })
+        .collect();
+    reqs.push(greedy(text_prompt("1, 2, 3, 4,"), 12));
+    let (out, _) = batch_with_budget(&reqs, usize::MAX);
+    for (p, c) in prompts.iter().zip(&out) {
+        let all = rows(&one_pass(p, deepwasm_model::Output::AllLogits).logits);
+        let lps = c.prompt_logprobs.as_ref().unwrap();
+        assert_eq!(lps.len(), p.len());
+        let worst = (1..p.len())
+            .map(|i| {
+                (lps[i].as_ref().unwrap().logprob - logprobs(&all[i - 1], p[i], 0).logprob).abs()
+            })
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "scores differ by up to {worst}");
+    }
+    assert!(
+        !out[4].tokens.is_empty(),
+        "the decoding sequence went on beside them"
+    );
+}

@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use deepwasm_model::KvCache;
 use deepwasm_model::cache::{BLOCK_TOKENS, KvPool};
+use deepwasm_model::{KvCache, Output};
 use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
@@ -53,6 +53,12 @@ pub const WHOLE_PROMPT_TOKENS: usize = 256;
 /// The least chunk the oldest prompt gets at each step, whatever the
 /// budget: prompts make progress beside however many decoding streams.
 pub const MIN_CHUNK: usize = 4;
+
+/// Prompt tokens of scored prompts (each bringing a row of logits, a
+/// vocabulary's worth of floats) one forward pass takes, at most, over all
+/// sequences: many scoring requests at once cannot make a pass's logits
+/// outgrow what one of them may take.
+pub const SCORED_ROWS_PER_PASS: usize = 2 * crate::sequence::SCORED_CHUNK;
 
 /// What becomes of a finished job.
 pub type Done<'r> = Box<dyn FnOnce(Result<Completion, GenerateError>) + Send + 'r>;
@@ -604,8 +610,17 @@ impl<'e, 'r> Batcher<'e, 'r> {
         if let Some(i) = oldest {
             take[i] = take[i].max(seqs[i].feed.len().min(MIN_CHUNK));
         }
+        // Rows of logits a scored prompt brings are bounded per sequence
+        // and per pass: the first scored prompt always moves on.
+        let mut scored_rows = 0;
         for (t, s) in take.iter_mut().zip(&seqs) {
             *t = (*t).min(s.max_take());
+            if *t > 0 && s.output() == Output::AllLogits {
+                if scored_rows > 0 {
+                    *t = (*t).min(SCORED_ROWS_PER_PASS.saturating_sub(scored_rows));
+                }
+                scored_rows += *t;
+            }
         }
         take
     }
