@@ -18,6 +18,7 @@ def test_unknown_model_is_not_found():
         max_tokens=2,
     )
     assert e.code == "model_not_found" and e.param == "model", e.body
+    assert e.type == "invalid_request_error", e.body
     assert "gpt-4o" in e.message and MODEL in e.message, e.message
     expect_status(openai.NotFoundError, 404, c.models.retrieve, "gpt-4o")
     expect_status(
@@ -116,7 +117,7 @@ def test_missing_or_wrong_key_is_401():
         r = h.get("/v1/models")
         assert r.status_code == 401, r.text
         err = error_of(r)
-        assert err["type"] == "authentication_error" and err["code"] == "invalid_api_key", err
+        assert err["type"] == "invalid_request_error" and err["code"] == "invalid_api_key", err
         r = h.post("/v1/chat/completions", json={"model": MODEL, "messages": []})
         assert r.status_code == 401, r.text
         r = h.get("/v1/models", headers={"Authorization": "Basic YTpi"})
@@ -135,7 +136,7 @@ def test_unknown_route_is_404_in_the_error_shape():
     with http("alpha") as h:
         r = h.get("/v1/engines")
         assert r.status_code == 404, r.text
-        assert error_of(r)["type"] == "not_found_error"
+        assert error_of(r)["type"] == "invalid_request_error"
 
 
 run(globals())

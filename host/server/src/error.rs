@@ -1,5 +1,12 @@
 //! Errors as the OpenAI API shapes them:
 //! `{"error": {"message", "type", "param", "code"}}` with a fitting status.
+//!
+//! The `type`s are OpenAI's: `invalid_request_error` for every client
+//! error it has (a bad key, an unknown model or route included, told apart
+//! by `code`), `tokens` or `requests` for a rate limit (which limit was
+//! hit), `server_error` for ours. Two are this server's own: 403
+//! `permission_error` (a grant the tenant lacks) and 422 `plugin_error` (a
+//! tenant's plugin failed).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -66,7 +73,7 @@ impl ApiError {
 
     /// 401: no or an unknown API key.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message);
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message);
         e.code = Some("invalid_api_key");
         e
     }
@@ -78,7 +85,7 @@ impl ApiError {
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found_error", message)
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
 
     /// 404 for a plugin the tenant does not have (another tenant's plugin
@@ -123,11 +130,19 @@ impl ApiError {
         e
     }
 
-    /// 429 with a Retry-After.
+    /// 429 with a Retry-After: too many requests (or plugin instances,
+    /// or compiles) at once.
     pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "requests", message);
         e.code = Some("rate_limit_exceeded");
         e.retry_after = Some(retry_after.max(1));
+        e
+    }
+
+    /// 429 with a Retry-After: the tenant's tokens per minute are spent.
+    pub fn tokens_rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::rate_limited(message, retry_after);
+        e.kind = "tokens";
         e
     }
 

@@ -553,9 +553,10 @@ pub(crate) mod shapes {
     pub struct ErrorDetail {
         /// What went wrong, naming the parameter at fault.
         pub message: String,
-        /// OpenAI's error type: `invalid_request_error`,
-        /// `authentication_error`, `permission_error`, `not_found_error`,
-        /// `rate_limit_error`, `plugin_error` or `server_error`.
+        /// OpenAI's error type: `invalid_request_error` (bad keys,
+        /// unknown models and routes included, told apart by `code`),
+        /// `tokens` or `requests` (a rate limit), `server_error`; and this
+        /// server's `permission_error` (403) and `plugin_error` (422).
         #[schema(rename = "type")]
         pub kind: String,
         /// The request's field at fault.

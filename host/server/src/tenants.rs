@@ -200,7 +200,7 @@ impl Tenant {
             if w.total >= limit {
                 let oldest = w.spent.front().map_or(Instant::now(), |(t, _)| *t);
                 let wait = (oldest + MINUTE).saturating_duration_since(Instant::now());
-                return Err(ApiError::rate_limited(
+                return Err(ApiError::tokens_rate_limited(
                     format!(
                         "tenant `{}` used {} of its {limit} tokens per minute",
                         self.name, w.total

@@ -1105,6 +1105,59 @@ mod tests {
         vec![text_message("user", "x".repeat(bytes))]
     }
 
+    /// An R1-style reply's thinking becomes a reasoning item before the
+    /// message, and the stored conversation keeps it as reasoning.
+    #[test]
+    fn reasoning_comes_out_as_its_own_item() {
+        let split = crate::output::Split::default();
+        let out = ChoiceOutput::whole(
+            split,
+            "resp_1",
+            0,
+            "<think>\nAdd them.\n</think>\n\nFour.",
+            false,
+        );
+        let output = output_of("resp_1", &out, false);
+        let kinds: Vec<&str> = output
+            .items
+            .iter()
+            .map(|i| i["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["reasoning", "message"]);
+        assert_eq!(
+            output.items[0]["summary"][0]["text"]
+                .as_str()
+                .unwrap()
+                .trim(),
+            "Add them."
+        );
+        assert_eq!(
+            output.items[1]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .trim(),
+            "Four."
+        );
+        let reply = &output.messages[0];
+        assert_eq!(
+            reply.reasoning_content.as_deref().map(str::trim),
+            Some("Add them.")
+        );
+        // Sent back as input items, the reasoning goes with the assistant
+        // message after it.
+        let items = serde_json::Value::Array(
+            std::iter::once(json!({"role": "user", "content": "2+2?"}))
+                .chain(output.items.clone())
+                .collect(),
+        );
+        let messages = input_messages(&items).unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(
+            messages[1].reasoning_content.as_deref().map(str::trim),
+            Some("Add them.")
+        );
+    }
+
     #[test]
     fn the_store_keeps_each_tenant_within_its_bounds() {
         let store = ResponseStore::default();
