@@ -258,6 +258,29 @@ impl Server {
         self.check(&format!("tests/server/{script} {}", args.join(" ")), &out);
     }
 
+    /// Run a script of `tests/server/` with lm-evaluation-harness's venv
+    /// (made by `scripts/setup`).
+    fn lm_eval(&self, script: &str) {
+        let cache = models_dir()
+            .parent()
+            .expect("the model cache has a parent")
+            .to_owned();
+        let python = cache.join("venv-lmeval/bin/python");
+        assert!(
+            python.is_file(),
+            "{} is missing: run scripts/setup",
+            python.display()
+        );
+        let out = Command::new(python)
+            .arg(script)
+            .current_dir(script_dir())
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running python");
+        self.check(&format!("tests/server/{script}"), &out);
+    }
+
     /// Run a JavaScript test of `tests/server/` on node, with the OpenAI
     /// JavaScript SDK `scripts/setup` installs.
     fn node(&self, script: &str) {
@@ -386,6 +409,13 @@ fn openai_js_sdk_streams_chat_and_responses() {
     let _turn = turn();
     let (server, _dir) = fresh();
     server.node("openai_js.cjs");
+}
+
+#[test]
+fn lm_eval_harness_scores_and_generates_through_local_completions() {
+    let _turn = turn();
+    let (server, _dir) = fresh();
+    server.lm_eval("lm_eval_harness.py");
 }
 
 #[test]

@@ -311,5 +311,27 @@ def test_many_inputs_share_the_batch_without_filling_the_queue():
     assert max(abs(x - y) for x, y in zip(r.data[123].embedding, one.data[0].embedding)) < 1e-4
 
 
+def test_tokenizer_endpoints_round_trip():
+    with http("alpha") as h:
+        info = h.get("/tokenizer_info").json()
+        assert info["eos_token"] and info["model_max_length"] > 0 and info["chat_template"], info
+        r = h.post("/tokenize", json={"prompt": "The capital of France is", "add_special_tokens": False}).json()
+        assert r["count"] == len(r["tokens"]) > 0 and r["max_model_len"] == info["model_max_length"], r
+        back = h.post("/detokenize", json={"tokens": r["tokens"]}).json()
+        assert back["prompt"] == "The capital of France is", back
+        # The same count as the completion's usage.
+        u = c.completions.create(model=MODEL, prompt=r["tokens"], max_tokens=1).usage
+        assert u.prompt_tokens == r["count"], u
+        chat_ids = h.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]}).json()
+        used = chat(c, "hi", max_tokens=1).usage.prompt_tokens
+        assert chat_ids["count"] == used, (chat_ids, used)
+        bad = h.post("/detokenize", json={"tokens": [10**9]})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens", bad.text
+        both = h.post("/tokenize", json={"prompt": "x", "messages": []})
+        assert both.status_code == 400, both.text
+    with http() as h:
+        assert h.post("/tokenize", json={"prompt": "x"}).status_code == 401
+
+
 if __name__ == "__main__":
     run(globals())

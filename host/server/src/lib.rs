@@ -18,6 +18,7 @@ mod output;
 mod plugins;
 pub mod store;
 pub mod tenants;
+pub mod tokenize;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -306,6 +307,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/tokenizer_info", get(tokenize::tokenizer_info))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/responses", post(chat::responses::create))
         .route(
             "/v1/responses/{id}",

@@ -74,6 +74,9 @@ fn unlink(text: &str) -> String {
         paths::chat_completions,
         paths::completions,
         paths::embeddings,
+        paths::tokenizer_info,
+        paths::tokenize,
+        paths::detokenize,
         paths::responses,
         paths::get_response,
         paths::delete_response,
@@ -326,6 +329,52 @@ mod paths {
         )
     )]
     pub(super) fn embeddings() {}
+
+    /// The served tokenizer's special tokens, chat template and limit (as
+    /// vLLM's server answers it).
+    #[utoipa::path(
+        get,
+        path = "/tokenizer_info",
+        tag = "tokenizer",
+        responses(
+            (status = 200, description = "The tokenizer", body = crate::tokenize::TokenizerInfo),
+            (status = 401, description = "No or unknown API key", body = Error),
+        )
+    )]
+    pub(super) fn tokenizer_info() {}
+
+    /// Token ids of a text, or of a conversation rendered with the chat
+    /// template.
+    #[utoipa::path(
+        post,
+        path = "/tokenize",
+        tag = "tokenizer",
+        request_body = crate::tokenize::TokenizeRequest,
+        responses(
+            (status = 200, description = "The tokens", body = crate::tokenize::Tokenized),
+            (status = 400, description = "Invalid request", body = Error),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such model", body = Error),
+            (status = 413, description = "Body too large", body = Error),
+        )
+    )]
+    pub(super) fn tokenize() {}
+
+    /// The text of token ids.
+    #[utoipa::path(
+        post,
+        path = "/detokenize",
+        tag = "tokenizer",
+        request_body = crate::tokenize::DetokenizeRequest,
+        responses(
+            (status = 200, description = "The text", body = crate::tokenize::Detokenized),
+            (status = 400, description = "A token outside the vocabulary", body = Error),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such model", body = Error),
+            (status = 413, description = "Body too large", body = Error),
+        )
+    )]
+    pub(super) fn detokenize() {}
 
     /// Create a response (OpenAI's Responses API).
     ///
@@ -993,6 +1042,9 @@ mod tests {
         ("/v1/chat/completions", &["post"]),
         ("/v1/completions", &["post"]),
         ("/v1/embeddings", &["post"]),
+        ("/tokenizer_info", &["get"]),
+        ("/tokenize", &["post"]),
+        ("/detokenize", &["post"]),
         ("/v1/responses", &["post"]),
         ("/v1/responses/{id}", &["get", "delete"]),
         ("/v1/rewards/score", &["post"]),
