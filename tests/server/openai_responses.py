@@ -6,7 +6,7 @@ import json
 
 import openai
 
-from common import MODEL, client, dump, expect_status, http, run
+from common import MODEL, client, dump, expect_status, http, plugin_bytes, run, upload
 
 c = client("alpha")
 
@@ -210,6 +210,32 @@ def test_a_long_input_is_stored_and_retrieved():
         r = h.post("/v1/responses", json=body)
         assert r.status_code == 200, r.text
         assert h.get(f"/v1/responses/{r.json()['id']}").status_code == 200
+
+
+def test_sampler_and_reward_plugins_as_extensions():
+    with http("alpha") as h:
+        assert upload(h, "ban", plugin_bytes("word-ban")).status_code in (200, 201)
+        assert upload(h, "r1", plugin_bytes("r1-format")).status_code in (200, 201)
+    prompt = "Write two sentences about the sun and the sea."
+    base = c.responses.create(model=MODEL, input=prompt, max_output_tokens=16, temperature=0).output_text
+    words = sorted({w.strip(".,;:!?\"'").lower() for w in base.split() if len(w) >= 4 and w.isalpha()}, key=len)
+    word = words[-1]
+    banned = c.responses.create(
+        model=MODEL, input=prompt, max_output_tokens=16, temperature=0,
+        extra_body={"sampler": {"plugin": "ban", "config": {"words": [word]}}},
+    )
+    assert word not in banned.output_text.lower() and banned.output_text != base, (word, banned.output_text)
+    scored = c.responses.create(
+        model=MODEL, input=prompt, max_output_tokens=8, temperature=0, extra_body={"rewards": [{"plugin": "r1"}]}
+    )
+    reward = scored.model_extra["reward"]
+    assert "r1" in reward["rewards"] and reward["rewards"]["r1"] in (0.0, 1.0), reward
+    # Scores come once the text is whole: not with a stream.
+    e = expect_status(
+        openai.BadRequestError, 400, c.responses.create, model=MODEL, input="x", max_output_tokens=2, stream=True,
+        extra_body={"rewards": [{"plugin": "r1"}]},
+    )
+    assert e.param == "rewards", e.body
 
 
 if __name__ == "__main__":

@@ -213,6 +213,14 @@ impl Plan {
                 ));
             }
         }
+        if s.stream && s.rewards.as_ref().is_some_and(|r| !r.is_empty()) {
+            // The scores come once the text is whole; a stream has no place
+            // for them.
+            return Err(ApiError::invalid_param(
+                "rewards",
+                "rewards cannot be streamed: ask without `stream`",
+            ));
+        }
         let steering = Steering::of_request(st, tenant, s.sampler.as_ref(), constraint)?;
         let rewards = weighted_rewards(st, tenant, s.rewards.as_deref().unwrap_or(&[]))?;
         let best_of = s.best_of.unwrap_or(n);

@@ -676,6 +676,7 @@ fn chat_request(
         metadata: None,
         service_tier: None,
         sampling: Sampling {
+            stream: req.stream,
             seed: req.seed,
             temperature: req.temperature,
             top_p: req.top_p,
@@ -724,7 +725,7 @@ async fn respond(
         );
     }
     let run = run_to_end(&st, &tenant, &plan, admission).await?;
-    let (i, _) = run
+    let (i, scored) = run
         .chosen
         .first()
         .ok_or_else(|| ApiError::internal("no reply"))?;
@@ -733,7 +734,7 @@ async fn respond(
     let out = ChoiceOutput::whole(split, &rid, 0, &c.text, cut);
     let reasoning_tokens = reasoning_tokens(&st, &out, c);
     let output = output_of(&rid, &out, cut);
-    let object = response_object(
+    let mut object = response_object(
         &st,
         &rid,
         created,
@@ -747,6 +748,10 @@ async fn respond(
         )),
         cut,
     );
+    if let (Some(s), Value::Object(o)) = (scored, &mut object) {
+        // The reward plugins' scores, as a chat choice carries them.
+        o.insert("reward".into(), Value::Object(s.to_json().0));
+    }
     if echo.store {
         let mut kept = history;
         kept.extend(output.messages);
