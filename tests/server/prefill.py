@@ -115,6 +115,24 @@ def test_a_long_prompt_holds_neither_a_stream_nor_a_short_chat():
 
 
 def test_a_client_that_leaves_during_prefill_frees_its_place():
+    leave_during_prefill("/v1/chat/completions", body("Once more. " + LONG, 1))
+
+
+def test_clients_of_the_other_endpoints_that_leave_free_their_place_too():
+    """A streamed response, an embedding and a scored prompt: each long,
+    each abandoned while its prompt goes in."""
+    leave_during_prefill(
+        "/v1/responses",
+        {"model": MODEL, "input": "Responses. " + LONG, "max_output_tokens": 1, "stream": True},
+    )
+    leave_during_prefill("/v1/embeddings", {"model": MODEL, "input": "Embedded. " + LONG})
+    leave_during_prefill(
+        "/v1/completions",
+        {"model": MODEL, "prompt": "Scored. " + LONG, "max_tokens": 0, "echo": True, "logprobs": 1},
+    )
+
+
+def leave_during_prefill(path, request):
     s = streaming()
     try:
         assert wait_for(lambda: running() == 1, 10), running()
@@ -122,11 +140,11 @@ def test_a_client_that_leaves_during_prefill_frees_its_place():
         host, port = URL.removeprefix("http://").split(":")
         # Not the prompt the test before sent: its cache may still be kept,
         # and a copy would need no prefill to abandon.
-        payload = json.dumps(body("Once more. " + LONG, 1)).encode()
+        payload = json.dumps(request).encode()
         conn = socket.create_connection((host, int(port)))
         conn.sendall(
             (
-                "POST /v1/chat/completions HTTP/1.1\r\n"
+                f"POST {path} HTTP/1.1\r\n"
                 f"Host: {host}:{port}\r\n"
                 f"Authorization: Bearer {key('beta')}\r\n"
                 "Content-Type: application/json\r\n"
@@ -134,13 +152,13 @@ def test_a_client_that_leaves_during_prefill_frees_its_place():
             ).encode()
             + payload
         )
-        assert wait_for(lambda: running() == 2, 10), "the long chat never joined the batch"
+        assert wait_for(lambda: running() == 2, 10), f"the long {path} request never joined the batch"
         conn.close()
         left = time.monotonic()
         # One pass over the prompt would hold its place for the whole
         # prefill (~13 s on two cores).
         assert wait_for(lambda: running() == 1, 3), (
-            f"the abandoned prefill still ran {time.monotonic() - left:.1f} s later"
+            f"the abandoned {path} prefill still ran {time.monotonic() - left:.1f} s later"
         )
     finally:
         s.stop.set()
