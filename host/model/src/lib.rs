@@ -88,19 +88,24 @@ pub fn output_rows(lens: &[usize], outputs: &[Output]) -> (Vec<u32>, Vec<u32>) {
     (logits, hidden)
 }
 
-/// The [`Outputs`] of a pass from its final activations `x` (`[total,
-/// hidden]`, before the last norm), given the model's final `norm` and
-/// `head`. Only the rows asked for go through them.
-pub fn select_outputs(
+/// The end of a forward pass over `batch`: each sequence's cache moves
+/// past the tokens it took, and the [`Outputs`] come from the final
+/// activations `x` (`[total, hidden]`, before the last norm) through the
+/// model's final `norm` and `head`, only the rows asked for.
+pub fn finish_pass(
+    batch: &mut [SeqInput<'_>],
     x: &candle_core::Tensor,
-    lens: &[usize],
     outputs: &[Output],
     vocab: usize,
     norm: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
     head: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>,
 ) -> candle_core::Result<Outputs> {
     use candle_core::{DType, Tensor};
-    let (logit_rows, hidden_rows) = output_rows(lens, outputs);
+    let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
+    for (seq, &n) in batch.iter_mut().zip(&lens) {
+        seq.cache.advance(n);
+    }
+    let (logit_rows, hidden_rows) = output_rows(&lens, outputs);
     let rows = |r: Vec<u32>| -> candle_core::Result<Tensor> {
         let n = r.len();
         norm(&x.index_select(&Tensor::from_vec(r, n, x.device())?, 0)?)

@@ -20,7 +20,7 @@ use crate::attention;
 use crate::cache::KvCache;
 use crate::checkpoint::{Checkpoint, TensorName};
 use crate::linear::Linear;
-use crate::{CausalLm, ModelError, ModelInfo, Output, Outputs, SeqInput, select_outputs};
+use crate::{CausalLm, ModelError, ModelInfo, Output, Outputs, SeqInput, finish_pass};
 
 /// How rotary embeddings pair up the dimensions of a head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -663,13 +663,9 @@ impl Llama {
                 .projections
                 .time(|| layer.down.forward(&gated))?)?;
         }
-        let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
-        for (seq, &n) in batch.iter_mut().zip(&lens) {
-            seq.cache.advance(n);
-        }
-        select_outputs(
+        finish_pass(
+            batch,
             &x,
-            &lens,
             outputs,
             self.cfg.vocab_size,
             |x| self.norm.forward(x),

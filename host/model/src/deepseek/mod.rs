@@ -25,7 +25,7 @@ pub use mla::MlaCache;
 use crate::cache::KvCache;
 use crate::checkpoint::{Checkpoint, TensorName};
 use crate::linear::Linear;
-use crate::{CausalLm, ModelError, ModelInfo, Output, Outputs, SeqInput, select_outputs};
+use crate::{CausalLm, ModelError, ModelInfo, Output, Outputs, SeqInput, finish_pass};
 use mla::{Mla, QueryProj, RmsNorm};
 use moe::{Mlp, Moe, Router};
 
@@ -320,13 +320,9 @@ impl DeepSeek {
             };
             x = (x + y)?;
         }
-        let lens: Vec<usize> = batch.iter().map(|s| s.tokens.len()).collect();
-        for (seq, &n) in batch.iter_mut().zip(&lens) {
-            seq.cache.advance(n);
-        }
-        select_outputs(
+        finish_pass(
+            batch,
             &x,
-            &lens,
             outputs,
             self.cfg.vocab_size,
             |x| self.norm.forward(x),
