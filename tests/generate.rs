@@ -1199,3 +1199,26 @@ fn many_scored_prompts_at_once_get_their_own_scores() {
         "the decoding sequence went on beside them"
     );
 }
+
+/// `--device cuda` on a build without CUDA is a clear error that says how
+/// to get one, not a panic.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cuda_device_on_a_cpu_build_names_the_cause() {
+    let o = Command::new(deepwasm_bin())
+        .args(["generate", "--device", "cuda", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("built without CUDA") && err.contains("--features cuda"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let o = Command::new(deepwasm_bin())
+        .args(["generate", "--device", "tpu", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown device `tpu`"));
+}

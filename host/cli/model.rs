@@ -60,9 +60,7 @@ impl ModelArgs {
                     .strip_prefix("cuda:")
                     .map_or(Ok(0), str::parse)
                     .context("bad CUDA ordinal")?;
-                candle_core::Device::new_cuda(ordinal).with_context(|| {
-                    format!("cannot use {d} (is this a build with `--features cuda`?)")
-                })
+                cuda_device(ordinal)
             }
             other => bail!("unknown device `{other}`; use cpu, cuda or cuda:N"),
         }
@@ -81,5 +79,40 @@ impl ModelArgs {
         };
         deepwasm_model::load(&path, &opts)
             .with_context(|| format!("cannot load the model {}", path.display()))
+    }
+}
+
+/// CUDA device `ordinal`, or an error that names the cause: a build
+/// without CUDA, no driver, or no such device.
+fn cuda_device(ordinal: usize) -> anyhow::Result<candle_core::Device> {
+    if !cfg!(feature = "cuda") {
+        bail!(
+            "this deepwasm was built without CUDA; build it with `cargo build --release --features cuda` \
+             (README, GPUs) or use --device cpu"
+        );
+    }
+    // cudarc panics when it cannot load the driver's libcuda: that is
+    // "no driver", not a crash. The panic's own report is kept quiet.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let made = std::panic::catch_unwind(|| candle_core::Device::new_cuda(ordinal));
+    std::panic::set_hook(hook);
+    match made {
+        Ok(Ok(device)) => Ok(device),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot use CUDA device {ordinal}: {e} (is there a GPU with that number? \
+             `nvidia-smi -L` lists them)"
+        )),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown");
+            bail!(
+                "no NVIDIA driver: the CUDA driver library (libcuda.so) could not be loaded ({why}); \
+                 install the driver, or use --device cpu"
+            )
+        }
     }
 }
