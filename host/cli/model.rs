@@ -77,8 +77,15 @@ impl ModelArgs {
             },
             ..LoadOptions::default()
         };
-        deepwasm_model::load(&path, &opts)
-            .with_context(|| format!("cannot load the model {}", path.display()))
+        let device = opts.device.clone();
+        deepwasm_model::load(&path, &opts).map_err(|e| {
+            let e = anyhow::Error::new(e);
+            match out_of_device_memory(&e, &device, &path) {
+                Some(why) => e.context(why),
+                None => e,
+            }
+            .context(format!("cannot load the model {}", path.display()))
+        })
     }
 }
 
@@ -115,4 +122,49 @@ fn cuda_device(ordinal: usize) -> anyhow::Result<candle_core::Device> {
             )
         }
     }
+}
+
+/// When loading onto a GPU ran out of its memory: what the weights need
+/// (their files' size, as stored) against what the device has free.
+fn out_of_device_memory(
+    e: &anyhow::Error,
+    device: &candle_core::Device,
+    path: &std::path::Path,
+) -> Option<String> {
+    if !device.is_cuda() || !format!("{e:#}").contains("OUT_OF_MEMORY") {
+        return None;
+    }
+    let stored: u64 = if path.is_dir() {
+        std::fs::read_dir(path)
+            .ok()?
+            .flatten()
+            .filter(|f| f.path().extension().is_some_and(|x| x == "safetensors"))
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    } else {
+        std::fs::metadata(path).ok()?.len()
+    };
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    let free = device_memory(device)
+        .map(|(free, total)| format!("{:.1} GiB free of {:.1} GiB", gib(free), gib(total)))
+        .unwrap_or_else(|| "its free memory unknown".into());
+    Some(format!(
+        "out of device memory: the weights take {:.1} GiB as stored (more where they are \
+         widened to bf16 or f32), and the device has {free}",
+        gib(stored)
+    ))
+}
+
+/// `(free, total)` bytes of a CUDA device's memory.
+#[cfg(feature = "cuda")]
+fn device_memory(device: &candle_core::Device) -> Option<(u64, u64)> {
+    let cuda = device.as_cuda_device().ok()?;
+    let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+    Some((free as u64, total as u64))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_memory(_: &candle_core::Device) -> Option<(u64, u64)> {
+    None
 }
