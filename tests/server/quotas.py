@@ -8,7 +8,7 @@ import time
 import httpx2
 import openai
 
-from common import chat, client, http, plugin_bytes, run, upload
+from common import MODEL, chat, client, http, plugin_bytes, run, upload
 
 PROMPT = "Tell me a long story about a dragon."
 
@@ -34,6 +34,13 @@ def test_concurrent_requests_over_the_limit_are_429():
         assert retry_after(e) >= 1
     else:
         raise AssertionError("a second concurrent request was admitted")
+    # Tokenizing (up to a body's worth of text, on a thread of its own)
+    # takes a place too, so a flood of it takes no more threads than that.
+    with http("single") as h:
+        r = h.post("/tokenize", json={"prompt": "hi"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded", r.text
+        r = h.post("/v1/embeddings", json={"model": MODEL, "input": "hi"})
+        assert r.status_code == 429, r.text
     # Another tenant is served meanwhile.
     assert chat(client("alpha"), "hi", max_tokens=2).choices
     for _ in stream:

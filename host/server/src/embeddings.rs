@@ -210,7 +210,10 @@ async fn embed(
             ));
         }
     };
-    let inputs = input_tokens(&st, &req.input)?;
+    let inputs = {
+        let (st, input) = (st.clone(), req.input.clone());
+        crate::tokenize::off_the_executor(&tenant, move || input_tokens(&st, &input)).await?
+    };
     let admission = tenant.admit()?;
     let cancelled = Arc::new(AtomicBool::new(false));
     let _guard = crate::chat::CancelOnDrop(cancelled.clone());

@@ -102,11 +102,29 @@ pub async fn tokenizer_info(State(st): State<Arc<AppState>>) -> Response {
 
 pub async fn tokenize(
     State(st): State<Arc<AppState>>,
-    Extension(_tenant): Extension<Arc<Tenant>>,
+    Extension(tenant): Extension<Arc<Tenant>>,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Response {
     let ignored = ignore_unknown("tokenize", &req.unknown, &st.metrics);
-    crate::chat::with_ignored(tokenize_request(&st, &req), &ignored)
+    let answer = off_the_executor(&tenant, move || tokenize_request(&st, &req)).await;
+    crate::chat::with_ignored(answer, &ignored)
+}
+
+/// Run `work` (tokenizing up to a body's worth of text) on a blocking
+/// thread, not on the executor that serves every tenant, holding one of
+/// the tenant's concurrent-request places so a flood of calls takes no more
+/// threads than its limit.
+pub(crate) async fn off_the_executor<T: Send + 'static>(
+    tenant: &Tenant,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let admission = tenant.admit()?;
+    let done = tokio::task::spawn_blocking(move || {
+        let _admission = admission;
+        work()
+    })
+    .await;
+    done.map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
 }
 
 fn tokenize_request(st: &AppState, req: &TokenizeRequest) -> Result<Response, ApiError> {
@@ -144,11 +162,11 @@ fn tokenize_request(st: &AppState, req: &TokenizeRequest) -> Result<Response, Ap
 
 pub async fn detokenize(
     State(st): State<Arc<AppState>>,
-    Extension(_tenant): Extension<Arc<Tenant>>,
+    Extension(tenant): Extension<Arc<Tenant>>,
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Response {
     let ignored = ignore_unknown("detokenize", &req.unknown, &st.metrics);
-    let answer = (|| {
+    let answer = off_the_executor(&tenant, move || {
         if let Some(m) = &req.model {
             st.check_model(m)?;
         }
@@ -158,6 +176,7 @@ pub async fn detokenize(
             .decode(&req.tokens, false)
             .map_err(|e| ApiError::invalid_param("tokens", e.to_string()))?;
         Ok(Json(Detokenized { prompt }).into_response())
-    })();
+    })
+    .await;
     crate::chat::with_ignored(answer, &ignored)
 }
