@@ -846,17 +846,8 @@ fn stream(
                 Some(Event::Delta(_, d)) => out.push(&d.text),
                 Some(Event::Done(_, Ok(c))) => {
                     let cut = c.finish_reason == FinishReason::Length;
-                    let mut parts = out.finish(cut);
-                    parts.push(Part::Content(String::new()));
-                    if !send_parts(
-                        &mut ev,
-                        &rid,
-                        &mut items,
-                        &mut open,
-                        parts[..parts.len() - 1].to_vec(),
-                    )
-                    .await
-                    {
+                    let parts = out.finish(cut);
+                    if !send_parts(&mut ev, &rid, &mut items, &mut open, parts).await {
                         return;
                     }
                     break c;
