@@ -119,12 +119,11 @@ pub(crate) async fn off_the_executor<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let admission = tenant.admit()?;
-    let done = tokio::task::spawn_blocking(move || {
+    crate::chat::blocking(move || {
         let _admission = admission;
         work()
     })
-    .await;
-    done.map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))?
+    .await
 }
 
 fn tokenize_request(st: &AppState, req: &TokenizeRequest) -> Result<Response, ApiError> {

@@ -62,6 +62,18 @@ pub(crate) fn with_ignored(answer: Result<Response, ApiError>, ignored: &[String
     response
 }
 
+/// Run `work` on a blocking thread, off the executor every tenant's
+/// requests share: rendering and tokenizing a prompt takes up to a body's
+/// worth of text. Callers hold the tenant's admission, so a tenant's
+/// concurrent work here is bounded by its request limit.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+}
+
 pub async fn chat_completions(
     State(st): State<Arc<AppState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
@@ -79,7 +91,14 @@ async fn chat(
     st.check_model(&req.model)?;
     let input = ChatInput::read(&mut req)?;
     let admission = tenant.admit()?;
-    let (plan, split) = input.plan(&st, &tenant, &req)?;
+    let (plan, split, req) = {
+        let (st, tenant) = (st.clone(), tenant.clone());
+        blocking(move || {
+            let (plan, split) = input.plan(&st, &tenant, &req)?;
+            Ok((plan, split, req))
+        })
+        .await?
+    };
     plan.steering.warm_up().await?;
     let id = new_id("chatcmpl");
     if req.sampling.stream {
@@ -134,7 +153,10 @@ async fn complete(
     st.check_model(&req.model)?;
     let prompts = completion_prompts(&req)?;
     let admission = tenant.admit()?;
-    let plan = completion_plan(&st, &tenant, &req, &prompts)?;
+    let (plan, req) = {
+        let (st, tenant) = (st.clone(), tenant.clone());
+        blocking(move || Ok((completion_plan(&st, &tenant, &req, &prompts)?, req))).await?
+    };
     plan.steering.warm_up().await?;
     let id = new_id("cmpl");
     if req.sampling.stream {

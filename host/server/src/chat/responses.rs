@@ -714,7 +714,10 @@ async fn respond(
     let (mut chat, history) = chat_request(&st, &tenant, &req)?;
     let input = ChatInput::read(&mut chat)?;
     let admission = tenant.admit()?;
-    let (plan, split) = input.plan(&st, &tenant, &chat)?;
+    let (plan, split) = {
+        let (st, tenant) = (st.clone(), tenant.clone());
+        super::blocking(move || input.plan(&st, &tenant, &chat)).await?
+    };
     plan.steering.warm_up().await?;
     let rid = new_id("resp").replace('-', "_");
     let echo = Echo::of(&req);
