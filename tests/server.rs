@@ -79,14 +79,19 @@ fn script_dir() -> PathBuf {
 /// The venv `scripts/setup` makes; fails the test (not skips it) when it is
 /// missing.
 fn venv_bin(tool: &str) -> PathBuf {
-    let cache = models_dir()
+    setup_made(&format!("venv-server/bin/{tool}"))
+}
+
+/// A path under the cache `scripts/setup` fills; fails the test (not skips
+/// it) when it is missing.
+fn setup_made(relative: &str) -> PathBuf {
+    let path = models_dir()
         .parent()
         .expect("the model cache has a parent")
-        .to_owned();
-    let path = cache.join("venv-server/bin").join(tool);
+        .join(relative);
     assert!(
-        path.is_file(),
-        "{} is missing: run scripts/setup (it makes the venv with the openai SDK and schemathesis)",
+        path.exists(),
+        "{} is missing: run scripts/setup",
         path.display()
     );
     path
@@ -246,7 +251,29 @@ impl Server {
 
     /// [`Server::python`] with `env` added to the script's environment.
     pub(crate) fn python_with_env(&self, script: &str, args: &[&str], env: &[(&str, &str)]) {
-        let out = Command::new(venv_bin("python"))
+        self.run_script(Command::new(venv_bin("python")), script, args, env);
+    }
+
+    /// Run a script of `tests/server/` with lm-evaluation-harness's venv
+    /// (made by `scripts/setup`).
+    fn lm_eval(&self, script: &str) {
+        let python = setup_made("venv-lmeval/bin/python");
+        self.run_script(Command::new(python), script, &[], &[]);
+    }
+
+    /// Run a JavaScript test of `tests/server/` on node, with the OpenAI
+    /// JavaScript SDK `scripts/setup` installs.
+    fn node(&self, script: &str) {
+        let modules = setup_made("node-clients/node_modules");
+        let modules = modules.to_str().expect("a UTF-8 cache path");
+        self.run_script(Command::new("node"), script, &[], &[("NODE_PATH", modules)]);
+    }
+
+    /// Run `program` on `script` in `tests/server/` with the server's
+    /// environment and `env`, and fail with its output (and the server's
+    /// log) unless it passes.
+    fn run_script(&self, mut program: Command, script: &str, args: &[&str], env: &[(&str, &str)]) {
+        let out = program
             .arg(script)
             .args(args)
             .current_dir(script_dir())
@@ -254,55 +281,8 @@ impl Server {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
-            .expect("running python");
+            .unwrap_or_else(|e| panic!("running {:?}: {e}", program.get_program()));
         self.check(&format!("tests/server/{script} {}", args.join(" ")), &out);
-    }
-
-    /// Run a script of `tests/server/` with lm-evaluation-harness's venv
-    /// (made by `scripts/setup`).
-    fn lm_eval(&self, script: &str) {
-        let cache = models_dir()
-            .parent()
-            .expect("the model cache has a parent")
-            .to_owned();
-        let python = cache.join("venv-lmeval/bin/python");
-        assert!(
-            python.is_file(),
-            "{} is missing: run scripts/setup",
-            python.display()
-        );
-        let out = Command::new(python)
-            .arg(script)
-            .current_dir(script_dir())
-            .envs(self.env())
-            .stdin(Stdio::null())
-            .output()
-            .expect("running python");
-        self.check(&format!("tests/server/{script}"), &out);
-    }
-
-    /// Run a JavaScript test of `tests/server/` on node, with the OpenAI
-    /// JavaScript SDK `scripts/setup` installs.
-    fn node(&self, script: &str) {
-        let cache = models_dir()
-            .parent()
-            .expect("the model cache has a parent")
-            .to_owned();
-        let modules = cache.join("node-clients/node_modules");
-        assert!(
-            modules.join("openai").is_dir(),
-            "{} is missing: run scripts/setup",
-            modules.display()
-        );
-        let out = Command::new("node")
-            .arg(script)
-            .current_dir(script_dir())
-            .envs(self.env())
-            .env("NODE_PATH", &modules)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running node");
-        self.check(&format!("tests/server/{script}"), &out);
     }
 
     fn check(&self, what: &str, out: &Output) {

@@ -176,7 +176,7 @@ pub async fn embeddings(
 async fn embed(
     st: Arc<AppState>,
     tenant: Arc<Tenant>,
-    req: EmbeddingRequest,
+    mut req: EmbeddingRequest,
 ) -> Result<Response, ApiError> {
     st.check_model(&req.model)?;
     let hidden = st.engine.model.info().hidden_size;
@@ -211,7 +211,9 @@ async fn embed(
         }
     };
     let inputs = {
-        let (st, input) = (st.clone(), req.input.clone());
+        // Moved out, not copied: it may be a body's worth of text.
+        let input = std::mem::replace(&mut req.input, EmbeddingInput::Texts(Vec::new()));
+        let st = st.clone();
         crate::tokenize::off_the_executor(&tenant, move || input_tokens(&st, &input)).await?
     };
     let admission = tenant.admit()?;
