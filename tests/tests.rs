@@ -22,6 +22,10 @@ mod tools;
 /// Sampler plugins driven with synthetic logits: decisions, pooling, limits.
 mod samplers;
 
+/// Logits kept on the device: the same tokens as host rows, and only the
+/// answers moved.
+mod device_logits;
+
 /// Hostile plugins: every attack contained, with its typed error, and the
 /// host serving the next call.
 mod hostile;

@@ -646,7 +646,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
             .map(|(r, _)| &mut r.seq)
             .collect();
         let starts: Vec<usize> = fed.iter().map(|s| s.cache.len()).collect();
-        let (rows, prepared) = forward_and_prepare(self.engine.model.as_ref(), &mut fed, &take);
+        let (rows, prepared) = forward_and_prepare(self.engine, &mut fed, &take);
         let elapsed = started.elapsed();
         let mut failed = Vec::new();
         match rows {

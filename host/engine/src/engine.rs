@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use deepwasm_model::{CausalLm, ChatTemplate, LoadedModel, Tokenizer, ToolCallFormat};
 
 use crate::batcher::{KvStats, PrefixCache};
+use crate::logits::{DeviceIds, LogitsPlacement, LogitsTraffic};
 use crate::request::{GenerateError, Prompt};
 
 /// A loaded model and what it takes to prompt it.
@@ -28,6 +29,11 @@ pub struct Engine {
     pub(crate) prefixes: Arc<Mutex<Option<PrefixCache>>>,
     /// The cache of requests run here directly.
     pub kv: Arc<KvStats>,
+    /// Where each step's logits are kept.
+    pub logits_placement: LogitsPlacement,
+    /// Logits moved between the device and the host.
+    pub logits_traffic: Arc<LogitsTraffic>,
+    pub(crate) device_ids: Arc<DeviceIds>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -54,11 +60,22 @@ impl From<LoadedModel> for Engine {
             template_renders_tools,
             prefixes: Arc::default(),
             kv: Arc::default(),
+            logits_placement: LogitsPlacement::default(),
+            logits_traffic: Arc::default(),
+            device_ids: Arc::default(),
         }
     }
 }
 
 impl Engine {
+    /// This engine, keeping each step's logits as `placement` says.
+    /// Its traffic is counted afresh.
+    pub fn with_logits_placement(mut self, placement: LogitsPlacement) -> Self {
+        self.logits_placement = placement;
+        self.logits_traffic = Arc::default();
+        self
+    }
+
     /// The prompt's text (for a chat, the rendered template) and tokens.
     pub fn render_prompt(
         &self,

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod batcher;
 mod engine;
 pub mod generate;
+pub mod logits;
 pub mod plugin_sampler;
 pub mod request;
 pub mod rewards;
@@ -18,6 +19,7 @@ pub mod stop;
 
 pub use engine::Engine;
 pub use generate::{BatchItem, Generator};
+pub use logits::{LogitsPlacement, LogitsTraffic};
 pub use plugin_sampler::{
     DEFAULT_STEP_BUDGET, MissPolicy, ModelTokenizer, PluginSampler, SamplerHosting, sampler_limits,
 };

@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use deepwasm_model::{SpecialKind, Tokenizer};
 use deepwasm_plugins::{
-    self as wit, Capabilities, Limits, LoadError, Meter, Plugin, PluginError, SamplerPlugin,
-    Sandbox, SetTooLarge, TokenizerAccess, tokenizer as wit_tokenizer,
+    self as wit, Capabilities, Limits, LoadError, LogitsHandle, Meter, Plugin, PluginError,
+    SamplerPlugin, Sandbox, SetTooLarge, TokenizerAccess, tokenizer as wit_tokenizer,
 };
 
 use crate::engine::Engine;
@@ -236,7 +236,7 @@ impl TokenizerAccess for ModelTokenizer {
 
 enum Call {
     Prepare(u32, Vec<u32>),
-    Decide(u32, Arc<Vec<f32>>),
+    Decide(u32, LogitsHandle),
 }
 
 enum Answer {
@@ -689,7 +689,7 @@ impl Sampler for PluginSampler {
     fn decide(
         &mut self,
         step: u32,
-        logits: &Arc<Vec<f32>>,
+        logits: &LogitsHandle,
         until: Instant,
     ) -> Result<Reply<Decision>, SamplerError> {
         let call = |_: &mut Self| Call::Decide(step, logits.clone());

@@ -12,8 +12,9 @@
 //! for the same step later. Its sequence sits steps out meanwhile; the
 //! other sequences go on.
 
-use std::sync::Arc;
 use std::time::Instant;
+
+use deepwasm_plugins::LogitsHandle;
 
 use crate::sampling::SamplingParams;
 
@@ -95,7 +96,7 @@ pub trait Sampler: Send {
     fn decide(
         &mut self,
         step: u32,
-        logits: &Arc<Vec<f32>>,
+        logits: &LogitsHandle,
         until: Instant,
     ) -> Result<Reply<Decision>, SamplerError>;
 }
@@ -124,7 +125,7 @@ impl Sampler for BuiltinSampler {
     fn decide(
         &mut self,
         _step: u32,
-        _logits: &Arc<Vec<f32>>,
+        _logits: &LogitsHandle,
         _until: Instant,
     ) -> Result<Reply<Decision>, SamplerError> {
         Ok(Reply::Ready(Decision::Sample(SampleSpec::default())))
@@ -153,7 +154,7 @@ impl<S: Sampler + ?Sized> Sampler for &mut S {
     fn decide(
         &mut self,
         step: u32,
-        logits: &Arc<Vec<f32>>,
+        logits: &LogitsHandle,
         until: Instant,
     ) -> Result<Reply<Decision>, SamplerError> {
         (**self).decide(step, logits, until)

@@ -48,7 +48,7 @@ mod select;
 mod spec;
 
 pub use history::TokenHistory;
-pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, logprobs};
+pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs, logprobs, logprobs_from_parts};
 pub use mask::{MaskError, apply_bias, apply_mask, has_pickable, process_logits};
 pub use params::{GREEDY_TEMPERATURE, InvalidParam, SamplingParams};
 pub use rng::SequenceRng;

@@ -11,9 +11,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deepwasm_model::{CausalLm, Detokenizer, KvCache, Output, SeqInput};
+use deepwasm_model::{Detokenizer, KvCache, Output, SeqInput};
+use deepwasm_plugins::LogitsHandle;
 
 use crate::engine::Engine;
+use crate::logits::DeviceLogits;
 use crate::request::{
     Completion, Delta, FinishReason, GenerateError, GenerateRequest, Pooling, Timings, Usage,
 };
@@ -64,7 +66,7 @@ pub(crate) const SCORED_CHUNK: usize = 256;
 
 /// A step's logits, and what the sampler has said about them so far.
 struct Held {
-    logits: Arc<Vec<f32>>,
+    logits: LogitsHandle,
     prepared: Option<Prepared>,
     /// The forward pass's share of the step, and when it ended.
     forward: Duration,
@@ -303,9 +305,14 @@ impl<'e, 'r> Sequence<'e, 'r> {
 
     /// Keep the logits of the forward pass just run, and what `prepare`
     /// answered beside it (`None`: not yet).
-    pub(crate) fn hold(&mut self, logits: Vec<f32>, prepared: Option<Prepared>, forward: Duration) {
+    pub(crate) fn hold(
+        &mut self,
+        logits: LogitsHandle,
+        prepared: Option<Prepared>,
+        forward: Duration,
+    ) {
         self.held = Some(Held {
-            logits: Arc::new(logits),
+            logits,
             prepared,
             forward: forward + std::mem::take(&mut self.chunked),
             since: Instant::now(),
@@ -352,7 +359,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
     /// logits. `spent` is the step's time, for the timings.
     fn advance(
         &mut self,
-        logits: &Arc<Vec<f32>>,
+        logits: &LogitsHandle,
         decision: Decision,
         spent: Duration,
         on_delta: &mut (dyn FnMut(&Delta) + Send),
@@ -385,7 +392,10 @@ impl<'e, 'r> Sequence<'e, 'r> {
             if let Some(n) = self.logprobs {
                 // Only the first token of a forced run has the model's scores
                 // for its position.
-                let lp = (i == 0).then(|| sampling::logprobs(logits, token, n));
+                let lp = match i {
+                    0 => Some(logprobs_of(logits, token, n)?),
+                    _ => None,
+                };
                 delta.logprobs.push(lp.clone());
                 if let Some(all) = self.out.logprobs.as_mut() {
                     all.push(lp);
@@ -449,7 +459,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
     }
 
     /// The built-in sampler's pick under `spec`.
-    fn sample(&mut self, raw: &[f32], spec: &SampleSpec) -> Result<u32, GenerateError> {
+    fn sample(&mut self, logits: &LogitsHandle, spec: &SampleSpec) -> Result<u32, GenerateError> {
         let params: SamplingParams = match &spec.params {
             // A sampler's overrides are held to the rules a request's
             // parameters are: NaN or out-of-range values are its error.
@@ -462,7 +472,19 @@ impl<'e, 'r> Sequence<'e, 'r> {
             }
             None => self.params.clone(),
         };
-        let mut logits = raw.to_vec();
+        // Greedy over the raw logits needs one id, found where they are.
+        let edits_nothing = !params.has_penalties()
+            && params.logit_bias.is_empty()
+            && spec.allow.is_none()
+            && spec.deny.is_none()
+            && spec.bias.is_empty();
+        if params.is_greedy() && edits_nothing && logits.source().host_values().is_none() {
+            let best = logits.source().argmax().map_err(logits_failed)?;
+            if best.logit.is_finite() {
+                return Ok(best.token);
+            }
+        }
+        let mut logits = logits.values().map_err(logits_failed)?.to_vec();
         sampling::process_logits(&mut logits, &params, &self.history);
         if spec.allow.is_some() || spec.deny.is_some() {
             sampling::apply_mask(&mut logits, spec.allow.as_ref(), spec.deny.as_ref())
@@ -491,10 +513,43 @@ impl<'e, 'r> Sequence<'e, 'r> {
     }
 }
 
+/// A failed read of logits kept on the device, as the model's failure.
+fn logits_failed(e: deepwasm_plugins::LogitsError) -> GenerateError {
+    GenerateError::Model(candle_core::Error::Msg(e.to_string()))
+}
+
+/// The log-probabilities of `token` and the `n` likeliest tokens: from the
+/// whole row when it is in host memory, else from queries that move only
+/// their answers.
+fn logprobs_of(
+    logits: &LogitsHandle,
+    token: u32,
+    n: usize,
+) -> Result<sampling::TokenLogprobs, GenerateError> {
+    if let Some(values) = logits.source().host_values() {
+        return Ok(sampling::logprobs(&values, token, n));
+    }
+    let source = logits.source();
+    let lse = source.log_sum_exp().map_err(logits_failed)?;
+    if !lse.is_finite() {
+        // Infinite or NaN logits: the whole row's rules apply.
+        let values = logits.values().map_err(logits_failed)?;
+        return Ok(sampling::logprobs(&values, token, n));
+    }
+    let chosen = source.get(&[token]).map_err(logits_failed)?;
+    let top = source.top_k(n).map_err(logits_failed)?;
+    Ok(sampling::logprobs_from_parts(
+        token,
+        chosen.first().copied().unwrap_or(f32::NEG_INFINITY),
+        lse,
+        top.into_iter().map(|t| (t.token, t.logit)),
+    ))
+}
+
 /// What one forward pass gave one sequence.
 pub(crate) struct Rows {
     /// The logits after the last token it took (empty for an embedding).
-    pub last: Vec<f32>,
+    pub last: LogitsHandle,
     /// The rows a scored prompt (logits) or an embedding (hidden states)
     /// asked for, one per token taken.
     pub prompt: Vec<Vec<f32>>,
@@ -515,7 +570,7 @@ type StepResults = (
 /// model computes; a chunk that leaves some of the feed asks nothing of the
 /// sampler. Nothing here waits for a sampler.
 pub(crate) fn forward_and_prepare<'e, 'r>(
-    model: &dyn CausalLm,
+    engine: &Engine,
     seqs: &mut [&mut Sequence<'e, 'r>],
     take: &[usize],
 ) -> StepResults {
@@ -551,33 +606,75 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
         });
     }
     let only: Vec<Output> = outputs.iter().map(|o| o.0).collect();
-    let rows = model.forward_outputs(&mut inputs, &only).and_then(|out| {
-        let mut logits = out.logits.to_vec2::<f32>()?.into_iter();
-        let mut hidden = match out.hidden {
-            Some(h) => h.to_vec2::<f32>()?,
-            None => Vec::new(),
-        }
-        .into_iter();
-        Ok(outputs
-            .iter()
-            .map(|&(output, n)| match output {
-                Output::Last => Rows {
-                    last: logits.next().unwrap_or_default(),
-                    prompt: Vec::new(),
-                },
-                Output::AllLogits => {
-                    let prompt: Vec<Vec<f32>> = logits.by_ref().take(n).collect();
-                    Rows {
-                        last: prompt.last().cloned().unwrap_or_default(),
-                        prompt,
-                    }
-                }
-                Output::Hidden => Rows {
-                    last: Vec::new(),
-                    prompt: hidden.by_ref().take(n).collect(),
-                },
-            })
-            .collect())
-    });
+    let rows = engine
+        .model
+        .forward_outputs(&mut inputs, &only)
+        .and_then(|out| split_rows(engine, &out, &outputs));
     (rows, prepared)
+}
+
+/// Each sequence's rows of a pass's `out`, for `outputs` (what it asked
+/// for, and how many tokens it took). Last rows stay where the engine keeps
+/// logits; scored prompts' rows and hidden states come to the host whole.
+fn split_rows(
+    engine: &Engine,
+    out: &deepwasm_model::Outputs,
+    outputs: &[(Output, usize)],
+) -> candle_core::Result<Vec<Rows>> {
+    let on_device = engine.logits_placement.on_device(out.logits.device());
+    let traffic = &engine.logits_traffic;
+    let host_rows = |t: &candle_core::Tensor| -> candle_core::Result<Vec<Vec<f32>>> {
+        let rows = t.to_vec2::<f32>()?;
+        if on_device {
+            traffic.count_to_host(4 * rows.iter().map(Vec::len).sum::<usize>());
+        }
+        Ok(rows)
+    };
+    let mut hidden = match &out.hidden {
+        Some(h) => host_rows(h)?,
+        None => Vec::new(),
+    }
+    .into_iter();
+    let mut host_logits = match on_device {
+        true => Vec::new(),
+        false => host_rows(&out.logits)?,
+    }
+    .into_iter();
+    let mut at = 0;
+    let empty = || LogitsHandle::new(Arc::new(Vec::new()));
+    let mut rows = Vec::with_capacity(outputs.len());
+    for &(output, n) in outputs {
+        rows.push(match (output, on_device) {
+            (Output::Last, false) => Rows {
+                last: LogitsHandle::new(Arc::new(host_logits.next().unwrap_or_default())),
+                prompt: Vec::new(),
+            },
+            (Output::Last, true) => {
+                at += 1;
+                Rows {
+                    last: DeviceLogits::new(&out.logits, at - 1, &engine.device_ids, traffic)?
+                        .into_handle(),
+                    prompt: Vec::new(),
+                }
+            }
+            (Output::AllLogits, _) => {
+                let prompt: Vec<Vec<f32>> = match on_device {
+                    false => host_logits.by_ref().take(n).collect(),
+                    true => {
+                        at += n;
+                        host_rows(&out.logits.narrow(0, at - n, n)?)?
+                    }
+                };
+                Rows {
+                    last: LogitsHandle::new(Arc::new(prompt.last().cloned().unwrap_or_default())),
+                    prompt,
+                }
+            }
+            (Output::Hidden, _) => Rows {
+                last: empty(),
+                prompt: hidden.by_ref().take(n).collect(),
+            },
+        });
+    }
+    Ok(rows)
 }

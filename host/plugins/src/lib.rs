@@ -35,9 +35,9 @@ pub use engine::{
 };
 pub use error::{GuestError, PluginError};
 pub use host::logits::{
-    LogitsHandle, SetTooLarge, argmax, for_each_bit_run, for_each_run, log_sum_exp,
-    max_set_entries, normalize, normalize_words, top_k, words_of_bitset, words_of_ids,
-    words_of_ranges,
+    LogitsError, LogitsHandle, LogitsResult, LogitsSource, ScoredToken, SetTooLarge, TopK, argmax,
+    for_each_bit_run, for_each_run, log_sum_exp, max_set_entries, normalize, normalize_words,
+    top_k, words_of_bitset, words_of_ids, words_of_ranges,
 };
 pub use host::{
     CallOutput, Capabilities, InferenceAccess, KvAccess, LogLine, MAX_PROMPT_BYTES,

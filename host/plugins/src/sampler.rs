@@ -386,9 +386,13 @@ impl SamplerSequence {
     }
 
     /// Phase two: the decision given this step's logits.
-    pub fn decide(&mut self, step: u32, logits: Arc<Vec<f32>>) -> Result<Decision, PluginError> {
+    pub fn decide(
+        &mut self,
+        step: u32,
+        logits: impl Into<LogitsHandle>,
+    ) -> Result<Decision, PluginError> {
         let deadline = self.sampler.sandbox.limits.call_deadline;
-        self.decide_within(deadline, step, logits)
+        self.decide_within(deadline, step, logits.into())
     }
 
     /// `decide` under `deadline`, or the sandbox's `call_deadline` when that
@@ -397,14 +401,14 @@ impl SamplerSequence {
         &mut self,
         deadline: Duration,
         step: u32,
-        logits: Arc<Vec<f32>>,
+        logits: LogitsHandle,
     ) -> Result<Decision, PluginError> {
         let sampler = self.sampler.clone();
         let deadline = deadline.min(sampler.sandbox.limits.call_deadline);
         let (instance, handle) = self.parts()?;
         let guest = instance.guest.clone();
         let called = instance.session.call(deadline, 1, |store, _| {
-            let own = store.data_mut().table.push(LogitsHandle::new(logits))?;
+            let own = store.data_mut().table.push(logits)?;
             // Lend the logits as a plain borrow: nothing to track once the
             // call returns, when the entry is removed.
             let borrow = Resource::<LogitsHandle>::new_borrow(own.rep());

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use deepwasm_model::toolcall::{THINK_END, ToolChoiceError};
 use deepwasm_model::{CallConstraint, OutputSplitter, Tokenizer, ToolCallFormat, ToolSpec};
+use deepwasm_plugins::LogitsHandle;
 use deepwasm_plugins::SamplerPlugin;
 
 use super::CALL_STEP_BUDGET;
@@ -149,7 +150,7 @@ impl Sampler for Watch {
     fn decide(
         &mut self,
         _step: u32,
-        _logits: &Arc<Vec<f32>>,
+        _logits: &LogitsHandle,
         _until: Instant,
     ) -> Result<Reply<Decision>, SamplerError> {
         Ok(Reply::Ready(Decision::Sample(SampleSpec::default())))
@@ -401,7 +402,7 @@ impl Sampler for CallSampler {
     fn decide(
         &mut self,
         _step: u32,
-        logits: &Arc<Vec<f32>>,
+        logits: &LogitsHandle,
         until: Instant,
     ) -> Result<Reply<Decision>, SamplerError> {
         let Stage::Writing {

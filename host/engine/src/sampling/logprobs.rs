@@ -47,6 +47,27 @@ pub fn logprobs(raw_logits: &[f32], chosen: u32, top_n: usize) -> TokenLogprobs 
     }
 }
 
+/// [`logprobs`] from parts a caller found without the whole row: the
+/// chosen token's raw logit, the log-sum-exp of the row (finite) and the
+/// likeliest tokens' raw logits, best first.
+pub fn logprobs_from_parts(
+    chosen: u32,
+    chosen_logit: f32,
+    log_sum_exp: f32,
+    top: impl IntoIterator<Item = (u32, f32)>,
+) -> TokenLogprobs {
+    let at = |l: f32| ((l as f64) - (log_sum_exp as f64)) as f32;
+    TokenLogprobs {
+        token: chosen,
+        logprob: at(chosen_logit),
+        top: top
+            .into_iter()
+            .filter(|(_, l)| !l.is_nan())
+            .map(|(t, l)| (t, at(l)))
+            .collect(),
+    }
+}
+
 /// A function mapping a raw logit to its log-probability.
 fn log_softmax_at(logits: &[f32]) -> impl Fn(f32) -> f32 {
     let max = max_all(logits);

@@ -155,6 +155,13 @@ impl SamplingParams {
         self.temperature < GREEDY_TEMPERATURE
     }
 
+    /// Whether a repetition, presence or frequency penalty is set.
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+    }
+
     /// These parameters with the fields a sampler plugin set replacing ours
     /// (fields it left `None` keep their value). `logit_bias` is kept: a
     /// plugin biases through its sample spec instead.

@@ -10,23 +10,141 @@ use std::sync::Arc;
 
 use wasmtime::component::Resource;
 
-use crate::bindings::logits::{Host, HostLogits, ScoredToken};
+pub use crate::bindings::logits::ScoredToken;
+use crate::bindings::logits::{Host, HostLogits};
 use crate::bindings::types::TokenSet;
 use crate::host::HostState;
 
-/// One step's logits, shared with the engine without a copy.
+/// A query the logits' device could not answer.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the logits could not be read: {0}")]
+pub struct LogitsError(pub String);
+
+pub type LogitsResult<T> = Result<T, LogitsError>;
+
+/// Where one step's logits live and how a query reaches them.
+///
+/// The host's own vector answers everything in place. A source that keeps
+/// the logits on an accelerator answers each query there and moves only
+/// the answer; [`LogitsSource::values`] is the one query that moves the
+/// whole row, and a source copies it at most once.
+pub trait LogitsSource: Send + Sync + std::fmt::Debug {
+    /// Number of entries (the vocabulary size).
+    fn len(&self) -> usize;
+    /// Whether there are no entries.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The highest entry; ties go to the lowest id, NaN never wins.
+    fn argmax(&self) -> LogitsResult<ScoredToken>;
+    /// The `k` highest entries, best first (ties to the lowest id).
+    fn top_k(&self, k: usize) -> LogitsResult<Vec<ScoredToken>>;
+    /// The entries of `ids`, in order; ids out of range give negative
+    /// infinity.
+    fn get(&self, ids: &[u32]) -> LogitsResult<Vec<f32>>;
+    /// `ln(sum(exp(x)))` over every entry.
+    fn log_sum_exp(&self) -> LogitsResult<f32>;
+    /// Entries `[start, start + len)`, clipped to the vocabulary.
+    fn range(&self, start: usize, len: usize) -> LogitsResult<Vec<f32>>;
+    /// Every entry, in host memory.
+    fn values(&self) -> LogitsResult<Arc<Vec<f32>>>;
+    /// Every entry, when they are in host memory already (no copy made).
+    fn host_values(&self) -> Option<Arc<Vec<f32>>> {
+        None
+    }
+}
+
+impl LogitsSource for Arc<Vec<f32>> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn argmax(&self) -> LogitsResult<ScoredToken> {
+        Ok(argmax(self))
+    }
+
+    fn top_k(&self, k: usize) -> LogitsResult<Vec<ScoredToken>> {
+        Ok(top_k(self, k))
+    }
+
+    fn get(&self, ids: &[u32]) -> LogitsResult<Vec<f32>> {
+        Ok(ids
+            .iter()
+            .map(|&t| {
+                self.as_slice()
+                    .get(t as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY)
+            })
+            .collect())
+    }
+
+    fn log_sum_exp(&self) -> LogitsResult<f32> {
+        Ok(log_sum_exp(self))
+    }
+
+    fn range(&self, start: usize, len: usize) -> LogitsResult<Vec<f32>> {
+        let start = start.min(self.as_slice().len());
+        let end = start.saturating_add(len).min(self.as_slice().len());
+        Ok(self[start..end].to_vec())
+    }
+
+    fn values(&self) -> LogitsResult<Arc<Vec<f32>>> {
+        Ok(self.clone())
+    }
+
+    fn host_values(&self) -> Option<Arc<Vec<f32>>> {
+        Some(self.clone())
+    }
+}
+
+/// One step's logits, shared with the engine without a copy: in host
+/// memory, or wherever a [`LogitsSource`] keeps them.
 #[derive(Clone, Debug)]
 pub struct LogitsHandle {
-    values: Arc<Vec<f32>>,
+    source: Arc<dyn LogitsSource>,
 }
 
 impl LogitsHandle {
     pub fn new(values: Arc<Vec<f32>>) -> Self {
-        LogitsHandle { values }
+        LogitsHandle {
+            source: Arc::new(values),
+        }
     }
 
-    pub fn values(&self) -> &[f32] {
-        &self.values
+    pub fn from_source(source: Arc<dyn LogitsSource>) -> Self {
+        LogitsHandle { source }
+    }
+
+    /// How queries reach the logits.
+    pub fn source(&self) -> &dyn LogitsSource {
+        &*self.source
+    }
+
+    /// Every entry in host memory (for a source off the host, a copy of
+    /// the row, made once).
+    pub fn values(&self) -> LogitsResult<Arc<Vec<f32>>> {
+        self.source.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+}
+
+impl From<Arc<Vec<f32>>> for LogitsHandle {
+    fn from(values: Arc<Vec<f32>>) -> Self {
+        LogitsHandle::new(values)
+    }
+}
+
+impl From<Vec<f32>> for LogitsHandle {
+    fn from(values: Vec<f32>) -> Self {
+        LogitsHandle::new(Arc::new(values))
     }
 }
 
@@ -85,7 +203,7 @@ fn block_max(block: &[f32]) -> f32 {
 }
 
 /// A bounded best-first buffer for top-k selection.
-struct TopK {
+pub struct TopK {
     k: usize,
     /// Kept sorted best first; at most `k` entries.
     items: Vec<ScoredToken>,
@@ -95,7 +213,7 @@ struct TopK {
 const BLOCK: usize = 64;
 
 impl TopK {
-    fn new(k: usize) -> Self {
+    pub fn new(k: usize) -> Self {
         TopK {
             k,
             items: Vec::with_capacity(k.min(1024) + 1),
@@ -126,7 +244,8 @@ impl TopK {
         self.items.insert(at, item);
     }
 
-    fn scan(&mut self, values: &[f32], base: u32) {
+    /// Offer every entry of `values`, whose ids start at `base`.
+    pub fn scan(&mut self, values: &[f32], base: u32) {
         let mut start = 0;
         for block in values.chunks(BLOCK) {
             let max = block_max(block);
@@ -145,7 +264,8 @@ impl TopK {
         }
     }
 
-    fn into_sorted(self) -> Vec<ScoredToken> {
+    /// The best entries offered, best first.
+    pub fn into_sorted(self) -> Vec<ScoredToken> {
         self.items
     }
 }
@@ -326,11 +446,11 @@ impl Host for HostState {}
 
 impl HostLogits for HostState {
     fn len(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<u32> {
-        Ok(self.logits(&this)?.values().len() as u32)
+        Ok(self.logits(&this)?.len() as u32)
     }
 
     fn argmax(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<ScoredToken> {
-        Ok(argmax(self.logits(&this)?.values()))
+        Ok(self.logits(&this)?.source().argmax()?)
     }
 
     fn top_k(
@@ -338,7 +458,9 @@ impl HostLogits for HostState {
         this: Resource<LogitsHandle>,
         k: u32,
     ) -> wasmtime::Result<Vec<ScoredToken>> {
-        Ok(top_k(self.logits(&this)?.values(), k as usize))
+        let logits = self.logits(&this)?;
+        // Asking for more than the vocabulary is asking for all of it.
+        Ok(logits.source().top_k((k as usize).min(logits.len()))?)
     }
 
     fn top_k_in(
@@ -348,7 +470,7 @@ impl HostLogits for HostState {
         k: u32,
     ) -> wasmtime::Result<Vec<ScoredToken>> {
         let plugin = self.plugin.clone();
-        let values = self.logits(&this)?.values();
+        let values = self.logits(&this)?.values()?;
         // Normalised first, so that each token is looked at once however
         // the plugin repeated it, and the cost is bounded by the vocabulary.
         let set = normalize(&set, values.len() as u32).map_err(|e| {
@@ -366,15 +488,11 @@ impl HostLogits for HostState {
         this: Resource<LogitsHandle>,
         tokens: Vec<u32>,
     ) -> wasmtime::Result<Vec<f32>> {
-        let values = self.logits(&this)?.values();
-        Ok(tokens
-            .iter()
-            .map(|&t| values.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY))
-            .collect())
+        Ok(self.logits(&this)?.source().get(&tokens)?)
     }
 
     fn log_sum_exp(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<f32> {
-        Ok(log_sum_exp(self.logits(&this)?.values()))
+        Ok(self.logits(&this)?.source().log_sum_exp()?)
     }
 
     fn copy_range(
@@ -383,14 +501,15 @@ impl HostLogits for HostState {
         start: u32,
         len: u32,
     ) -> wasmtime::Result<Vec<f32>> {
-        let values = self.logits(&this)?.values();
-        let start = (start as usize).min(values.len());
-        let end = start.saturating_add(len as usize).min(values.len());
-        Ok(values[start..end].to_vec())
+        Ok(self
+            .logits(&this)?
+            .source()
+            .range(start as usize, len as usize)?)
     }
 
     fn copy_all(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<Vec<f32>> {
-        Ok(self.logits(&this)?.values().to_vec())
+        let logits = self.logits(&this)?;
+        Ok(logits.source().range(0, logits.len())?)
     }
 
     fn drop(&mut self, this: Resource<LogitsHandle>) -> wasmtime::Result<()> {
