@@ -668,7 +668,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
                             seq.fed_chunk(n, elapsed);
                             seq.end_after_prompt();
                         }
-                        Ok(p) => seq.hold(rows.last, p, elapsed),
+                        Ok(p) => seq.hold(rows, p, elapsed),
                         Err(e) => failed.push((i, GenerateError::from(e))),
                     }
                 }

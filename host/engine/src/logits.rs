@@ -95,6 +95,10 @@ impl LogitsTraffic {
 /// Entries per block in [`DeviceLogits::top_k`]'s first pass.
 const BLOCK: usize = 64;
 
+/// A block of a row gathered to the host: the id of its first entry, and
+/// its entries.
+pub(crate) type Block = (u32, Vec<f32>);
+
 /// One row of logits kept on its device.
 #[derive(Debug)]
 pub struct DeviceLogits {
@@ -132,7 +136,7 @@ impl DeviceIds {
     }
 }
 
-fn device_error(e: candle_core::Error) -> LogitsError {
+pub(crate) fn device_error(e: candle_core::Error) -> LogitsError {
     LogitsError(e.to_string())
 }
 
@@ -156,6 +160,24 @@ impl DeviceLogits {
         })
     }
 
+    /// Another row on the same device (an edited copy of this one), counted
+    /// in this row's traffic but not as a row of its own.
+    pub(crate) fn derived(&self, row: Tensor) -> candle_core::Result<DeviceLogits> {
+        let len = row.dim(0)?;
+        Ok(DeviceLogits {
+            reversed_ids: self.reversed_ids.clone(),
+            row: row.contiguous()?,
+            len,
+            host: Mutex::new(None),
+            traffic: self.traffic.clone(),
+        })
+    }
+
+    /// The row, `[vocab]` f32 on its device.
+    pub(crate) fn row(&self) -> &Tensor {
+        &self.row
+    }
+
     /// A handle sampler plugins and the engine query.
     pub fn into_handle(self) -> LogitsHandle {
         LogitsHandle::from_source(Arc::new(self))
@@ -166,13 +188,13 @@ impl DeviceLogits {
         self.host.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn scalar_f32(&self, t: &Tensor) -> LogitsResult<f32> {
+    pub(crate) fn scalar_f32(&self, t: &Tensor) -> LogitsResult<f32> {
         let v = t.to_scalar::<f32>().map_err(device_error)?;
         self.traffic.down(4);
         Ok(v)
     }
 
-    fn vec_f32(&self, t: &Tensor) -> LogitsResult<Vec<f32>> {
+    pub(crate) fn vec_f32(&self, t: &Tensor) -> LogitsResult<Vec<f32>> {
         let v = t.to_vec1::<f32>().map_err(device_error)?;
         self.traffic.down(4 * v.len());
         Ok(v)
@@ -189,27 +211,113 @@ impl DeviceLogits {
     /// The maximum of every block of [`BLOCK`] entries, in order (the last
     /// block may be shorter).
     fn block_maxima(&self) -> LogitsResult<Vec<f32>> {
+        self.per_block(&self.row, |b, dim| b.max(dim))
+    }
+
+    /// `reduce` (over dimension `dim`) of every block of [`BLOCK`] entries
+    /// of `values` (`[len]`, on this row's device), in order.
+    pub(crate) fn per_block(
+        &self,
+        values: &Tensor,
+        reduce: impl Fn(&Tensor, usize) -> candle_core::Result<Tensor>,
+    ) -> LogitsResult<Vec<f32>> {
         let full = self.len / BLOCK;
-        let mut maxima = if full > 0 {
-            let blocks = self
-                .row
+        let mut out = if full > 0 {
+            let blocks = values
                 .narrow(0, 0, full * BLOCK)
                 .and_then(|b| b.reshape((full, BLOCK)))
-                .and_then(|b| b.max(1))
+                .and_then(|b| reduce(&b, 1))
                 .map_err(device_error)?;
             self.vec_f32(&blocks)?
         } else {
             Vec::new()
         };
         if !self.len.is_multiple_of(BLOCK) {
-            let tail = self
-                .row
+            let tail = values
                 .narrow(0, full * BLOCK, self.len - full * BLOCK)
-                .and_then(|t| t.max(0))
+                .and_then(|t| reduce(&t, 0))
                 .map_err(device_error)?;
-            maxima.push(self.scalar_f32(&tail)?);
+            out.push(self.scalar_f32(&tail)?);
         }
-        Ok(maxima)
+        Ok(out)
+    }
+
+    /// The entries of blocks `chosen` (ascending), each with the id of its
+    /// first entry.
+    pub(crate) fn gather_blocks(&self, chosen: &[u32]) -> LogitsResult<Vec<Block>> {
+        let full = (self.len / BLOCK) as u32;
+        let (whole, tail): (Vec<u32>, Vec<u32>) = chosen.iter().partition(|&&b| b < full);
+        let mut out = Vec::with_capacity(chosen.len());
+        if !whole.is_empty() {
+            let n = whole.len();
+            let ids = self.upload_ids(whole.clone())?;
+            let rows = self
+                .row
+                .narrow(0, 0, full as usize * BLOCK)
+                .and_then(|r| r.reshape((full as usize, BLOCK)))
+                .and_then(|r| r.index_select(&ids, 0))
+                .and_then(|r| r.reshape(n * BLOCK))
+                .map_err(device_error)?;
+            let values = self.vec_f32(&rows)?;
+            for (block, chunk) in whole.iter().zip(values.chunks(BLOCK)) {
+                out.push((block * BLOCK as u32, chunk.to_vec()));
+            }
+        }
+        if !tail.is_empty() {
+            let start = full as usize * BLOCK;
+            let rest = self
+                .row
+                .narrow(0, start, self.len - start)
+                .map_err(device_error)?;
+            out.push((start as u32, self.vec_f32(&rest)?));
+        }
+        Ok(out)
+    }
+
+    /// The blocks whose maximum is at least `floor` (or NaN), gathered, or
+    /// `None` when more than `most` blocks are.
+    pub(crate) fn blocks_reaching(
+        &self,
+        floor: f32,
+        most: usize,
+    ) -> LogitsResult<Option<Vec<Block>>> {
+        let maxima = self.block_maxima()?;
+        let chosen: Vec<u32> = maxima
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.is_nan() || **m >= floor)
+            .map(|(i, _)| i as u32)
+            .collect();
+        if chosen.len() > most {
+            return Ok(None);
+        }
+        self.gather_blocks(&chosen).map(Some)
+    }
+
+    /// The maximum entry and the sum of all, in one trip: a NaN sum means
+    /// some entry is NaN (or both infinities are present).
+    pub(crate) fn max_and_sum(&self) -> LogitsResult<(f32, f32)> {
+        if self.len == 0 {
+            return Ok((f32::NEG_INFINITY, 0.0));
+        }
+        let both = Tensor::stack(
+            &[
+                self.row.max(0).map_err(device_error)?,
+                self.row.sum(0).map_err(device_error)?,
+            ],
+            0,
+        )
+        .map_err(device_error)?;
+        let v = self.vec_f32(&both)?;
+        Ok((v[0], v[1]))
+    }
+
+    /// Uploads `values` (`u8` or `f32` rows of a query) to the row's device.
+    pub(crate) fn upload<T: candle_core::WithDType>(&self, values: Vec<T>) -> LogitsResult<Tensor> {
+        let n = values.len();
+        let t = Tensor::from_vec(values, n, self.row.device()).map_err(device_error)?;
+        self.traffic.up(n * T::DTYPE.size_in_bytes());
+        Ok(t)
     }
 }
 
@@ -283,31 +391,9 @@ impl LogitsSource for DeviceLogits {
         if chosen.len() * 4 > blocks {
             return Ok(top_k(&self.values()?, k));
         }
-        let full = (self.len / BLOCK) as u32;
-        let (whole, tail): (Vec<u32>, Vec<u32>) = chosen.iter().partition(|&&b| b < full);
         let mut best = TopK::new(k);
-        if !whole.is_empty() {
-            let n = whole.len();
-            let ids = self.upload_ids(whole.clone())?;
-            let rows = self
-                .row
-                .narrow(0, 0, full as usize * BLOCK)
-                .and_then(|r| r.reshape((full as usize, BLOCK)))
-                .and_then(|r| r.index_select(&ids, 0))
-                .and_then(|r| r.reshape(n * BLOCK))
-                .map_err(device_error)?;
-            let values = self.vec_f32(&rows)?;
-            for (block, chunk) in whole.iter().zip(values.chunks(BLOCK)) {
-                best.scan(chunk, block * BLOCK as u32);
-            }
-        }
-        if !tail.is_empty() {
-            let start = full as usize * BLOCK;
-            let rest = self
-                .row
-                .narrow(0, start, self.len - start)
-                .map_err(device_error)?;
-            best.scan(&self.vec_f32(&rest)?, start as u32);
+        for (base, values) in self.gather_blocks(&chosen)? {
+            best.scan(&values, base);
         }
         Ok(best.into_sorted())
     }

@@ -39,6 +39,7 @@
 
 mod history;
 mod kernels;
+pub(crate) mod device;
 mod logprobs;
 mod mask;
 mod params;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deepwasm_model::{Detokenizer, KvCache, Output, SeqInput};
-use deepwasm_plugins::LogitsHandle;
+use deepwasm_plugins::{LogitsHandle, LogitsSource};
 
 use crate::engine::Engine;
 use crate::logits::DeviceLogits;
@@ -20,6 +20,7 @@ use crate::request::{
     Completion, Delta, FinishReason, GenerateError, GenerateRequest, Pooling, Timings, Usage,
 };
 use crate::sampler::{Decision, Prepared, Reply, SampleSpec, Sampler, SamplerError};
+use crate::sampling::device::{DeviceSample, DeviceSampleError};
 use crate::sampling::{self, SamplingParams, SequenceRng, TokenHistory};
 use crate::stop::StopMatcher;
 
@@ -67,6 +68,8 @@ pub(crate) const SCORED_CHUNK: usize = 256;
 /// A step's logits, and what the sampler has said about them so far.
 struct Held {
     logits: LogitsHandle,
+    /// The same row, when it is kept on the device.
+    device: Option<Arc<DeviceLogits>>,
     prepared: Option<Prepared>,
     /// The forward pass's share of the step, and when it ended.
     forward: Duration,
@@ -305,14 +308,10 @@ impl<'e, 'r> Sequence<'e, 'r> {
 
     /// Keep the logits of the forward pass just run, and what `prepare`
     /// answered beside it (`None`: not yet).
-    pub(crate) fn hold(
-        &mut self,
-        logits: LogitsHandle,
-        prepared: Option<Prepared>,
-        forward: Duration,
-    ) {
+    pub(crate) fn hold(&mut self, rows: Rows, prepared: Option<Prepared>, forward: Duration) {
         self.held = Some(Held {
-            logits,
+            logits: rows.last,
+            device: rows.device,
             prepared,
             forward: forward + std::mem::take(&mut self.chunked),
             since: Instant::now(),
@@ -351,7 +350,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
             return Ok(true);
         };
         let spent = held.forward + held.since.elapsed();
-        self.advance(&held.logits, decision, spent, on_delta)?;
+        self.advance(&held, decision, spent, on_delta)?;
         Ok(true)
     }
 
@@ -359,14 +358,14 @@ impl<'e, 'r> Sequence<'e, 'r> {
     /// logits. `spent` is the step's time, for the timings.
     fn advance(
         &mut self,
-        logits: &LogitsHandle,
+        held: &Held,
         decision: Decision,
         spent: Duration,
         on_delta: &mut (dyn FnMut(&Delta) + Send),
     ) -> Result<(), GenerateError> {
         let chosen = match decision {
             Decision::Pick(t) => vec![t],
-            Decision::Sample(spec) => vec![self.sample(logits, &spec)?],
+            Decision::Sample(spec) => vec![self.sample(held, &spec)?],
             Decision::Force(tokens) if tokens.is_empty() => {
                 return Err(self.invalid("forced an empty list of tokens"));
             }
@@ -393,7 +392,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
                 // Only the first token of a forced run has the model's scores
                 // for its position.
                 let lp = match i {
-                    0 => Some(logprobs_of(logits, token, n)?),
+                    0 => Some(logprobs_of(&held.logits, token, n)?),
                     _ => None,
                 };
                 delta.logprobs.push(lp.clone());
@@ -459,7 +458,7 @@ impl<'e, 'r> Sequence<'e, 'r> {
     }
 
     /// The built-in sampler's pick under `spec`.
-    fn sample(&mut self, logits: &LogitsHandle, spec: &SampleSpec) -> Result<u32, GenerateError> {
+    fn sample(&mut self, held: &Held, spec: &SampleSpec) -> Result<u32, GenerateError> {
         let params: SamplingParams = match &spec.params {
             // A sampler's overrides are held to the rules a request's
             // parameters are: NaN or out-of-range values are its error.
@@ -472,36 +471,51 @@ impl<'e, 'r> Sequence<'e, 'r> {
             }
             None => self.params.clone(),
         };
-        // Greedy over the raw logits needs one id, found where they are.
-        let edits_nothing = !params.has_penalties()
-            && params.logit_bias.is_empty()
-            && spec.allow.is_none()
-            && spec.deny.is_none()
-            && spec.bias.is_empty();
-        if params.is_greedy() && edits_nothing && logits.source().host_values().is_none() {
-            let best = logits.source().argmax().map_err(logits_failed)?;
-            if best.logit.is_finite() {
-                return Ok(best.token);
+        // A row on the device is sampled there unless a query copied it.
+        if let Some(device) = &held.device
+            && device.host_values().is_none()
+        {
+            if !spec.bias.is_empty() {
+                self.check_bias_len(spec)?;
+            }
+            match sampling::device::sample_on_device(
+                device,
+                &params,
+                &self.history,
+                spec,
+                &mut self.rng,
+            ) {
+                Ok(DeviceSample::Token(t)) => return Ok(t),
+                Ok(DeviceSample::Host) => {}
+                Err(DeviceSampleError::Mask(e)) => return Err(self.invalid(&e.to_string())),
+                Err(DeviceSampleError::Device(e)) => return Err(logits_failed(e)),
             }
         }
-        let mut logits = logits.values().map_err(logits_failed)?.to_vec();
+        let mut logits = held.logits.values().map_err(logits_failed)?.to_vec();
         sampling::process_logits(&mut logits, &params, &self.history);
         if spec.allow.is_some() || spec.deny.is_some() {
             sampling::apply_mask(&mut logits, spec.allow.as_ref(), spec.deny.as_ref())
                 .map_err(|e| self.invalid(&e.to_string()))?;
         }
         if !spec.bias.is_empty() {
-            let max = deepwasm_plugins::max_set_entries(self.vocab);
-            if spec.bias.len() > max {
-                return Err(self.invalid(&format!(
-                    "sent {} biases, more than the {max} allowed over {} tokens",
-                    spec.bias.len(),
-                    self.vocab
-                )));
-            }
+            self.check_bias_len(spec)?;
             sampling::apply_bias(&mut logits, &spec.bias);
         }
         Ok(sampling::sample(&logits, &params, &mut self.rng))
+    }
+
+    /// A plugin's bias list is refused past
+    /// [`max_set_entries`](deepwasm_plugins::max_set_entries).
+    fn check_bias_len(&self, spec: &SampleSpec) -> Result<(), GenerateError> {
+        let max = deepwasm_plugins::max_set_entries(self.vocab);
+        if spec.bias.len() > max {
+            return Err(self.invalid(&format!(
+                "sent {} biases, more than the {max} allowed over {} tokens",
+                spec.bias.len(),
+                self.vocab
+            )));
+        }
+        Ok(())
     }
 
     fn invalid(&self, message: &str) -> GenerateError {
@@ -550,6 +564,8 @@ fn logprobs_of(
 pub(crate) struct Rows {
     /// The logits after the last token it took (empty for an embedding).
     pub last: LogitsHandle,
+    /// The same row, when it is kept on the device.
+    pub device: Option<Arc<DeviceLogits>>,
     /// The rows a scored prompt (logits) or an embedding (hidden states)
     /// asked for, one per token taken.
     pub prompt: Vec<Vec<f32>>,
@@ -647,13 +663,20 @@ fn split_rows(
         rows.push(match (output, on_device) {
             (Output::Last, false) => Rows {
                 last: LogitsHandle::new(Arc::new(host_logits.next().unwrap_or_default())),
+                device: None,
                 prompt: Vec::new(),
             },
             (Output::Last, true) => {
                 at += 1;
+                let row = Arc::new(DeviceLogits::new(
+                    &out.logits,
+                    at - 1,
+                    &engine.device_ids,
+                    traffic,
+                )?);
                 Rows {
-                    last: DeviceLogits::new(&out.logits, at - 1, &engine.device_ids, traffic)?
-                        .into_handle(),
+                    last: LogitsHandle::from_source(row.clone()),
+                    device: Some(row),
                     prompt: Vec::new(),
                 }
             }
@@ -667,11 +690,13 @@ fn split_rows(
                 };
                 Rows {
                     last: LogitsHandle::new(Arc::new(prompt.last().cloned().unwrap_or_default())),
+                    device: None,
                     prompt,
                 }
             }
             (Output::Hidden, _) => Rows {
                 last: empty(),
+                device: None,
                 prompt: hidden.by_ref().take(n).collect(),
             },
         });

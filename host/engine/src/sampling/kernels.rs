@@ -484,7 +484,7 @@ pub(crate) fn draw_from_blocks(
     Some(draw_in_block(logits, weights, keep, b, past))
 }
 
-fn draw_in_block(
+pub(crate) fn draw_in_block(
     logits: &[f32],
     weights: &[f32],
     keep: &Keep,

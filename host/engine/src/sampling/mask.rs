@@ -22,11 +22,67 @@ use super::spec::{TokenBias, TokenSet};
 /// Then each `logit_bias` entry is added. Costs O(distinct tokens seen +
 /// bias entries); the rest of the vocabulary is not touched.
 pub fn process_logits(logits: &mut [f32], params: &SamplingParams, history: &TokenHistory) {
+    process_slots(logits, params, history);
+}
+
+/// Where the edits of [`process_logits`] and [`apply_bias`] land: a whole
+/// row, or only the entries they touch (see [`edited_ids`]), so that a row
+/// kept on a device is edited without being copied.
+pub(crate) trait LogitSlots {
+    fn slot(&mut self, token: u32) -> Option<&mut f32>;
+}
+
+impl LogitSlots for [f32] {
+    fn slot(&mut self, token: u32) -> Option<&mut f32> {
+        self.get_mut(token as usize)
+    }
+}
+
+/// Some entries of a row: `ids` ascending and distinct, `values` theirs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SparseRow {
+    pub ids: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl LogitSlots for SparseRow {
+    fn slot(&mut self, token: u32) -> Option<&mut f32> {
+        let i = self.ids.binary_search(&token).ok()?;
+        self.values.get_mut(i)
+    }
+}
+
+/// The ids below `len` whose logits [`process_logits`] and [`apply_bias`]
+/// (with `bias`) may change, ascending and distinct.
+pub(crate) fn edited_ids(
+    params: &SamplingParams,
+    history: &TokenHistory,
+    bias: &[TokenBias],
+    len: usize,
+) -> Vec<u32> {
+    let mut ids: Vec<u32> = Vec::new();
+    if params.has_penalties() {
+        ids.extend(history.seen().iter().map(|s| s.token));
+    }
+    ids.extend(params.logit_bias.iter().map(|&(t, _)| t));
+    ids.extend(bias.iter().map(|b| b.token));
+    ids.retain(|&t| (t as usize) < len);
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// [`process_logits`] over any [`LogitSlots`].
+pub(crate) fn process_slots<S: LogitSlots + ?Sized>(
+    logits: &mut S,
+    params: &SamplingParams,
+    history: &TokenHistory,
+) {
     let r = params.repetition_penalty;
     let (presence, frequency) = (params.presence_penalty, params.frequency_penalty);
     if r != 1.0 || presence != 0.0 || frequency != 0.0 {
         for s in history.seen() {
-            let Some(l) = logits.get_mut(s.token as usize) else {
+            let Some(l) = logits.slot(s.token) else {
                 continue;
             };
             if r != 1.0 {
@@ -38,7 +94,7 @@ pub fn process_logits(logits: &mut [f32], params: &SamplingParams, history: &Tok
         }
     }
     for &(token, bias) in &params.logit_bias {
-        if let Some(l) = logits.get_mut(token as usize) {
+        if let Some(l) = logits.slot(token) {
             *l += bias;
         }
     }
@@ -47,8 +103,13 @@ pub fn process_logits(logits: &mut [f32], params: &SamplingParams, history: &Tok
 /// Adds a plugin's sparse biases in place; ids outside `logits` are ignored
 /// and entries for the same token add up.
 pub fn apply_bias(logits: &mut [f32], bias: &[TokenBias]) {
+    bias_slots(logits, bias);
+}
+
+/// [`apply_bias`] over any [`LogitSlots`].
+pub(crate) fn bias_slots<S: LogitSlots + ?Sized>(logits: &mut S, bias: &[TokenBias]) {
     for b in bias {
-        if let Some(l) = logits.get_mut(b.token as usize) {
+        if let Some(l) = logits.slot(b.token) {
             *l += b.bias;
         }
     }
@@ -127,6 +188,28 @@ fn keep_bits(w32: &[u32], len: u32) -> Vec<u64> {
             lo | hi << 32
         })
         .collect()
+}
+
+/// Which of `len` tokens a plugin's mask leaves: 1 kept, 0 masked (in
+/// `deny`, or outside `allow`), as [`apply_mask`] decides.
+pub(crate) fn kept_tokens(
+    len: usize,
+    allow: Option<&TokenSet>,
+    deny: Option<&TokenSet>,
+) -> Result<Vec<u8>, MaskError> {
+    let n = len.min(u32::MAX as usize) as u32;
+    let mut keep = vec![u8::from(allow.is_none()); len];
+    if let Some(allow) = allow {
+        for_each_bit_run(&allow.words(n)?, n, |start, end| {
+            keep[start as usize..end as usize].fill(1);
+        });
+    }
+    if let Some(deny) = deny {
+        for_each_bit_run(&deny.words(n)?, n, |start, end| {
+            keep[start as usize..end as usize].fill(0);
+        });
+    }
+    Ok(keep)
 }
 
 /// Whether some token has a logit above -inf (NaN does not count), so that

@@ -122,7 +122,7 @@ fn fallback(logits: &[f32]) -> u32 {
 
 /// Above this many tokens that top-p may keep, its cut is sought in the
 /// stored weights rather than among collected candidates.
-const COLLECT_MAX: usize = 8192;
+pub(crate) const COLLECT_MAX: usize = 8192;
 
 /// What is left to do once the kept set is known.
 #[derive(Clone, Copy, Debug)]
@@ -211,6 +211,30 @@ fn plan(scratch: &mut Scratch, logits: &[f32], params: &SamplingParams) -> Plan 
     }
 }
 
+/// Steps 7–9 over candidates found elsewhere (a device's top-k, best
+/// first; or, for top-p, every token of weight at least the bound `plan`
+/// collects by, in id order, with `z` the whole vocabulary's weight): the
+/// weights relative to `best`, top-p, min-p and the draw at `u`, as `plan`
+/// and `draw_planned` run them.
+pub(crate) fn draw_among(
+    cands: &mut Vec<Cand>,
+    best: f32,
+    z: Option<f64>,
+    params: &SamplingParams,
+    u: f64,
+) -> Option<u32> {
+    let inv_t = 1.0 / params.temperature;
+    cands.retain(|c| c.logit > NEG_INF);
+    for c in cands.iter_mut() {
+        c.w = weight(c.logit, best, inv_t, 0.0);
+    }
+    match keep(cands, z, params) {
+        Plan::Cands { total } => draw(cands, total, u),
+        Plan::Token(t) => Some(t),
+        Plan::Blocks { .. } => None,
+    }
+}
+
 /// Step 9.
 fn draw_planned(scratch: &Scratch, logits: &[f32], plan: Plan, u: f64) -> u32 {
     let drawn = match plan {
@@ -235,11 +259,20 @@ fn among_infinite(cands: &mut Vec<Cand>, params: &SamplingParams) -> Plan {
 
 /// Top-p (against `z`, or the candidates' own total), then min-p. The
 /// candidates hold the most likely token, at weight 1, which both keep.
+///
+/// Top-p over the vocabulary (`z` given) leaves the kept tokens in id
+/// order, the order the vocabulary-wide draw walks: the draw then depends
+/// on the kept set alone, not on which lighter tokens were collected
+/// beside it, so any superset of the kept tokens draws the same.
 fn keep(cands: &mut Vec<Cand>, z: Option<f64>, params: &SamplingParams) -> Plan {
     if params.top_p < 1.0 {
+        let whole_vocab = z.is_some();
         let z = z.unwrap_or_else(|| weight_sum(cands));
         if let Some(cut) = top_p_cut(cands, params.top_p as f64 * z) {
             compact(cands, |c| at_or_before(c, &cut));
+        }
+        if whole_vocab {
+            cands.sort_unstable_by_key(|c| c.id);
         }
     }
     if params.min_p > 0.0 {

@@ -521,7 +521,7 @@ fn seeded_draws_are_pinned() {
     assert_eq!((got, plain), (PINNED_TOP_P.to_vec(), PINNED_PLAIN.to_vec()));
 }
 
-const PINNED_TOP_P: [u32; 8] = [51685, 97072, 78557, 91808, 39536, 24011, 102990, 67374];
+const PINNED_TOP_P: [u32; 8] = [51685, 97072, 78557, 91789, 39536, 24011, 102990, 67374];
 const PINNED_PLAIN: [u32; 8] = [48391, 98221, 77874, 93298, 37639, 21373, 103152, 65394];
 
 /// Pearson's chi-square statistic of `counts` against `probs`.
