@@ -14,6 +14,10 @@ use deepwasm_engine::{
 
 use crate::util::{artifacts, default_model, plugin};
 
+/// A sampler plugin's component and config, or `None` for the built-in
+/// sampler.
+type PluginAt<'a> = Option<(&'a str, &'a str)>;
+
 fn placed(placement: LogitsPlacement) -> Engine {
     default_model().clone().with_logits_placement(placement)
 }
@@ -80,7 +84,7 @@ fn device_rows_decode_what_host_rows_decode() {
         logit_bias: vec![(28, -5.0)],
         ..greedy()
     };
-    let cases: Vec<(&str, GenerateRequest, Option<(&str, &str)>)> = vec![
+    let cases: Vec<(&str, GenerateRequest, PluginAt)> = vec![
         ("greedy", request(greedy(), None), None),
         ("greedy with logprobs", request(greedy(), Some(3)), None),
         ("sampled", request(sampled, None), None),

@@ -450,6 +450,22 @@ fn a_tiny_cache_budget_answers_a_burst_with_503s_and_frees_its_cache() {
 }
 
 #[test]
+fn logits_kept_on_the_device_move_only_answers() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let server = Server::start_with_args(
+        &tenants,
+        &dir.path().join("store"),
+        &cache,
+        &["--logits", "device"],
+    );
+    server.python("device_logits.py", &[]);
+    server.assert_clean_log();
+}
+
+#[test]
 fn quotas_answer_429_with_retry_after() {
     let _turn = turn();
     let (server, _dir) = fresh();

@@ -156,6 +156,38 @@ fn out_of_device_memory(
     ))
 }
 
+/// The attention cache's default budget on a GPU: the memory free once the
+/// weights are loaded, less [`activation_reserve`] (and never less than a
+/// twentieth of the device kept back). `None` off a GPU, where the
+/// server's own default (a share of the machine's memory) applies.
+pub fn device_kv_cache_bytes(
+    device: &candle_core::Device,
+    info: &deepwasm_model::ModelInfo,
+    step_tokens: usize,
+    max_batch: usize,
+) -> Option<u64> {
+    let (free, total) = device_memory(device)?;
+    let reserve = activation_reserve(info, step_tokens, max_batch).max(total / 20);
+    Some(free.saturating_sub(reserve))
+}
+
+/// Device memory a forward pass may need beside the weights and the
+/// cache, with room to spare: per token of the pass, about sixteen f32
+/// vectors of the hidden size (residual, norms, attention and MLP
+/// intermediates, freed layer by layer) and the MLP's intermediate
+/// (taken as four hidden sizes); per sequence, its row of logits in f32
+/// and in the weights' dtype.
+pub fn activation_reserve(
+    info: &deepwasm_model::ModelInfo,
+    step_tokens: usize,
+    max_batch: usize,
+) -> u64 {
+    let tokens = step_tokens.max(max_batch) as u64;
+    let per_token = 20 * info.hidden_size as u64 * 4;
+    let per_sequence = info.vocab_size as u64 * (4 + 4);
+    tokens * per_token + max_batch as u64 * per_sequence
+}
+
 /// `(free, total)` bytes of a CUDA device's memory.
 #[cfg(feature = "cuda")]
 fn device_memory(device: &candle_core::Device) -> Option<(u64, u64)> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use deepwasm_engine::Engine;
+use deepwasm_engine::{Engine, LogitsPlacement};
 use deepwasm_plugins::{CompileWorker, DEFAULT_MAX_COMPILE_MEMORY, DEFAULT_MAX_COMPILE_TIME, MIB};
 use deepwasm_server::tenants::Tenants;
 
@@ -50,6 +50,12 @@ pub struct ServeArgs {
     /// Largest JSON request body, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
+    /// Where each step's logits stay: `auto` keeps them on the GPU (queries
+    /// and sampling move only their answers) and in host memory on the CPU;
+    /// `device` keeps them where the model computed them on the CPU too;
+    /// `host` copies every row.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "host", "device"])]
+    logits: String,
     #[command(flatten)]
     compile: CompileCaps,
 }
@@ -131,13 +137,32 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         loaded.name,
         loaded.load_time.as_secs_f64()
     );
-    let engine = Engine::from(loaded);
+    let device = args.model.device()?;
+    let engine = Engine::from(loaded).with_logits_placement(match args.logits.as_str() {
+        "host" => LogitsPlacement::Host,
+        "device" => LogitsPlacement::Device,
+        _ => LogitsPlacement::Auto,
+    });
+    // On a GPU the cache takes what the weights left free, less room for
+    // a step's activations: a sequence that would need more waits or is
+    // refused (503) rather than failing an allocation mid-step.
+    let kv_cache_bytes = args
+        .kv_cache_mib
+        .map(|m| m.saturating_mul(1 << 20))
+        .or_else(|| {
+            crate::model::device_kv_cache_bytes(
+                &device,
+                engine.model.info(),
+                args.step_tokens,
+                args.max_batch,
+            )
+        });
     let config = deepwasm_server::Config {
         store_dir,
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,
         step_tokens: args.step_tokens,
-        kv_cache_bytes: args.kv_cache_mib.map(|m| m.saturating_mul(1 << 20)),
+        kv_cache_bytes,
         max_waiting: args.max_waiting,
     };
     let plugins = cli.server_engine(&args.compile)?;

@@ -676,10 +676,20 @@ impl<'e, 'r> Batcher<'e, 'r> {
             Err(e) => {
                 // The model failed for the whole pass: each sequence in it ends.
                 let msg = e.to_string();
+                let oom = crate::request::is_out_of_memory(&msg);
+                if oom {
+                    tracing::warn!(
+                        sequences = at.len(),
+                        "a forward pass ran out of device memory: {msg}"
+                    );
+                }
                 for &i in &at {
                     failed.push((
                         i,
-                        GenerateError::Model(candle_core::Error::Msg(msg.clone())),
+                        match oom {
+                            true => GenerateError::DeviceMemory(msg.clone()),
+                            false => GenerateError::Model(candle_core::Error::Msg(msg.clone())),
+                        },
                     ));
                 }
             }

@@ -137,6 +137,12 @@ pub struct Timings {
     pub forward_passes: usize,
 }
 
+/// Whether a model failure's text is a device's out-of-memory error (the
+/// CUDA driver's `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's allocation failure).
+pub fn is_out_of_memory(message: &str) -> bool {
+    message.contains("OUT_OF_MEMORY") || message.contains("ALLOC_FAILED")
+}
+
 /// Why a generation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -164,6 +170,10 @@ pub enum GenerateError {
     Sampler(#[from] SamplerError),
     #[error("the model failed: {0}")]
     Model(#[from] candle_core::Error),
+    /// The device had no memory left for a forward pass this sequence was
+    /// in; the sequence ended, and the server goes on.
+    #[error("the device ran out of memory for this step; retry shortly ({0})")]
+    DeviceMemory(String),
     /// The caller cancelled the request before it finished.
     #[error("the request was cancelled")]
     Cancelled,

@@ -217,7 +217,7 @@ impl From<deepwasm_engine::GenerateError> for ApiError {
                 ..
             }) => ApiError::rate_limited(message, 1),
             G::Sampler(_) => ApiError::plugin(message),
-            G::Overloaded { .. } => ApiError::unavailable(message, 1),
+            G::Overloaded { .. } | G::DeviceMemory(_) => ApiError::unavailable(message, 1),
             G::Model(_) | G::Cancelled => ApiError::internal(message),
         }
     }
@@ -236,4 +236,26 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deepwasm_engine::GenerateError;
+
+    #[test]
+    fn a_pass_out_of_device_memory_is_a_503_to_retry() {
+        // The text cudarc gives a failed allocation.
+        let text = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+        assert!(deepwasm_engine::request::is_out_of_memory(text));
+        assert!(!deepwasm_engine::request::is_out_of_memory(
+            "shape mismatch in matmul"
+        ));
+        let e = ApiError::from(GenerateError::DeviceMemory(text.into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(1));
+        assert!(e.message.contains("ran out of memory"), "{}", e.message);
+        let e = ApiError::from(GenerateError::Cancelled);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

@@ -168,7 +168,11 @@ impl AppState {
                 share_prompts: true,
             },
         )?;
-        let metrics = Metrics::new(tenants.clone(), scheduler.stats.clone());
+        let metrics = Metrics::new(
+            tenants.clone(),
+            scheduler.stats.clone(),
+            engine.logits_traffic.clone(),
+        );
         let tokenizer = Arc::new(ModelTokenizer::for_engine(&engine));
         Ok(Arc::new(AppState {
             scheduler,

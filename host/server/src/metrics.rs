@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::tenants::Tenants;
-use deepwasm_engine::SchedulerStats;
+use deepwasm_engine::{LogitsTraffic, SchedulerStats};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -39,7 +39,11 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new(tenants: Arc<Tenants>, scheduler: Arc<SchedulerStats>) -> Self {
+    pub fn new(
+        tenants: Arc<Tenants>,
+        scheduler: Arc<SchedulerStats>,
+        logits: Arc<LogitsTraffic>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("deepwasm");
         let requests = Family::<Labels, Counter>::default();
         registry.register(
@@ -69,7 +73,11 @@ impl Metrics {
             "Unknown request fields accepted and ignored, by endpoint and field (fields OpenAI defines by name, any other as `other`)",
             ignored_fields.clone(),
         );
-        registry.register_collector(Box::new(Live { tenants, scheduler }));
+        registry.register_collector(Box::new(Live {
+            tenants,
+            scheduler,
+            logits,
+        }));
         Metrics {
             registry,
             requests,
@@ -128,6 +136,7 @@ impl Metrics {
 struct Live {
     tenants: Arc<Tenants>,
     scheduler: Arc<SchedulerStats>,
+    logits: Arc<LogitsTraffic>,
 }
 
 impl std::fmt::Debug for Live {
@@ -214,6 +223,32 @@ impl Collector for Live {
         for (name, help, value) in gauges {
             let g = ConstGauge::new(value);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        let logits: [(&str, &str, u64); 4] = [
+            (
+                "logits_to_host_bytes",
+                "Bytes of logits copied from the device to the host (rows kept on the device only)",
+                self.logits.to_host_bytes(),
+            ),
+            (
+                "logits_to_device_bytes",
+                "Bytes sent to the device for queries of its logits (ids, masks, edited entries)",
+                self.logits.to_device_bytes(),
+            ),
+            (
+                "logits_device_rows",
+                "Rows of logits kept on the device (a sequence's step each)",
+                self.logits.device_rows(),
+            ),
+            (
+                "logits_whole_rows_copied",
+                "Rows of logits kept on the device that a query needed whole and copied",
+                self.logits.whole_rows_copied(),
+            ),
+        ];
+        for (name, help, value) in logits {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
         let steps = ConstCounter::new(self.scheduler.steps.load(Ordering::Relaxed));
         steps.encode(encoder.encode_descriptor(

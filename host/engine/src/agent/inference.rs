@@ -331,9 +331,9 @@ impl Inference {
                 }
                 _ => types::Error::Failed(e.to_string()),
             },
-            e @ (GenerateError::Model(_) | GenerateError::Overloaded { .. }) => {
-                types::Error::Failed(e.to_string())
-            }
+            e @ (GenerateError::Model(_)
+            | GenerateError::Overloaded { .. }
+            | GenerateError::DeviceMemory(_)) => types::Error::Failed(e.to_string()),
         })
     }
 
