@@ -426,7 +426,12 @@ impl Llama {
 
     /// Cosines and sines for positions `[start, start + n)`, `[n, head_dim / 2]`.
     /// Rotary tables `[positions, head_dim / 2]` for each position given.
-    fn rope_tables(&self, positions: impl Iterator<Item = usize>) -> Result<(Tensor, Tensor)> {
+    /// In `dtype`, the activations' (rotary kernels take one dtype).
+    fn rope_tables(
+        &self,
+        positions: impl Iterator<Item = usize>,
+        dtype: candle_core::DType,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
         for p in positions {
@@ -438,8 +443,8 @@ impl Llama {
         }
         let n = cos.len() / half;
         Ok((
-            Tensor::from_vec(cos, (n, half), &self.device)?,
-            Tensor::from_vec(sin, (n, half), &self.device)?,
+            Tensor::from_vec(cos, (n, half), &self.device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (n, half), &self.device)?.to_dtype(dtype)?,
         ))
     }
 
@@ -495,7 +500,7 @@ impl Llama {
                     mask[t * len + c] = f32::NEG_INFINITY;
                 }
             }
-            let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+            let mask = Tensor::from_vec(mask, (n, len), &self.device)?.to_dtype(scores.dtype())?;
             scores
                 .reshape((kv_heads, rep, n, len))?
                 .broadcast_add(&mask)?
@@ -627,6 +632,7 @@ impl Llama {
             batch
                 .iter()
                 .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len()),
+            x.dtype(),
         )?;
         let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
         for (l, layer) in self.layers.iter().enumerate() {

@@ -123,7 +123,7 @@ impl Mla {
             sin,
         )?; // [1, n, rope]
 
-        let mask = causal_mask(n, start, x.device())?;
+        let mask = causal_mask(n, start, x)?;
         let out = match self.mode {
             MlaCache::Latent => {
                 let (c, k_pe) = cache.append(layer, &latent.unsqueeze(0)?, &k_pe)?; // [1, L, rank], [1, L, rope]
@@ -239,7 +239,8 @@ fn rope_i(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// `[n, start + n]`: position t may attend to positions up to start + t.
-fn causal_mask(n: usize, start: usize, device: &candle_core::Device) -> Result<Option<Tensor>> {
+/// On `like`'s device, in its dtype (the scores' compute dtype).
+fn causal_mask(n: usize, start: usize, like: &Tensor) -> Result<Option<Tensor>> {
     if n == 1 {
         return Ok(None);
     }
@@ -250,7 +251,9 @@ fn causal_mask(n: usize, start: usize, device: &candle_core::Device) -> Result<O
             m[t * len + c] = f32::NEG_INFINITY;
         }
     }
-    Tensor::from_vec(m, (n, len), device).map(Some)
+    Tensor::from_vec(m, (n, len), like.device())?
+        .to_dtype(like.dtype())
+        .map(Some)
 }
 
 fn softmax(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
