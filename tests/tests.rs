@@ -85,6 +85,11 @@ mod compiling;
 /// scores, sampler decisions and tool answers as the Rust build.
 mod polyglot;
 
+/// The GPU check (`deepwasm bench gpu`) run on the CPU: fidelity of every
+/// architecture in f32 and bf16, throughput on generated checkpoints, the
+/// report.
+mod gpu_check;
+
 /// `deepwasm plugin new` skeletons in every language and world, built with
 /// `deepwasm plugin build`, loaded and run.
 mod skeletons;

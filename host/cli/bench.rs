@@ -45,6 +45,10 @@ pub enum BenchCommand {
     /// One batched decode step at several batch sizes, beside llama.cpp's
     /// llama-batched-bench.
     Step(crate::bench_step::StepBenchArgs),
+    /// The GPU check: fidelity of every architecture on the device against
+    /// the CPU, then prefill and decode speed on random-weight checkpoints
+    /// of real models' shapes, into one JSON report (scripts/gpu-check).
+    Gpu(crate::bench_gpu::GpuBenchArgs),
 }
 
 #[derive(Args)]
@@ -81,6 +85,7 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Prefill(args) => crate::bench_prefill::run(cli, args),
         BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
         BenchCommand::Step(args) => crate::bench_step::run(args),
+        BenchCommand::Gpu(args) => crate::bench_gpu::run(cli, args),
     }
 }
 

@@ -3,6 +3,7 @@
 mod agent;
 mod bench;
 mod bench_attack;
+mod bench_gpu;
 mod bench_kernels;
 mod bench_langs;
 mod bench_model;
