@@ -258,3 +258,43 @@ fn generate_runs_deepseek_checkpoints_with_the_r1_template() {
         "the prompt opens the assistant's turn"
     );
 }
+
+/// `--dtype` picks the weights' and activations' dtype: bf16 (the GPU's
+/// default) runs the whole DeepSeek model on the CPU too, close to f32.
+#[test]
+fn generate_takes_a_dtype() {
+    let g = goldens("tiny-deepseek-v3");
+    let dir = checkpoint("tiny-deepseek-v3", &g);
+    let run = |dtype: &str| {
+        let o = std::process::Command::new(crate::util::deepwasm_bin())
+            .arg("generate")
+            .arg("--model")
+            .arg(&dir)
+            .args(["--dtype", dtype, "--prompt", "What is 2+2?"])
+            .args([
+                "--max-tokens",
+                "4",
+                "--temperature",
+                "0",
+                "--ignore-eos",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            o.stdout,
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let mut tokens = Vec::new();
+    for dtype in ["f32", "bf16", "f16"] {
+        let (ok, out, err) = run(dtype);
+        assert!(ok, "{dtype}: {err}");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        tokens.push(u32s(&v["tokens"]));
+    }
+    assert!(tokens.iter().all(|t| t.len() == 4), "{tokens:?}");
+    let (ok, _, err) = run("f8");
+    assert!(!ok && err.contains("f8") && err.contains("bf16"), "{err}");
+}

@@ -22,6 +22,11 @@ pub struct ModelArgs {
     /// the up-projection absorbed), or `expanded` per-head keys and values.
     #[arg(long, default_value = "latent", value_parser = ["latent", "expanded"])]
     pub mla_cache: String,
+    /// The dtype of a Hugging Face checkpoint's weights and activations:
+    /// `auto` is bf16 on a GPU and f32 on the CPU. GGUF models keep their
+    /// quantized weights and compute in f32.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16", "f16"])]
+    pub dtype: String,
 }
 
 /// `$DEEPWASM_CACHE/models`, default `~/.cache/deepwasm/models`: where
@@ -75,7 +80,12 @@ impl ModelArgs {
             } else {
                 deepwasm_model::deepseek::MlaCache::Latent
             },
-            ..LoadOptions::default()
+            dtype: match self.dtype.as_str() {
+                "f32" => Some(candle_core::DType::F32),
+                "bf16" => Some(candle_core::DType::BF16),
+                "f16" => Some(candle_core::DType::F16),
+                _ => None,
+            },
         };
         let device = opts.device.clone();
         deepwasm_model::load(&path, &opts).map_err(|e| {

@@ -37,9 +37,9 @@
 //! it. The exponential is a polynomial of our own so that the same seed,
 //! parameters and logits pick the same tokens on every platform.
 
+pub(crate) mod device;
 mod history;
 mod kernels;
-pub(crate) mod device;
 mod logprobs;
 mod mask;
 mod params;
