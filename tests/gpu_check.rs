@@ -49,7 +49,8 @@ fn f64_at(v: &Value, what: &str) -> f64 {
 fn the_gpu_check_passes_on_the_cpu_with_every_figure_in_its_report() {
     let gguf = default_model_path();
     let dir = tempfile::tempdir().unwrap();
-    let (out, r) = gpu_check(dir.path(), &["--quick"]);
+    // Logits kept "on the device" (the CPU here), as on a GPU.
+    let (out, r) = gpu_check(dir.path(), &["--quick", "--logits", "device"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -156,7 +157,21 @@ fn the_gpu_check_passes_on_the_cpu_with_every_figure_in_its_report() {
             let tokens = row["tokens"].as_u64().unwrap();
             assert!(tokens > 0 && tokens <= batch * 8, "{name}: {row}");
             assert!(f64_at(&row["tok_s"], "tok_s") > 0.0, "{name}: {row}");
+            // Every step's rows stayed on the device; at most a row's
+            // bytes came back per row (the tiny vocabulary of 1,024 is
+            // copied whole for top-40, past a quarter of its blocks).
+            let logits = &row["logits"];
+            assert!(
+                logits["device_rows"].as_u64().unwrap() >= tokens,
+                "{name}: {row}"
+            );
+            let per_row = f64_at(&logits["to_host_bytes_per_row"], "to_host_bytes_per_row");
+            assert!(
+                per_row > 0.0 && per_row <= 1024.0 * 4.0 + 64.0,
+                "{name}: {row}"
+            );
         }
+        assert_eq!(m["logits_on_device"], true, "{name}");
     }
     // The generated checkpoints are gone.
     let left: Vec<_> = std::fs::read_dir(dir.path())

@@ -80,6 +80,11 @@ pub struct GpuBenchArgs {
     /// Leave out the throughput runs.
     #[arg(long)]
     no_throughput: bool,
+    /// Where the throughput runs keep each step's logits: `auto` (on the
+    /// GPU, in host memory on the CPU), `device` (there also on the CPU) or
+    /// `host`; each decode row reports the bytes of logits moved per step.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "host", "device"])]
+    logits: String,
 }
 
 /// What went wrong or was left out, gathered over the whole run.
@@ -322,6 +327,11 @@ fn throughput_runs(
         scratch: &scratch,
         top_k: top_k.as_deref(),
         plugins: &plugins,
+        logits: match args.logits.as_str() {
+            "host" => deepwasm_engine::LogitsPlacement::Host,
+            "device" => deepwasm_engine::LogitsPlacement::Device,
+            _ => deepwasm_engine::LogitsPlacement::Auto,
+        },
     };
     let models: Vec<Value> = [
         shapes::r1_distill_qwen_1_5b(size),
@@ -502,27 +512,33 @@ fn table(r: &Value) -> String {
         }
     }
     if let Some(models) = r["throughput"]["models"].as_array() {
-        out += "\n| model (random weights) | layers | prefill tok/s | batch | sampler | decode tok/s | step ms |\n";
-        out += "|---|--:|--:|--:|---|--:|--:|\n";
+        out += "\n| model (random weights) | layers | prefill tok/s | batch | sampler | decode tok/s | step ms | logits B/row to host |\n";
+        out += "|---|--:|--:|--:|---|--:|--:|--:|\n";
         for m in models {
             let name = m["name"].as_str().unwrap_or("?");
             let layers = &m["config"]["num_hidden_layers"];
             if let Some(e) = m["error"].as_str() {
-                out += &format!("| {name} | {layers} | | | | FAILED: {e} | |\n");
+                out += &format!("| {name} | {layers} | | | | FAILED: {e} | | |\n");
                 continue;
             }
             let prefill = num(&m["prefill"]["tok_s"], &|x| format!("{x:.0}"));
             for row in m["decode"].as_array().into_iter().flatten() {
                 let sampler = row["sampler"].as_str().unwrap_or("?");
-                let (rate, step) = match row["status"].as_str() {
-                    Some(s) => (s.to_owned(), String::new()),
+                let (rate, step, moved) = match row["status"].as_str() {
+                    Some(s) => (s.to_owned(), String::new(), String::new()),
                     None => (
                         num(&row["tok_s"], &|x| format!("{x:.1}")),
                         num(&row["step_ms"], &|x| format!("{x:.2}")),
+                        match row["logits"]["device_rows"].as_u64() {
+                            Some(0) | None => "(host rows)".to_owned(),
+                            Some(_) => num(&row["logits"]["to_host_bytes_per_row"], &|x| {
+                                format!("{x:.0}")
+                            }),
+                        },
                     ),
                 };
                 out += &format!(
-                    "| {name} | {layers} | {prefill} | {} | {sampler} | {rate} | {step} |\n",
+                    "| {name} | {layers} | {prefill} | {} | {sampler} | {rate} | {step} | {moved} |\n",
                     row["batch"]
                 );
             }

@@ -13,8 +13,8 @@ use candle_core::{DType, Device};
 use deepwasm_engine::generate::DeltaSink;
 use deepwasm_engine::sampling::SamplingParams;
 use deepwasm_engine::{
-    BatchItem, BuiltinSampler, DEFAULT_STEP_BUDGET, Delta, Engine, GenerateRequest, MissPolicy,
-    PluginSampler, Prompt, Sampler, SamplerHosting,
+    BatchItem, BuiltinSampler, DEFAULT_STEP_BUDGET, Delta, Engine, GenerateRequest,
+    LogitsPlacement, MissPolicy, PluginSampler, Prompt, Sampler, SamplerHosting,
 };
 use deepwasm_model::LoadOptions;
 use deepwasm_plugins::{Grants, PluginEngine, SamplerPlugin};
@@ -34,6 +34,8 @@ pub struct Plan<'a> {
     /// The top-k sampler component, when it was found.
     pub top_k: Option<&'a Path>,
     pub plugins: &'a PluginEngine,
+    /// Where each step's logits are kept.
+    pub logits: LogitsPlacement,
 }
 
 /// Prompt tokens of each sequence of a decode run: short, so the batch's
@@ -106,7 +108,8 @@ fn run(spec: &Spec, plan: &Plan<'_>, entry: &mut Value) -> anyhow::Result<()> {
     entry["compute_dtype"] = json!(super::fidelity::dtype_label(
         deepwasm_model::llama::default_dtype(plan.device)
     ));
-    let engine = Engine::from(loaded);
+    let engine = Engine::from(loaded).with_logits_placement(plan.logits);
+    entry["logits_on_device"] = json!(plan.logits.on_device(plan.device));
     let vocab = engine.model.info().vocab_size as u32;
     entry["kv_bytes_per_token"] = json!(engine.model.info().kv_bytes_per_token);
 
@@ -190,6 +193,9 @@ struct Decoded {
     window: Duration,
     /// Steps a plugin answered past its budget (plugin runs).
     misses: u32,
+    /// The run's logits traffic: rows kept on the device, bytes to the
+    /// host and to the device, rows copied whole.
+    traffic: [u64; 4],
 }
 
 impl Decoded {
@@ -204,6 +210,12 @@ impl Decoded {
             "tok_s": self.tokens as f64 / secs,
             "step_ms": 1e3 * secs / steps.max(1.0),
             "plugin_misses": self.misses,
+            "logits": {
+                "device_rows": self.traffic[0],
+                "to_host_bytes_per_row": self.traffic[1] as f64 / self.traffic[0].max(1) as f64,
+                "to_device_bytes_per_row": self.traffic[2] as f64 / self.traffic[0].max(1) as f64,
+                "whole_rows_copied": self.traffic[3],
+            },
         })
     }
 }
@@ -272,9 +284,20 @@ fn decode(
             on_delta: on_delta.as_mut(),
         })
         .collect();
+    let traffic = &engine.logits_traffic;
+    let count = || {
+        [
+            traffic.device_rows(),
+            traffic.to_host_bytes(),
+            traffic.to_device_bytes(),
+            traffic.whole_rows_copied(),
+        ]
+    };
+    let before = count();
     for (i, result) in engine.generate_batch(items).into_iter().enumerate() {
         result.with_context(|| format!("sequence {i} of {batch}"))?;
     }
+    let after = count();
     drop(sinks);
     let arrivals = arrivals.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut first = vec![None; batch];
@@ -298,5 +321,6 @@ fn decode(
         tokens,
         window: to - from,
         misses,
+        traffic: std::array::from_fn(|i| after[i] - before[i]),
     })
 }
