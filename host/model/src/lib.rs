@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use cache::KvCache;
 pub use chat::{ChatMessage, ChatTemplate, ToolCall, ToolSpec};
-pub use loader::{LoadOptions, LoadedModel, load};
+pub use loader::{LoadOptions, LoadedModel, load, load_remote};
 pub use tokenizer::{Detokenizer, SpecialKind, SpecialToken, Tokenizer};
 pub use toolcall::{CallConstraint, OutputSplitter, ParsedOutput, Piece, ToolCallFormat};
 

@@ -11,7 +11,9 @@ use candle_core::{DType, Device};
 use crate::checkpoint::Checkpoint;
 use crate::deepseek::{DeepSeek, DeepSeekConfig, MlaCache};
 use crate::llama::{Llama, LlamaConfig, RopeStyle, default_dtype};
-use crate::{CausalLm, ChatTemplate, ModelError, Tokenizer};
+use crate::{
+    CausalLm, ChatTemplate, KvCache, ModelError, ModelInfo, Output, Outputs, SeqInput, Tokenizer,
+};
 
 /// The architectures this build can load, by their config.json `model_type`
 /// (GGUF `general.architecture` in parentheses where it differs).
@@ -70,6 +72,118 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, ModelError> 
     } else {
         load_gguf(path, opts)?
     };
+    finish(path, model, tokenizer, start)
+}
+
+/// What a server needs of a model that generates on another engine (an
+/// upstream): its tokenizer, chat template and shape, read from the same
+/// files as [`load`] reads (GGUF metadata, or `config.json` and the
+/// tokenizer files of a Hugging Face directory) without reading a weight.
+/// The model it returns refuses to compute. `max_context`, when given,
+/// replaces the context length the files state (the serving engine's own).
+pub fn load_remote(path: &Path, max_context: Option<usize>) -> Result<LoadedModel, ModelError> {
+    let start = Instant::now();
+    let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    let (info, tokenizer) = if meta.is_dir() {
+        let config_path = path.join("config.json");
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                path: config_path.clone(),
+                reason: format!("not valid JSON: {e}"),
+            })?;
+        let int = |key: &str| {
+            json[key]
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::Config {
+                    path: config_path.clone(),
+                    reason: format!("`{key}` is missing or not a number"),
+                })
+        };
+        let info = ModelInfo {
+            architecture: json["model_type"].as_str().unwrap_or_default().to_owned(),
+            vocab_size: int("vocab_size")?,
+            max_context: int("max_position_embeddings").unwrap_or(4096),
+            layers: int("num_hidden_layers")?,
+            hidden_size: int("hidden_size")?,
+            kv_bytes_per_token: 0,
+        };
+        let tokenizer = Tokenizer::from_hf_dir(path).map_err(|source| ModelError::Tokenizer {
+            path: path.to_owned(),
+            source,
+        })?;
+        (info, tokenizer)
+    } else {
+        let ckpt = Checkpoint::open_gguf(path, &Device::Cpu)?;
+        let metadata = ckpt
+            .gguf_metadata()
+            .expect("a GGUF checkpoint has metadata");
+        let arch = metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| ModelError::Config {
+                path: path.to_owned(),
+                reason: "missing metadata `general.architecture`".into(),
+            })?;
+        let cfg = LlamaConfig::from_gguf(metadata, &arch, path)?;
+        let tokenizer = Tokenizer::from_gguf(metadata).map_err(|source| ModelError::Tokenizer {
+            path: path.to_owned(),
+            source,
+        })?;
+        let info = ModelInfo {
+            architecture: arch,
+            vocab_size: cfg.vocab_size,
+            max_context: cfg.max_position_embeddings,
+            layers: cfg.num_hidden_layers,
+            hidden_size: cfg.hidden_size,
+            kv_bytes_per_token: 0,
+        };
+        (info, tokenizer)
+    };
+    let mut info = info;
+    if let Some(n) = max_context {
+        info.max_context = n;
+    }
+    finish(path, Arc::new(Remote { info }), tokenizer, start)
+}
+
+/// A model whose weights are elsewhere: it has a shape, and no forward
+/// pass.
+struct Remote {
+    info: ModelInfo,
+}
+
+impl CausalLm for Remote {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.info.layers)
+    }
+
+    fn forward_outputs(
+        &self,
+        _batch: &mut [SeqInput<'_>],
+        _outputs: &[Output],
+    ) -> candle_core::Result<Outputs> {
+        Err(candle_core::Error::Msg(
+            "this model's weights are not loaded here: it generates on an upstream engine".into(),
+        ))
+    }
+}
+
+/// The chat template, the vocabulary check and the name, for a model and
+/// tokenizer read from `path`.
+fn finish(
+    path: &Path,
+    model: Arc<dyn CausalLm>,
+    tokenizer: Tokenizer,
+    start: Instant,
+) -> Result<LoadedModel, ModelError> {
     let chat_template = match tokenizer.chat_template() {
         Some(source) => Some(Arc::new(
             ChatTemplate::new(source, tokenizer.bos_text(), tokenizer.eos_text()).map_err(
