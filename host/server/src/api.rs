@@ -386,6 +386,11 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// vLLM's option: each entry of `logprobs.tokens` is `token_id:<id>`
+    /// instead of the token's text, so a client (another server generating
+    /// through this one) gets the exact ids.
+    #[serde(default)]
+    pub return_tokens_as_token_ids: bool,
     #[serde(flatten)]
     #[schema(inline)]
     pub sampling: Sampling,

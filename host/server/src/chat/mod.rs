@@ -160,7 +160,7 @@ async fn complete(
     plan.steering.warm_up().await?;
     let id = new_id("cmpl");
     if req.sampling.stream {
-        let chunks = TextChunks::new(plan.logprobs.is_some());
+        let chunks = TextChunks::new(plan.logprobs.is_some(), req.return_tokens_as_token_ids);
         let include_usage = include_usage(&req.sampling);
         return stream::respond(st, tenant, admission, plan, id, chunks, include_usage);
     }
@@ -180,13 +180,17 @@ async fn complete(
             let lps = c.logprobs.as_deref().unwrap_or(&[]);
             let logprobs = plan.logprobs.map(|_| {
                 let generated = text_logprobs(&st, &c.tokens, lps, offset);
-                match &c.prompt_logprobs {
+                let (all, ids) = match &c.prompt_logprobs {
                     Some(scored) => {
                         let mut all = prompt_logprobs(&st, &c.prompt_tokens, scored, offset);
                         all.extend(generated);
-                        all
+                        (all, [&c.prompt_tokens[..], &c.tokens[..]].concat())
                     }
-                    None => generated,
+                    None => (generated, c.tokens.clone()),
+                };
+                match req.return_tokens_as_token_ids {
+                    true => all.with_token_ids(ids),
+                    false => all,
                 }
             });
             TextChoice {

@@ -305,6 +305,15 @@ pub(crate) struct TextLogprobs {
 }
 
 impl TextLogprobs {
+    /// These, with each token written `token_id:<id>` for the ids `ids`
+    /// (one per entry, in order).
+    pub fn with_token_ids(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
+        for (token, id) in self.tokens.iter_mut().zip(ids) {
+            *token = format!("token_id:{id}");
+        }
+        self
+    }
+
     /// Those of `more` after these.
     pub fn extend(&mut self, more: TextLogprobs) {
         self.tokens.extend(more.tokens);

@@ -200,15 +200,18 @@ impl ChunkFormat for ChatChunks {
 /// tokens' log-probabilities offset by the choice's text so far.
 pub(super) struct TextChunks {
     logprobs: bool,
+    /// Tokens written `token_id:<id>` (`return_tokens_as_token_ids`).
+    token_ids: bool,
     /// Per choice, the bytes of text sent so far (counted only when
     /// log-probabilities are).
     offsets: HashMap<usize, usize>,
 }
 
 impl TextChunks {
-    pub(super) fn new(logprobs: bool) -> Self {
+    pub(super) fn new(logprobs: bool, token_ids: bool) -> Self {
         TextChunks {
             logprobs,
+            token_ids,
             offsets: HashMap::new(),
         }
     }
@@ -227,7 +230,10 @@ impl ChunkFormat for TextChunks {
             let offset = self.offsets.entry(index).or_default();
             let lps = text_logprobs(st, &d.tokens, &d.logprobs, *offset);
             *offset += d.text.len();
-            lps
+            match self.token_ids {
+                true => lps.with_token_ids(d.tokens.iter().copied()),
+                false => lps,
+            }
         });
         vec![TextChoice {
             index,
