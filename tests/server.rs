@@ -141,6 +141,18 @@ impl Server {
         cache: &Path,
         args: &[&str],
     ) -> Server {
+        Server::start_with_env(tenants, store, cache, args, &[])
+    }
+
+    /// [`Server::start_with_args`] with `env` added to the server's
+    /// environment.
+    pub(crate) fn start_with_env(
+        tenants: &Path,
+        store: &Path,
+        cache: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(deepwasm_bin())
             .arg("serve")
             .arg("--model")
@@ -153,6 +165,7 @@ impl Server {
             .args(["--max-body-bytes", &MAX_BODY_BYTES.to_string()])
             .args(args)
             .env("DEEPWASM_COMPONENT_CACHE", cache)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -463,6 +476,182 @@ fn logits_kept_on_the_device_move_only_answers() {
     );
     server.python("device_logits.py", &[]);
     server.assert_clean_log();
+}
+
+/// A second deepwasm serves the model; the one under test has only its
+/// tokenizer and generates there (`--upstream`), with a key from its
+/// environment.
+#[test]
+fn a_server_generates_through_an_upstream_deepwasm() {
+    let _turn = turn();
+    let (upstream, _up_dir) = fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    // The upstream's key for tenant `alpha` is the front's key to it.
+    let key = TENANTS[0].1;
+    let front = Server::start_with_env(
+        &tenants,
+        &dir.path().join("store"),
+        &cache,
+        &[
+            "--upstream",
+            &upstream.url,
+            "--upstream-key-env",
+            "UPSTREAM_TEST_KEY",
+        ],
+        &[("UPSTREAM_TEST_KEY", key)],
+    );
+    front.python_with_env(
+        "upstream.py",
+        &[],
+        &[
+            ("DEEPWASM_UPSTREAM_URL", &upstream.url),
+            ("DEEPWASM_UPSTREAM_KEY", key),
+        ],
+    );
+    assert!(
+        !front.log().contains(key),
+        "the key is in the log:\n{}",
+        front.log()
+    );
+    front.assert_clean_log();
+}
+
+/// `deepwasm generate` and `deepwasm rollout` generate on an upstream too:
+/// the same greedy text as the upstream's own, rollouts with their groups
+/// scored here.
+#[test]
+fn the_cli_generates_and_rolls_out_through_an_upstream() {
+    let _turn = turn();
+    let (upstream, _dir) = fresh();
+    let key = TENANTS[0].1;
+    let cli = |args: &[&str]| {
+        let o = Command::new(deepwasm_bin())
+            .args(args)
+            .args([
+                "--upstream",
+                &upstream.url,
+                "--upstream-key-env",
+                "UPSTREAM_TEST_KEY",
+            ])
+            .env("UPSTREAM_TEST_KEY", key)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(!err.contains(key));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let greedy = [
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ];
+    let through: serde_json::Value =
+        serde_json::from_str(&cli(&[&["generate", "--json"][..], &greedy[..]].concat())).unwrap();
+    let local = Command::new(deepwasm_bin())
+        .args(["generate", "--json"])
+        .args(greedy)
+        .output()
+        .unwrap();
+    let local: serde_json::Value = serde_json::from_slice(&local.stdout).unwrap();
+    assert_eq!(through["text"], local["text"], "{through} vs {local}");
+    assert_eq!(through["tokens"], local["tokens"]);
+
+    let mut prompts = tempfile::NamedTempFile::new().unwrap();
+    writeln!(prompts, r#"{{"prompt": "What is 2+3?", "answer": "5"}}"#).unwrap();
+    let lines: Vec<serde_json::Value> = cli(&[
+        "rollout",
+        "--prompts",
+        prompts.path().to_str().unwrap(),
+        "--group-size",
+        "3",
+        "--max-tokens",
+        "8",
+        "--chat",
+        "--seed",
+        "4",
+        "--reward",
+        artifacts::MATH_ACCURACY,
+    ])
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    assert_eq!(lines.len(), 2, "a group and a summary: {lines:?}");
+    let completions = lines[0]["completions"].as_array().unwrap();
+    assert_eq!(completions.len(), 3);
+    for c in completions {
+        let tokens = c["tokens"].as_array().unwrap();
+        assert!(!tokens.is_empty() && tokens.len() <= 8, "{c}");
+        // A number, or null where the completion holds no answer to judge.
+        assert!(
+            c["rewards"]
+                .as_object()
+                .unwrap()
+                .contains_key("math-accuracy"),
+            "{c}"
+        );
+    }
+    assert_eq!(lines[1]["summary"]["completions"], 3);
+}
+
+/// An upstream that stalls, answers junk, is busy or cuts its stream:
+/// each is a clear error in bounded time, and nothing is left running.
+#[test]
+fn upstream_faults_are_clear_errors_in_bounded_time() {
+    let _turn = turn();
+    /// Killed when dropped, also when the test fails.
+    struct Fake(std::process::Child);
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut fake = Fake(
+        Command::new(venv_bin("python"))
+            .arg("fake_upstream.py")
+            .current_dir(script_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the fake upstream"),
+    );
+    let mut first = String::new();
+    BufReader::new(fake.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port = first
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the fake's port");
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let front = Server::start_with_args(
+        &tenants,
+        &dir.path().join("store"),
+        &cache,
+        &[
+            "--upstream",
+            &url,
+            "--upstream-timeout-secs",
+            "1",
+            "--upstream-retries",
+            "1",
+        ],
+    );
+    front.python_with_env(
+        "upstream_faults.py",
+        &[],
+        &[("DEEPWASM_UPSTREAM_URL", &url)],
+    );
 }
 
 #[test]

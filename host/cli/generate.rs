@@ -20,6 +20,8 @@ use crate::model::ModelArgs;
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    upstream: crate::upstream::UpstreamArgs,
     /// The prompt text.
     #[arg(long)]
     prompt: String,
@@ -99,7 +101,17 @@ pub struct GenerateArgs {
 }
 
 pub fn run(cli: &crate::Cli, args: &GenerateArgs) -> anyhow::Result<()> {
-    let loaded = args.model.load()?;
+    let upstream = args.upstream.connect()?;
+    if upstream.is_some() && (args.n > 1 || args.best_of.is_some() || args.sampler.is_some()) {
+        anyhow::bail!(
+            "--n, --best-of and --sampler run on a local model; over --upstream, generate one \
+             completion at a time (a server with --upstream serves `n` and `best_of`)"
+        );
+    }
+    let loaded = match &upstream {
+        Some((_, served)) => args.model.load_remote(served)?,
+        None => args.model.load()?,
+    };
     let load_time = loaded.load_time;
     let engine = Engine::from(loaded);
     let prompt = if args.chat {
@@ -142,16 +154,44 @@ pub fn run(cli: &crate::Cli, args: &GenerateArgs) -> anyhow::Result<()> {
         Some(path) => Box::new(plugin_sampler(cli, args, path, &engine)?),
     };
     let mut write_error = None;
-    let completion = engine
-        .generate(&request, sampler.as_mut(), &mut |delta| {
+    let completion = match upstream {
+        Some((up, _)) => {
+            let scheduler = deepwasm_engine::Scheduler::upstream(
+                std::sync::Arc::new(engine.clone()),
+                up,
+                deepwasm_engine::SchedulerConfig::new(1),
+            );
+            let json = args.json;
+            let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let sink_failed = failed.clone();
+            let completion = deepwasm_engine::Generator::run(
+                &scheduler,
+                request.clone(),
+                Box::new(BuiltinSampler),
+                Box::new(move |delta: &deepwasm_engine::Delta| {
+                    let mut failed = sink_failed.lock().unwrap_or_else(|e| e.into_inner());
+                    if !json
+                        && failed.is_none()
+                        && let Err(e) = write_stdout(&delta.text)
+                    {
+                        *failed = Some(e);
+                    }
+                }),
+                Default::default(),
+            );
+            write_error = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+            completion
+        }
+        None => engine.generate(&request, sampler.as_mut(), &mut |delta| {
             if !args.json
                 && write_error.is_none()
                 && let Err(e) = write_stdout(&delta.text)
             {
                 write_error = Some(e);
             }
-        })
-        .context("generation failed")?;
+        }),
+    }
+    .context("generation failed")?;
     if let Some(e) = write_error {
         return Err(e).context("cannot write to stdout");
     }

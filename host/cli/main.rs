@@ -18,6 +18,7 @@ mod plugin;
 mod rollout;
 mod score;
 mod serve;
+mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

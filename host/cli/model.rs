@@ -71,6 +71,15 @@ impl ModelArgs {
         }
     }
 
+    /// The model's tokenizer, chat template and shape, without its weights,
+    /// for generating on `upstream` (whose context length, when it says,
+    /// is the one that holds).
+    pub fn load_remote(&self, served: &deepwasm_upstream::Served) -> anyhow::Result<LoadedModel> {
+        let path = self.path()?;
+        deepwasm_model::load_remote(&path, served.max_model_len)
+            .with_context(|| format!("cannot read the model {}", path.display()))
+    }
+
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let path = self.path()?;
         let opts = LoadOptions {

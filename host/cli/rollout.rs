@@ -27,6 +27,8 @@ use crate::score::load_rewards;
 pub struct RolloutArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    upstream: crate::upstream::UpstreamArgs,
     /// JSONL prompts: each row has `prompt` (text); every other field (the
     /// ground-truth `answer`, an `id`) reaches the rewards as `extra` and is
     /// echoed in the output's `extra`.
@@ -127,7 +129,11 @@ pub fn run(cli: &Cli, args: &RolloutArgs) -> anyhow::Result<()> {
     }
     let rewards = load_rewards(cli, &args.rewards, &args.configs)?;
     let rows = read_rows(&args.prompts)?;
-    let engine = Arc::new(Engine::from(args.model.load()?));
+    let upstream = args.upstream.connect()?;
+    let engine = Arc::new(Engine::from(match &upstream {
+        Some((_, served)) => args.model.load_remote(served)?,
+        None => args.model.load()?,
+    }));
     let threads = args
         .reward_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -166,13 +172,15 @@ pub fn run(cli: &Cli, args: &RolloutArgs) -> anyhow::Result<()> {
     let rollout = Rollout::new(&engine, prompts, options)?;
     // Nobody streams here: the scheduler's default step budget only keeps
     // a long prompt from holding up groups that are decoding.
-    let scheduler = Scheduler::start(
-        engine,
-        SchedulerConfig {
-            share_prompts: !args.no_prompt_sharing,
-            ..SchedulerConfig::new(args.batch)
-        },
-    )?;
+    let config = SchedulerConfig {
+        share_prompts: !args.no_prompt_sharing,
+        ..SchedulerConfig::new(args.batch)
+    };
+    let scheduler = match upstream {
+        // `--batch` requests to the upstream at once.
+        Some((up, _)) => Scheduler::upstream(engine, up, config),
+        None => Scheduler::start(engine, config)?,
+    };
     let bar = progress((rollout.prompts() * args.group_size) as u64);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let summary = rollout::run(&scheduler, rollout, &rewards, threads, |group| {

@@ -58,6 +58,8 @@ pub struct ServeArgs {
     logits: String,
     #[command(flatten)]
     compile: CompileCaps,
+    #[command(flatten)]
+    upstream: crate::upstream::UpstreamArgs,
 }
 
 /// Caps on compiling a plugin, which the server does in a worker process
@@ -131,12 +133,28 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
             .parent()
             .map_or_else(|| PathBuf::from("store"), |p| p.join("store"))
     });
-    let loaded = args.model.load()?;
-    eprintln!(
-        "loaded {} in {:.2} s",
-        loaded.name,
-        loaded.load_time.as_secs_f64()
-    );
+    let upstream = args.upstream.connect()?;
+    let loaded = match &upstream {
+        Some((up, served)) => {
+            let loaded = args.model.load_remote(served)?;
+            eprintln!(
+                "generating on the upstream {} (model {}), with {}'s tokenizer and template",
+                up.url(),
+                served.model,
+                loaded.name
+            );
+            loaded
+        }
+        None => {
+            let loaded = args.model.load()?;
+            eprintln!(
+                "loaded {} in {:.2} s",
+                loaded.name,
+                loaded.load_time.as_secs_f64()
+            );
+            loaded
+        }
+    };
     let device = args.model.device()?;
     let engine = Engine::from(loaded).with_logits_placement(match args.logits.as_str() {
         "host" => LogitsPlacement::Host,
@@ -164,16 +182,19 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         step_tokens: args.step_tokens,
         kv_cache_bytes,
         max_waiting: args.max_waiting,
+        upstream: upstream.map(|(up, _)| up),
     };
     let plugins = cli.server_engine(&args.compile)?;
     let state = deepwasm_server::AppState::new(engine, tenants, plugins, config)?;
     // What the server settled on, not worked out again here.
     let budget = state.kv_budget_tokens();
     let per_token = state.engine.model.info().kv_bytes_per_token;
-    eprintln!(
-        "attention cache budget: {} MiB, {budget} tokens",
-        (budget as u64).saturating_mul(per_token as u64) >> 20
-    );
+    if !state.scheduler.is_upstream() {
+        eprintln!(
+            "attention cache budget: {} MiB, {budget} tokens",
+            (budget as u64).saturating_mul(per_token as u64) >> 20
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("deepwasm-http")

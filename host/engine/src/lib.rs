@@ -16,6 +16,7 @@ pub mod sampling;
 pub mod scheduler;
 mod sequence;
 pub mod stop;
+pub mod upstream;
 
 pub use engine::Engine;
 pub use generate::{BatchItem, Generator};

@@ -170,6 +170,20 @@ pub enum GenerateError {
     Sampler(#[from] SamplerError),
     #[error("the model failed: {0}")]
     Model(#[from] candle_core::Error),
+    /// What the request asks for cannot be done where this server generates
+    /// (an upstream engine: sampler plugins, prompt log-probabilities,
+    /// embeddings).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The upstream engine failed; `status` is what a client should be
+    /// answered (502 bad gateway, 503 busy, 504 timeout, 400 when the
+    /// upstream judged the request bad).
+    #[error("the upstream engine failed: {message}")]
+    Upstream {
+        status: u16,
+        message: String,
+        retry_after: Option<u64>,
+    },
     /// The device had no memory left for a forward pass this sequence was
     /// in; the sequence ended, and the server goes on.
     #[error("the device ran out of memory for this step; retry shortly ({0})")]

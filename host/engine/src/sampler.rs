@@ -74,6 +74,12 @@ pub trait Sampler: Send {
     /// A name for errors and logs.
     fn name(&self) -> &str;
 
+    /// Whether this is the engine's own sampler, which needs nothing but
+    /// the request's parameters (so an engine without logits can honour it).
+    fn is_builtin(&self) -> bool {
+        false
+    }
+
     /// Called once before the first step with the prompt's tokens and the
     /// request's parameters. It must not block for long: a sampler that
     /// sets up slowly does so in the background and answers `Pending`
@@ -111,6 +117,10 @@ impl Sampler for BuiltinSampler {
         "built-in"
     }
 
+    fn is_builtin(&self) -> bool {
+        true
+    }
+
     fn prepare(
         &mut self,
         _step: u32,
@@ -136,6 +146,10 @@ impl Sampler for BuiltinSampler {
 impl<S: Sampler + ?Sized> Sampler for &mut S {
     fn name(&self) -> &str {
         (**self).name()
+    }
+
+    fn is_builtin(&self) -> bool {
+        (**self).is_builtin()
     }
 
     fn begin(&mut self, prompt: &[u32], params: &SamplingParams) -> Result<(), SamplerError> {

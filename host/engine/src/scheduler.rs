@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::generate::Generator;
 use crate::request::{Completion, Delta, GenerateError, GenerateRequest};
 use crate::sampler::Sampler;
+use deepwasm_upstream::Upstream;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What a submitted sequence reports, tagged with the index the caller gave
@@ -77,13 +78,27 @@ impl SchedulerConfig {
 
 type Submit = Job<'static>;
 
-/// Hands requests to the model's thread. Cheap to clone.
+/// Hands requests to the model's thread, or to an upstream engine. Cheap
+/// to clone.
 #[derive(Clone)]
 pub struct Scheduler {
     engine: Arc<Engine>,
-    jobs: mpsc::Sender<Submit>,
+    backend: Backend,
     pub stats: Arc<SchedulerStats>,
     max_waiting: usize,
+}
+
+/// Where the sequences are computed.
+#[derive(Clone)]
+enum Backend {
+    /// The model's thread, batching them.
+    Local(mpsc::Sender<Submit>),
+    /// An upstream engine, at most `in_flight` requests at a time (more
+    /// wait, up to `max_waiting`).
+    Upstream {
+        upstream: Upstream,
+        in_flight: usize,
+    },
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -111,10 +126,31 @@ impl Scheduler {
             .spawn(move || run(&thread_engine, config, rx, &thread_stats))?;
         Ok(Scheduler {
             engine,
-            jobs: tx,
+            backend: Backend::Local(tx),
             stats,
             max_waiting: config.max_waiting,
         })
+    }
+
+    /// Generate on `upstream` instead of a local model: `engine` renders
+    /// and tokenizes prompts (its model's weights need not be loaded; see
+    /// [`deepwasm_model::load_remote`]). `config.max_batch` requests go to
+    /// the upstream at once and `config.max_waiting` more may wait.
+    pub fn upstream(engine: Arc<Engine>, upstream: Upstream, config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            engine,
+            backend: Backend::Upstream {
+                upstream,
+                in_flight: config.max_batch.max(1),
+            },
+            stats: Arc::new(SchedulerStats::default()),
+            max_waiting: config.max_waiting,
+        }
+    }
+
+    /// Whether sequences are generated on an upstream engine.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.backend, Backend::Upstream { .. })
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -134,6 +170,25 @@ impl Scheduler {
         events: UnboundedSender<Event>,
         cancelled: Arc<AtomicBool>,
     ) -> Result<(), GenerateError> {
+        let jobs = match &self.backend {
+            Backend::Local(jobs) => jobs,
+            Backend::Upstream {
+                upstream,
+                in_flight,
+            } => {
+                if let Some(why) = crate::upstream::refusal(&req, sampler.as_ref()) {
+                    return Err(GenerateError::Unsupported(why));
+                }
+                let running = self.stats.running.load(Ordering::Relaxed);
+                if running >= in_flight.saturating_add(self.max_waiting) {
+                    return Err(GenerateError::Overloaded {
+                        waiting: running - in_flight,
+                    });
+                }
+                self.spawn_upstream(upstream.clone(), index, req, events, cancelled);
+                return Ok(());
+            }
+        };
         let waiting =
             self.stats.waiting.load(Ordering::Relaxed) + self.stats.sent.load(Ordering::Relaxed);
         if waiting >= self.max_waiting {
@@ -155,10 +210,45 @@ impl Scheduler {
             cancelled,
         };
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        self.jobs.send(job).map_err(|_| {
+        jobs.send(job).map_err(|_| {
             self.stats.sent.fetch_sub(1, Ordering::Relaxed);
             GenerateError::Invalid("the model's thread has stopped".into())
         })
+    }
+}
+
+impl Scheduler {
+    /// One sequence on the upstream, as a task of its client's runtime: it
+    /// always ends with its `Done` (or, if the task is lost, with `events`
+    /// closing), and counts as running until then.
+    fn spawn_upstream(
+        &self,
+        upstream: Upstream,
+        index: usize,
+        req: GenerateRequest,
+        events: UnboundedSender<Event>,
+        cancelled: Arc<AtomicBool>,
+    ) {
+        struct Running(Arc<SchedulerStats>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.running.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.stats.running.fetch_add(1, Ordering::Relaxed);
+        let running = Running(self.stats.clone());
+        let engine = self.engine.clone();
+        upstream.handle().spawn(async move {
+            let _running = running;
+            let mut sink = |d: Delta| {
+                if events.send(Event::Delta(index, d)).is_err() {
+                    cancelled.store(true, Ordering::Relaxed);
+                }
+            };
+            let result =
+                crate::upstream::generate(&engine, &upstream, req, &mut sink, &cancelled).await;
+            let _ = events.send(Event::Done(index, result));
+        });
     }
 }
 

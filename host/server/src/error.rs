@@ -153,6 +153,18 @@ impl ApiError {
         e
     }
 
+    /// 502 or 504: the upstream engine this server generates on failed,
+    /// or did not answer in time; the message says which and how.
+    pub fn upstream(status: u16, message: impl Into<String>) -> Self {
+        let (status, code) = match status {
+            504 => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            _ => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        };
+        let mut e = Self::new(status, "server_error", message);
+        e.code = Some(code);
+        e
+    }
+
     /// 500: a failure on our side; the message still says what failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
@@ -218,6 +230,20 @@ impl From<deepwasm_engine::GenerateError> for ApiError {
             }) => ApiError::rate_limited(message, 1),
             G::Sampler(_) => ApiError::plugin(message),
             G::Overloaded { .. } | G::DeviceMemory(_) => ApiError::unavailable(message, 1),
+            G::Unsupported(_) => {
+                let mut e = ApiError::invalid(message);
+                e.code = Some("unsupported_over_upstream");
+                e
+            }
+            G::Upstream {
+                status,
+                retry_after,
+                ..
+            } => match status {
+                400 => ApiError::invalid(message),
+                503 => ApiError::unavailable(message, retry_after.unwrap_or(1)),
+                other => ApiError::upstream(other, message),
+            },
             G::Model(_) | G::Cancelled => ApiError::internal(message),
         }
     }

@@ -58,6 +58,10 @@ pub struct Config {
     /// Requests waiting for a place in the batch, at most; more are
     /// answered 503 with `Retry-After`.
     pub max_waiting: usize,
+    /// Generate on this upstream engine instead of a local model (the
+    /// engine's model then only renders and tokenizes; see
+    /// `deepwasm_model::load_remote`).
+    pub upstream: Option<deepwasm_upstream::Upstream>,
 }
 
 /// Requests that may wait for a place in the batch by default.
@@ -85,6 +89,7 @@ impl Default for Config {
             step_tokens: deepwasm_engine::batcher::DEFAULT_STEP_TOKENS,
             kv_cache_bytes: None,
             max_waiting: DEFAULT_MAX_WAITING,
+            upstream: None,
         }
     }
 }
@@ -158,16 +163,17 @@ impl AppState {
         let kv_bytes = config.kv_cache_bytes.unwrap_or_else(default_kv_cache_bytes);
         let per_token = engine.model.info().kv_bytes_per_token.max(1) as u64;
         let kv_budget_tokens = usize::try_from(kv_bytes / per_token).unwrap_or(usize::MAX);
-        let scheduler = Scheduler::start(
-            engine.clone(),
-            deepwasm_engine::SchedulerConfig {
-                max_batch: config.max_batch,
-                step_tokens: config.step_tokens,
-                kv_budget_tokens,
-                max_waiting: config.max_waiting,
-                share_prompts: true,
-            },
-        )?;
+        let scheduling = deepwasm_engine::SchedulerConfig {
+            max_batch: config.max_batch,
+            step_tokens: config.step_tokens,
+            kv_budget_tokens,
+            max_waiting: config.max_waiting,
+            share_prompts: true,
+        };
+        let scheduler = match &config.upstream {
+            Some(upstream) => Scheduler::upstream(engine.clone(), upstream.clone(), scheduling),
+            None => Scheduler::start(engine.clone(), scheduling)?,
+        };
         let metrics = Metrics::new(
             tenants.clone(),
             scheduler.stats.clone(),

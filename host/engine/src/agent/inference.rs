@@ -333,7 +333,9 @@ impl Inference {
             },
             e @ (GenerateError::Model(_)
             | GenerateError::Overloaded { .. }
-            | GenerateError::DeviceMemory(_)) => types::Error::Failed(e.to_string()),
+            | GenerateError::DeviceMemory(_)
+            | GenerateError::Upstream { .. }) => types::Error::Failed(e.to_string()),
+            GenerateError::Unsupported(m) => types::Error::InvalidInput(m),
         })
     }
 

@@ -58,6 +58,36 @@ impl Steering {
         sampler: Option<&SamplerRef>,
         constraint: Option<Steering>,
     ) -> Result<Steering, ApiError> {
+        if st.scheduler.is_upstream() {
+            let refused = |param: &str, what: &str| {
+                let mut e = ApiError::invalid_param(
+                    param,
+                    format!(
+                        "{what} chooses each token from the model's logits, which the upstream \
+                         engine this server generates on does not expose; a deepwasm server \
+                         with a local model takes it"
+                    ),
+                );
+                e.code = Some("unsupported_over_upstream");
+                Err(e)
+            };
+            match (sampler, &constraint) {
+                (Some(_), _) => return refused("sampler", "a sampler plugin"),
+                (None, Some(Steering::ToolCall { .. })) => {
+                    return refused(
+                        "tool_choice",
+                        "a required or named `tool_choice` (its call is written under a grammar)",
+                    );
+                }
+                (None, Some(_)) => {
+                    return refused(
+                        "response_format",
+                        "a JSON `response_format` (its output is written under a grammar)",
+                    );
+                }
+                (None, None) => {}
+            }
+        }
         match (sampler, constraint) {
             (Some(_), Some(_)) => Err(ApiError::invalid_param(
                 "sampler",
