@@ -982,48 +982,95 @@ fn llama_server_bin() -> Option<PathBuf> {
 #[ignore = "needs llama.cpp's llama-server: scripts/test --full builds it"]
 fn greedy_completions_agree_with_llama_server() {
     let _turn = turn();
-    let bin = llama_server_bin().expect("no llama-server: run scripts/reference/build-llama-cpp");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut peer = Command::new(bin)
-        .arg("-m")
-        .arg(default_model_path())
-        .args([
-            "-t",
-            "2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting llama-server");
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut head = [0u8; 12];
-            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
-                && s.read_exact(&mut head).is_ok()
-                && head.ends_with(b" 200")
-        });
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "llama-server was not ready within a minute"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let peer = LlamaServer::start();
     let (server, _dir) = fresh();
-    server.python_with_env("peer_llama.py", &[], &[("DEEPWASM_PEER_URL", &url)]);
-    let _ = peer.kill();
-    let _ = peer.wait();
+    server.python_with_env("peer_llama.py", &[], &[("DEEPWASM_PEER_URL", &peer.url)]);
+}
+
+/// llama.cpp's llama-server on the default model, killed when dropped.
+struct LlamaServer {
+    child: Child,
+    url: String,
+}
+
+impl LlamaServer {
+    /// Start it on a free port and wait until it answers `/health`.
+    fn start() -> LlamaServer {
+        let bin =
+            llama_server_bin().expect("no llama-server: run scripts/reference/build-llama-cpp");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .arg("-m")
+            .arg(default_model_path())
+            .args([
+                "-t",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting llama-server");
+        let peer = LlamaServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut head = [0u8; 12];
+                s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
+                    && s.read_exact(&mut head).is_ok()
+                    && head.ends_with(b" 200")
+            });
+            if ready {
+                return peer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "llama-server was not ready within a minute"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A deepwasm server generating on llama-server (`--upstream`): greedy
+/// text is llama-server's own for the same tokens, and `n`, rewards,
+/// streams and rollouts work through it.
+#[test]
+#[ignore = "needs llama.cpp's llama-server: scripts/test --full builds it"]
+fn a_server_generates_through_llama_server() {
+    let _turn = turn();
+    let peer = LlamaServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let front = Server::start_with_args(
+        &tenants,
+        &dir.path().join("store"),
+        &cache,
+        &["--upstream", &peer.url],
+    );
+    front.python_with_env(
+        "upstream_llama.py",
+        &[],
+        &[("DEEPWASM_PEER_URL", &peer.url)],
+    );
+    front.assert_clean_log();
 }

@@ -1,0 +1,96 @@
+"""A deepwasm server generating on llama.cpp's llama-server (at
+`DEEPWASM_PEER_URL`, serving the same GGUF file): greedy text through it is
+llama-server's own for the same prompt tokens, and streams, `n` with seeds,
+rewards and rollouts work on top."""
+
+import json
+import os
+
+import httpx2
+from common import MODEL, http, plugin_bytes, run, upload
+
+PEER = os.environ["DEEPWASM_PEER_URL"]
+
+
+def test_greedy_text_is_llama_servers_own():
+    prompt = "The three primary colours are"
+    with http("alpha") as h:
+        front = h.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True},
+        )
+        assert front.status_code == 200, front.text
+        ids = h.post("/tokenize", json={"model": MODEL, "prompt": prompt}).json()["tokens"]
+    direct = httpx2.post(
+        PEER + "/v1/completions",
+        json={"prompt": ids, "max_tokens": 12, "temperature": 0, "ignore_eos": True},
+        timeout=300,
+    )
+    assert direct.status_code == 200, direct.text
+    assert front.json()["choices"][0]["text"] == direct.json()["choices"][0]["text"], (
+        front.json(),
+        direct.json(),
+    )
+    assert front.json()["usage"]["completion_tokens"] == 12
+
+
+def test_a_chat_streams_in_pieces():
+    pieces = []
+    with http("alpha") as h:
+        with h.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Count to five."}],
+                "max_tokens": 12,
+                "stream": True,
+            },
+        ) as r:
+            assert r.status_code == 200, r.read()
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    for c in json.loads(line[6:])["choices"]:
+                        if c["delta"].get("content"):
+                            pieces.append(c["delta"]["content"])
+    assert len(pieces) > 1, pieces
+
+
+def test_best_of_with_rewards_and_a_rollout():
+    with http("alpha") as h:
+        assert upload(h, "r1", plugin_bytes("r1-format")).status_code == 201
+        r = h.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Think, then answer: 2+2?"}],
+                "max_tokens": 12,
+                "n": 2,
+                "best_of": 3,
+                "temperature": 0.9,
+                "seed": 3,
+                "rewards": [{"plugin": "r1"}],
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["choices"]) == 2
+        roll = h.post(
+            "/v1/rollouts",
+            json={
+                "prompts": [{"prompt": "Think step by step: 3+4 ="}],
+                "group_size": 3,
+                "max_tokens": 6,
+                "temperature": 1.0,
+                "seed": 3,
+                "rewards": [{"plugin": "r1"}],
+            },
+        )
+    assert roll.status_code == 200, roll.text
+    lines = [json.loads(line) for line in roll.text.splitlines() if line.strip()]
+    assert lines[-1]["summary"]["completions"] == 3, lines[-1]
+    for comp in lines[0]["completions"]:
+        assert 0 < len(comp["tokens"]) <= 6, comp
+
+
+if __name__ == "__main__":
+    run(globals())
