@@ -371,6 +371,13 @@ pub async fn serve_on(
         shutdown_signal().await;
         let _ = stopping.send(true);
     };
+    // Streamed events are small writes: without TCP_NODELAY each waits for
+    // the client's delayed ACK of the one before (~40 ms per event).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);
     // Requests still running this long after the signal are cut off: a
     // generation without `max_tokens` may run for minutes.
