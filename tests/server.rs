@@ -587,6 +587,12 @@ fn the_cli_generates_and_rolls_out_through_an_upstream() {
     for c in completions {
         let tokens = c["tokens"].as_array().unwrap();
         assert!(!tokens.is_empty() && tokens.len() <= 8, "{c}");
+        let lps = c["logprobs"].as_array().unwrap();
+        assert_eq!(lps.len(), tokens.len(), "{c}");
+        assert!(
+            lps.iter().all(|l| l.as_f64().is_some_and(|l| l <= 0.0)),
+            "{c}"
+        );
         // A number, or null where the completion holds no answer to judge.
         assert!(
             c["rewards"]

@@ -134,6 +134,8 @@ def test_a_rollout_runs_its_groups_upstream():
     for comp in groups[0]["completions"]:
         assert 0 < len(comp["tokens"]) <= 6, comp
         assert len(comp["logprobs"]) == len(comp["tokens"]), comp
+        # The upstream's own log-probabilities of the tokens it chose.
+        assert all(isinstance(l, float) and l <= 0 for l in comp["logprobs"]), comp
         assert comp["rewards"]["r1-format-up"] in (0.0, 1.0), comp
         tokens += len(comp["tokens"])
     assert summary["completion_tokens"] == tokens, summary

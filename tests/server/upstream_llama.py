@@ -90,6 +90,7 @@ def test_best_of_with_rewards_and_a_rollout():
     assert lines[-1]["summary"]["completions"] == 3, lines[-1]
     for comp in lines[0]["completions"]:
         assert 0 < len(comp["tokens"]) <= 6, comp
+        assert len(comp["logprobs"]) == len(comp["tokens"]), comp
 
 
 if __name__ == "__main__":

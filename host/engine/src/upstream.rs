@@ -99,6 +99,8 @@ pub async fn generate(
     };
     let mut text = String::new();
     let mut ids: Option<Vec<u32>> = Some(Vec::new());
+    // The chosen tokens' log-probabilities, while every piece has them.
+    let mut lps: Option<Vec<f32>> = req.logprobs.map(|_| Vec::new());
     let mut first_at = None;
     let mut forward = |chunk: Chunk| {
         first_at.get_or_insert_with(Instant::now);
@@ -108,10 +110,23 @@ pub async fn generate(
             // One piece without ids: the whole text is tokenized at the end.
             (all, _) => *all = None,
         }
+        match (&mut lps, &chunk.logprobs) {
+            (Some(all), Some(new)) => all.extend_from_slice(new),
+            (all, _) => *all = None,
+        }
+        let tokens = chunk.token_ids.unwrap_or_default();
+        let logprobs = match (req.logprobs, &chunk.logprobs) {
+            (Some(_), Some(l)) => tokens
+                .iter()
+                .zip(l)
+                .map(|(&token, &logprob)| Some(chosen(token, logprob)))
+                .collect(),
+            _ => Vec::new(),
+        };
         on_delta(Delta {
             text: chunk.text,
-            tokens: chunk.token_ids.unwrap_or_default(),
-            logprobs: Vec::new(),
+            tokens,
+            logprobs,
         });
     };
     let finished = upstream
@@ -136,10 +151,15 @@ pub async fn generate(
         },
     };
     let first = first_at.unwrap_or_else(Instant::now);
-    let logprobs = req.logprobs.map(|_| {
-        // Chosen tokens' log-probabilities are not taken from the upstream:
-        // the entries stay empty rather than made up.
-        vec![None::<TokenLogprobs>; tokens.len()]
+    let logprobs = req.logprobs.map(|_| match lps {
+        Some(lps) if lps.len() == tokens.len() => tokens
+            .iter()
+            .zip(lps)
+            .map(|(&token, logprob)| Some(chosen(token, logprob)))
+            .collect(),
+        // Where the upstream gave none (or its ids were not kept), the
+        // entries stay empty rather than made up.
+        _ => vec![None::<TokenLogprobs>; tokens.len()],
     });
     Ok(Completion {
         text,
@@ -159,6 +179,15 @@ pub async fn generate(
             forward_passes: 0,
         },
     })
+}
+
+/// A chosen token's log-probability, with no alternatives.
+fn chosen(token: u32, logprob: f32) -> TokenLogprobs {
+    TokenLogprobs {
+        token,
+        logprob,
+        top: Vec::new(),
+    }
 }
 
 /// An upstream failure as a generation error, with the status a client

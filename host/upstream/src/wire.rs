@@ -70,12 +70,14 @@ pub enum PromptBody {
     Text(String),
 }
 
-/// A piece of the stream: one event's text, and its tokens' ids when they
-/// were asked for and the upstream reported them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A piece of the stream: one event's text, and its tokens' ids and
+/// log-probabilities when they were asked for and the upstream reported
+/// them (one per id).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Chunk {
     pub text: String,
     pub token_ids: Option<Vec<u32>>,
+    pub logprobs: Option<Vec<f32>>,
 }
 
 /// How a stream ended.
@@ -198,10 +200,13 @@ pub(crate) fn read_event(event: &Value, key: Option<&Secret>) -> Result<EventPar
             .map(str::to_owned);
         let text = choice.get("text").and_then(Value::as_str).unwrap_or("");
         let token_ids = token_ids(event, choice);
+        let logprobs = token_logprobs(event, choice)
+            .filter(|l| token_ids.as_ref().is_some_and(|ids| ids.len() == l.len()));
         if !text.is_empty() || token_ids.is_some() {
             parts.chunk = Some(Chunk {
                 text: text.to_owned(),
                 token_ids,
+                logprobs,
             });
         }
     }
@@ -260,6 +265,41 @@ fn token_ids(event: &Value, choice: &Value) -> Option<Vec<u32>> {
         None
     };
     ids.filter(|ids| !ids.is_empty())
+}
+
+/// The generated tokens' log-probabilities in an event, in the order of
+/// [`token_ids`]: OpenAI's `logprobs.token_logprobs` (vLLM, deepwasm), or
+/// the `logprob` of llama-server's entries. `None` when any is missing.
+fn token_logprobs(event: &Value, choice: &Value) -> Option<Vec<f32>> {
+    let logprobs = choice.get("logprobs");
+    let values = |v: &Vec<Value>| -> Option<Vec<f32>> {
+        v.iter().map(|x| x.as_f64().map(|f| f as f32)).collect()
+    };
+    let entries = |v: &Vec<Value>| -> Option<Vec<f32>> {
+        v.iter()
+            .map(|e| e.get("logprob")?.as_f64().map(|f| f as f32))
+            .collect()
+    };
+    let found = if let Some(v) = logprobs
+        .and_then(|l| l.get("token_logprobs"))
+        .and_then(Value::as_array)
+    {
+        values(v)
+    } else if let Some(v) = logprobs
+        .and_then(|l| l.get("content"))
+        .and_then(Value::as_array)
+    {
+        entries(v)
+    } else if let Some(v) = choice
+        .get("completion_probabilities")
+        .or_else(|| event.get("completion_probabilities"))
+        .and_then(Value::as_array)
+    {
+        entries(v)
+    } else {
+        None
+    };
+    found.filter(|l| !l.is_empty())
 }
 
 /// An error the upstream sent as JSON (a whole body, a streamed event or
@@ -361,13 +401,21 @@ mod tests {
             read_event(&vllm, None).unwrap().chunk,
             Some(Chunk {
                 text: "Hi".into(),
-                token_ids: Some(vec![9, 10])
+                token_ids: Some(vec![9, 10]),
+                logprobs: Some(vec![-0.1, -0.2]),
             })
         );
         let llama = json!({"choices": [{"text": " there", "finish_reason": "length",
             "logprobs": {"content": [{"id": 11, "token": " there", "logprob": -0.3}]}}]});
         let parts = read_event(&llama, None).unwrap();
-        assert_eq!(parts.chunk.unwrap().token_ids, Some(vec![11]));
+        let chunk = parts.chunk.unwrap();
+        assert_eq!(chunk.token_ids, Some(vec![11]));
+        assert_eq!(chunk.logprobs, Some(vec![-0.3]));
+        // Log-probabilities that do not line up with the ids are dropped.
+        let odd = json!({"choices": [{"text": "x", "finish_reason": null,
+            "logprobs": {"tokens": ["token_id:1"], "token_logprobs": [-0.1, -0.2]}}]});
+        let chunk = read_event(&odd, None).unwrap().chunk.unwrap();
+        assert_eq!((chunk.token_ids, chunk.logprobs), (Some(vec![1]), None));
         assert_eq!(parts.finish_reason.as_deref(), Some("length"));
         let native = json!({"choices": [{"text": "x"}],
             "completion_probabilities": [{"id": 5, "probs": []}]});

@@ -73,12 +73,12 @@ fn chunks_arrive_in_order_with_usage_and_the_request_carries_what_was_asked() {
 fn token_ids_come_from_token_id_names() {
     let fake = Fake::start(|_, _, s| {
         write(s, SSE_HEAD);
-        for (text, ids) in [
-            ("Hi", vec!["token_id:9", "token_id:10"]),
-            ("!", vec!["token_id:0"]),
+        for (text, ids, lps) in [
+            ("Hi", vec!["token_id:9", "token_id:10"], vec![-0.5, -0.25]),
+            ("!", vec!["token_id:0"], vec![-1.0]),
         ] {
             let e = json!({"choices": [{"index": 0, "text": text, "finish_reason": null,
-                "logprobs": {"tokens": ids, "token_logprobs": [-0.5, -0.5], "top_logprobs": null}}]});
+                "logprobs": {"tokens": ids, "token_logprobs": lps, "top_logprobs": null}}]});
             write(s, &format!("data: {e}\n\n"));
         }
         write(s, &event("", Some("stop")));
@@ -96,11 +96,13 @@ fn token_ids_come_from_token_id_names() {
         [
             Chunk {
                 text: "Hi".into(),
-                token_ids: Some(vec![9, 10])
+                token_ids: Some(vec![9, 10]),
+                logprobs: Some(vec![-0.5, -0.25]),
             },
             Chunk {
                 text: "!".into(),
-                token_ids: Some(vec![0])
+                token_ids: Some(vec![0]),
+                logprobs: Some(vec![-1.0]),
             }
         ]
     );
