@@ -518,9 +518,9 @@ fn a_server_generates_through_an_upstream_deepwasm() {
     front.assert_clean_log();
 }
 
-/// `deepwasm generate` and `deepwasm rollout` generate on an upstream too:
-/// the same greedy text as the upstream's own, rollouts with their groups
-/// scored here.
+/// `deepwasm generate`, `rollout` and `agent run` generate on an upstream
+/// too: the same greedy text as the upstream's own, rollouts with their
+/// groups scored here, an agent's turns.
 #[test]
 fn the_cli_generates_and_rolls_out_through_an_upstream() {
     let _turn = turn();
@@ -603,6 +603,31 @@ fn the_cli_generates_and_rolls_out_through_an_upstream() {
         );
     }
     assert_eq!(lines[1]["summary"]["completions"], 3);
+
+    let events: Vec<serde_json::Value> = cli(&[
+        "agent",
+        "run",
+        "--agent",
+        artifacts::REACT_AGENT,
+        "--tool",
+        artifacts::CALCULATOR,
+        "--config",
+        r#"{"first_tool_choice": "auto", "max_steps": 3, "max_tokens": 48}"#,
+        "--json",
+        "What is 17 times 23?",
+    ])
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    assert!(
+        events.iter().any(|e| e["type"] == "model_turn"),
+        "{events:?}"
+    );
+    let last = events.last().unwrap();
+    assert!(
+        last["type"] == "finished" || last["type"] == "failed",
+        "{last}"
+    );
 }
 
 /// An upstream that stalls, answers junk, is busy or cuts its stream:

@@ -30,6 +30,8 @@ pub enum AgentCommand {
 pub struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    upstream: crate::upstream::UpstreamArgs,
     /// The agent plugin.
     #[arg(long, value_name = "FILE.wasm")]
     agent: PathBuf,
@@ -91,7 +93,11 @@ fn run_one(cli: &crate::Cli, args: &RunArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let engine = Engine::from(args.model.load()?);
+    let upstream = args.upstream.connect()?;
+    let engine = Engine::from(match &upstream {
+        Some((_, served)) => args.model.load_remote(served)?,
+        None => args.model.load()?,
+    });
     let json_schema = plugins
         .load(
             "json-schema",
@@ -100,7 +106,15 @@ fn run_one(cli: &crate::Cli, args: &RunArgs) -> anyhow::Result<()> {
         )
         .context("cannot load the built-in JSON-schema sampler")?;
     let calls = call_sampler(json_schema, &engine)?;
-    let generator: Arc<dyn Generator> = Arc::new(engine);
+    let generator: Arc<dyn Generator> = match upstream {
+        // Its turns go to the upstream one at a time.
+        Some((up, _)) => Arc::new(deepwasm_engine::Scheduler::upstream(
+            Arc::new(engine),
+            up,
+            deepwasm_engine::SchedulerConfig::new(1),
+        )),
+        None => Arc::new(engine),
+    };
     let host = AgentHost::new(generator).with_call_sampler(calls);
 
     let kv =

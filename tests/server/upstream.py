@@ -141,6 +141,35 @@ def test_a_rollout_runs_its_groups_upstream():
     assert summary["completion_tokens"] == tokens, summary
 
 
+def agent_run(config):
+    delta = http("delta")
+    for name, plugin in [("calculator", "CALCULATOR"), ("react-agent", "REACT_AGENT")]:
+        r = upload(delta, name, plugin_bytes(plugin))
+        assert r.status_code in (200, 201), r.text
+    r = delta.post(
+        "/v1/agents/react-agent/runs",
+        json={"task": "What is 17 times 23?", "config": config, "stream": False},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_an_agent_runs_its_turns_upstream():
+    # Tool calls in the model's text are parsed here, as a local model's.
+    out = agent_run({"first_tool_choice": "auto", "max_steps": 3, "max_tokens": 48})
+    last = out["transcript"][-1]
+    assert last["type"] in ("finished", "failed"), out
+    assert out["stats"]["steps"] >= 1, out
+    turns = [e for e in out["transcript"] if e["type"] == "model_turn"]
+    assert turns and all(t["completion_tokens"] > 0 for t in turns), out
+
+
+def test_an_agents_required_call_says_why_it_cannot_be_steered():
+    out = agent_run({"first_tool_choice": "required", "max_steps": 2, "max_tokens": 48})
+    assert out["transcript"][-1]["type"] == "failed", out
+    assert "upstream" in json.dumps(out["transcript"]), out
+
+
 def test_what_needs_the_models_numbers_is_refused_with_the_reason():
     with http("alpha") as h:
         cases = [

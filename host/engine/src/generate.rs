@@ -100,6 +100,12 @@ pub trait Generator: Send + Sync {
     /// The engine requests run on (its tokenizer, template and model info).
     fn engine(&self) -> &Engine;
 
+    /// Whether samplers other than the built-in one can steer each token
+    /// (false where the logits are out of reach: an upstream engine).
+    fn steers(&self) -> bool {
+        true
+    }
+
     /// Generate `req` with `sampler`, streaming to `on_delta`. Setting
     /// `cancelled` ends the sequence at the next step.
     fn run(

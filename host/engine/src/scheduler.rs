@@ -325,6 +325,10 @@ impl Generator for Scheduler {
         &self.engine
     }
 
+    fn steers(&self) -> bool {
+        !self.is_upstream()
+    }
+
     fn run(
         &self,
         req: GenerateRequest,

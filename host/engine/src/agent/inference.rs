@@ -193,7 +193,17 @@ impl Inference {
         let (text, prompt) = render(engine, messages, &offered)?;
         let opened = prompt_opens_reasoning(&text);
         let req = self.request(Prompt::Tokens(prompt.clone()), budget_left, options)?;
-        let reply = match (&calls, &self.run.host.call_sampler) {
+        let steers = self.run.host.generator.steers();
+        let call_sampler = self.run.host.call_sampler.as_ref().filter(|_| steers);
+        let reply = match (&calls, call_sampler) {
+            (Calls::Forced(_), None) if !steers => {
+                return Err(types::Error::Unavailable(
+                    "a required tool call is written under the tool-call grammar, token by \
+                     token, and this host generates on an upstream engine whose logits it \
+                     cannot steer; use tool-choice `auto`"
+                        .into(),
+                ));
+            }
             (Calls::Forced(_), None) => {
                 return Err(types::Error::Unavailable(
                     "a required tool call is written under the tool-call grammar, and this \
