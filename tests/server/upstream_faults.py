@@ -41,6 +41,14 @@ def test_a_good_stream_passes_through():
     assert body["usage"]["completion_tokens"] == 3, body
 
 
+def test_output_that_ignores_the_response_format_is_a_502():
+    # The fake streams "One, two, three" whatever it is asked.
+    r, _ = chat(20, response_format={"type": "json_object"})
+    assert r.status_code == 502, r.text
+    e = error_of(r)
+    assert e["code"] == "upstream_error" and "response_format" in e["message"], e
+
+
 def test_an_upstream_that_never_answers_is_a_504_in_bounded_time():
     r, took = chat(11)
     assert r.status_code == 504, r.text

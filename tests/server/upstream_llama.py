@@ -56,6 +56,29 @@ def test_a_chat_streams_in_pieces():
     assert len(pieces) > 1, pieces
 
 
+def test_a_json_schema_is_enforced_by_llama_server():
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    with http("alpha") as h:
+        r = h.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Name the capital of France as JSON."}],
+                "max_tokens": 32,
+                "temperature": 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+            },
+        )
+    assert r.status_code == 200, r.text
+    value = json.loads(r.json()["choices"][0]["message"]["content"])
+    assert set(value) == {"city"}, value
+
+
 def test_best_of_with_rewards_and_a_rollout():
     with http("alpha") as h:
         assert upload(h, "r1", plugin_bytes("r1-format")).status_code == 201

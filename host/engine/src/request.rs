@@ -48,6 +48,11 @@ pub struct GenerateRequest {
     /// Instead of generating, pool the final hidden states of the prompt's
     /// tokens into [`Completion::embedding`] (`max_tokens` is ignored).
     pub embedding: Option<Pooling>,
+    /// The structure the output must have, as OpenAI's `response_format`
+    /// object (`json_object`, or `json_schema` with its schema), for an
+    /// engine that enforces it itself: an upstream. The local engine
+    /// steers with the JSON sampler instead and ignores this.
+    pub structured: Option<serde_json::Value>,
 }
 
 /// How the prompt's final hidden states become one embedding.
@@ -70,6 +75,7 @@ impl GenerateRequest {
             logprobs: None,
             prompt_logprobs: None,
             embedding: None,
+            structured: None,
         }
     }
 }

@@ -96,7 +96,21 @@ pub async fn generate(
         logit_bias: p.logit_bias.clone(),
         ignore_eos: req.ignore_eos,
         return_token_ids: true,
+        response_format: None,
+        json_schema: None,
     };
+    let mut body = body;
+    if let Some(format) = &req.structured {
+        // llama-server takes a schema of its own on completions; vLLM,
+        // SGLang and deepwasm OpenAI's `response_format`.
+        let llama = upstream
+            .served()
+            .is_some_and(|s| s.owned_by.as_deref() == Some("llamacpp"));
+        match llama {
+            true => body.json_schema = Some(schema_of(format)),
+            false => body.response_format = Some(format.clone()),
+        }
+    }
     let mut text = String::new();
     let mut ids: Option<Vec<u32>> = Some(Vec::new());
     // The chosen tokens' log-probabilities, while every piece has them.
@@ -151,6 +165,18 @@ pub async fn generate(
         },
     };
     let first = first_at.unwrap_or_else(Instant::now);
+    if let Some(format) = &req.structured
+        && finished.finish_reason.as_deref() != Some("length")
+        && let Err(why) = follows(&text, format)
+    {
+        // An upstream that ignored the format, or enforced another:
+        // nothing unchecked reaches the client as structured output.
+        return Err(GenerateError::Upstream {
+            status: 502,
+            message: format!("its output does not follow the request's response_format: {why}"),
+            retry_after: None,
+        });
+    }
     let logprobs = req.logprobs.map(|_| match lps {
         Some(lps) if lps.len() == tokens.len() => tokens
             .iter()
@@ -179,6 +205,29 @@ pub async fn generate(
             forward_passes: 0,
         },
     })
+}
+
+/// The JSON schema of an OpenAI `response_format` (`{"type": "object"}` for
+/// `json_object`).
+fn schema_of(format: &serde_json::Value) -> serde_json::Value {
+    format["json_schema"]["schema"]
+        .as_object()
+        .map(|s| serde_json::Value::Object(s.clone()))
+        .unwrap_or_else(|| serde_json::json!({"type": "object"}))
+}
+
+/// Whether `text` is JSON that `format` allows: an object for
+/// `json_object`, an instance of the schema for `json_schema`.
+fn follows(text: &str, format: &serde_json::Value) -> Result<(), String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
+    let schema = schema_of(format);
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|e| format!("the schema cannot be compiled ({e})"))?;
+    match validator.iter_errors(&value).next() {
+        None => Ok(()),
+        Some(e) => Err(format!("at `{}`: {e}", e.instance_path())),
+    }
 }
 
 /// A chosen token's log-probability, with no alternatives.

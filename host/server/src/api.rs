@@ -386,6 +386,10 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// The output's structure, as on chat completions (vLLM takes it on
+    /// completions too).
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
     /// vLLM's option: each entry of `logprobs.tokens` is `token_id:<id>`
     /// instead of the token's text, so a client (another server generating
     /// through this one) gets the exact ids.

@@ -35,6 +35,12 @@ pub struct CompletionRequest {
     /// `return_tokens_as_token_ids`); each [`Chunk`] then carries them
     /// where the upstream reports them.
     pub return_token_ids: bool,
+    /// OpenAI's `response_format` object, for an upstream that enforces it
+    /// on completions (vLLM, SGLang, deepwasm). Sent only when set.
+    pub response_format: Option<serde_json::Value>,
+    /// llama-server's own field for the same: a JSON schema the output
+    /// follows. Sent only when set.
+    pub json_schema: Option<serde_json::Value>,
 }
 
 impl Default for CompletionRequest {
@@ -56,6 +62,8 @@ impl Default for CompletionRequest {
             logit_bias: Vec::new(),
             ignore_eos: false,
             return_token_ids: false,
+            response_format: None,
+            json_schema: None,
         }
     }
 }
@@ -126,6 +134,10 @@ struct Body<'a> {
     logprobs: Option<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     return_tokens_as_token_ids: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_schema: Option<&'a serde_json::Value>,
     stream: bool,
     stream_options: StreamOptions,
 }
@@ -158,6 +170,8 @@ pub(crate) fn request_body(req: &CompletionRequest, model: &str) -> Vec<u8> {
         ignore_eos: req.ignore_eos,
         logprobs: req.return_token_ids.then_some(1),
         return_tokens_as_token_ids: req.return_token_ids,
+        response_format: req.response_format.as_ref(),
+        json_schema: req.json_schema.as_ref(),
         stream: true,
         stream_options: StreamOptions {
             include_usage: true,

@@ -575,9 +575,16 @@ impl ChatInput {
             one_call: req.parallel_tool_calls == Some(false),
             legacy_functions: self.legacy_functions,
         };
+        // An upstream enforces the format itself (checked here after);
+        // the local model is steered by the JSON sampler.
+        let upstream = st.scheduler.is_upstream();
+        let structured = match &req.response_format {
+            Some(f) if upstream => structured_format(f)?,
+            _ => None,
+        };
         let format = match &req.response_format {
-            Some(f) => format_steering(st, tenant, f)?,
-            None => None,
+            Some(f) if !upstream => format_steering(st, tenant, f)?,
+            _ => None,
         };
         let constraint = match tool_call_steering(st, tenant, req.tool_choice.as_ref(), &tools)? {
             Some(_) if format.is_some() => {
@@ -597,7 +604,7 @@ impl ChatInput {
             };
             return Err(ApiError::invalid_param(param, "must be at least 1"));
         }
-        let plan = Plan::new(
+        let mut plan = Plan::new(
             st,
             tenant,
             vec![RenderedPrompt { text, ids }],
@@ -606,6 +613,7 @@ impl ChatInput {
             self.logprobs,
             constraint,
         )?;
+        plan.request.structured = structured;
         Ok((plan, split))
     }
 }
@@ -648,6 +656,35 @@ pub(super) fn completion_prompts(req: &CompletionRequest) -> Result<Vec<Prompt>,
     Ok(prompts)
 }
 
+/// A JSON `response_format` as the object an upstream engine enforces;
+/// `None` for text.
+fn structured_format(f: &crate::api::ResponseFormat) -> Result<Option<Value>, ApiError> {
+    match f.kind.as_str() {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(serde_json::json!({"type": "json_object"}))),
+        "json_schema" => {
+            let js = f.json_schema.as_ref().ok_or_else(|| {
+                ApiError::invalid_param(
+                    "response_format.json_schema",
+                    "`json_schema` is required with type `json_schema`",
+                )
+            })?;
+            let schema = js.schema.clone().unwrap_or(serde_json::json!({}));
+            jsonschema::validator_for(&schema).map_err(|e| {
+                ApiError::invalid_param("response_format.json_schema.schema", e.to_string())
+            })?;
+            Ok(Some(serde_json::json!({
+                "type": "json_schema",
+                "json_schema": {"name": js.name, "schema": schema, "strict": js.strict},
+            })))
+        }
+        other => Err(ApiError::invalid_param(
+            "response_format.type",
+            format!("must be `text`, `json_object` or `json_schema`, got `{other}`"),
+        )),
+    }
+}
+
 /// The plan of a legacy completion of `prompts`: each rendered, and
 /// decoded back to text when it came as tokens (rewards and `echo` read
 /// it).
@@ -677,6 +714,11 @@ pub(super) fn completion_plan(
     // `max_tokens: 0` only scores (with `echo` and `logprobs`: the
     // prompt's log-probabilities), as prompt-scoring clients ask.
     let max_tokens = Some(req.sampling.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS));
+    let (constraint, structured) = match &req.response_format {
+        Some(f) if st.scheduler.is_upstream() => (None, structured_format(f)?),
+        Some(f) => (format_steering(st, tenant, f)?, None),
+        None => (None, None),
+    };
     let mut plan = Plan::new(
         st,
         tenant,
@@ -684,8 +726,9 @@ pub(super) fn completion_plan(
         &req.sampling,
         max_tokens,
         req.logprobs,
-        None,
+        constraint,
     )?;
+    plan.request.structured = structured;
     if req.echo {
         plan.request.prompt_logprobs = req.logprobs;
     }

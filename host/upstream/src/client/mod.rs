@@ -61,6 +61,8 @@ struct Inner {
     model: Option<String>,
     /// The first model the upstream lists, when none is configured.
     resolved: OnceCell<String>,
+    /// What the first successful probe found.
+    served: std::sync::OnceLock<Served>,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
@@ -179,6 +181,7 @@ impl Upstream {
                 key: config.api_key,
                 model: config.model,
                 resolved: OnceCell::new(),
+                served: std::sync::OnceLock::new(),
                 connect_timeout: config.connect_timeout,
                 first_byte_timeout: config.first_byte_timeout,
                 idle_timeout: config.idle_timeout,
@@ -217,7 +220,15 @@ impl Upstream {
             // Already set by an earlier probe or completion: the same list.
             let _ = self.inner.resolved.set(served.model.clone());
         }
+        let _ = self.inner.served.set(served.clone());
         Ok(served)
+    }
+
+    /// What the first successful [`Upstream::probe`] found, if one ran:
+    /// its `owned_by` tells which engine this is (llama-server says
+    /// `llamacpp`).
+    pub fn served(&self) -> Option<&Served> {
+        self.inner.served.get()
     }
 
     /// [`Upstream::probe`] on the client's runtime, for callers outside any
