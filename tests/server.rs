@@ -630,6 +630,38 @@ fn the_cli_generates_and_rolls_out_through_an_upstream() {
     );
 }
 
+/// A real upstream killed while a client streams through the front: the
+/// stream ends with an error event after what had come, and the front
+/// answers the next request at once (a 502) with nothing left running.
+#[test]
+fn an_upstream_killed_mid_stream_ends_the_stream_with_an_error() {
+    let _turn = turn();
+    let (upstream, _up_dir) = fresh();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let key = TENANTS[0].1;
+    let front = Server::start_with_env(
+        &tenants,
+        &dir.path().join("store"),
+        &cache,
+        &[
+            "--upstream",
+            &upstream.url,
+            "--upstream-key-env",
+            "UPSTREAM_TEST_KEY",
+        ],
+        &[("UPSTREAM_TEST_KEY", key)],
+    );
+    let pid = upstream.child.id().to_string();
+    front.python_with_env(
+        "upstream_killed.py",
+        &[],
+        &[("DEEPWASM_UPSTREAM_PID", &pid)],
+    );
+    front.assert_clean_log();
+}
+
 /// An upstream that stalls, answers junk, is busy or cuts its stream:
 /// each is a clear error in bounded time, and nothing is left running.
 #[test]
