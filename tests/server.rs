@@ -478,13 +478,10 @@ fn logits_kept_on_the_device_move_only_answers() {
     server.assert_clean_log();
 }
 
-/// A second deepwasm serves the model; the one under test has only its
-/// tokenizer and generates there (`--upstream`), with a key from its
-/// environment.
-#[test]
-fn a_server_generates_through_an_upstream_deepwasm() {
-    let _turn = turn();
-    let (upstream, _up_dir) = fresh();
+/// A server generating on `upstream` (a deepwasm started by the test) with
+/// tenant `alpha`'s key to it from its environment; the key, and the
+/// directory holding the front's tenants and store.
+fn front_of(upstream: &Server) -> (Server, &'static str, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let tenants = write_tenants(dir.path());
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
@@ -502,6 +499,17 @@ fn a_server_generates_through_an_upstream_deepwasm() {
         ],
         &[("UPSTREAM_TEST_KEY", key)],
     );
+    (front, key, dir)
+}
+
+/// A second deepwasm serves the model; the one under test has only its
+/// tokenizer and generates there (`--upstream`), with a key from its
+/// environment.
+#[test]
+fn a_server_generates_through_an_upstream_deepwasm() {
+    let _turn = turn();
+    let (upstream, _up_dir) = fresh();
+    let (front, key, _dir) = front_of(&upstream);
     front.python_with_env(
         "upstream.py",
         &[],
@@ -637,22 +645,7 @@ fn the_cli_generates_and_rolls_out_through_an_upstream() {
 fn an_upstream_killed_mid_stream_ends_the_stream_with_an_error() {
     let _turn = turn();
     let (upstream, _up_dir) = fresh();
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-    let key = TENANTS[0].1;
-    let front = Server::start_with_env(
-        &tenants,
-        &dir.path().join("store"),
-        &cache,
-        &[
-            "--upstream",
-            &upstream.url,
-            "--upstream-key-env",
-            "UPSTREAM_TEST_KEY",
-        ],
-        &[("UPSTREAM_TEST_KEY", key)],
-    );
+    let (front, _key, _dir) = front_of(&upstream);
     let pid = upstream.child.id().to_string();
     front.python_with_env(
         "upstream_killed.py",

@@ -120,14 +120,7 @@ pub fn load_remote(path: &Path, max_context: Option<usize>) -> Result<LoadedMode
         let metadata = ckpt
             .gguf_metadata()
             .expect("a GGUF checkpoint has metadata");
-        let arch = metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .ok_or_else(|| ModelError::Config {
-                path: path.to_owned(),
-                reason: "missing metadata `general.architecture`".into(),
-            })?;
+        let arch = gguf_architecture(metadata, path)?;
         let cfg = LlamaConfig::from_gguf(metadata, &arch, path)?;
         let tokenizer = Tokenizer::from_gguf(metadata).map_err(|source| ModelError::Tokenizer {
             path: path.to_owned(),
@@ -219,6 +212,21 @@ fn finish(
     })
 }
 
+/// `general.architecture` of a GGUF file's metadata.
+fn gguf_architecture(
+    metadata: &std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
+    path: &Path,
+) -> Result<String, ModelError> {
+    metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .ok_or_else(|| ModelError::Config {
+            path: path.to_owned(),
+            reason: "missing metadata `general.architecture`".into(),
+        })
+}
+
 fn load_gguf(
     path: &Path,
     opts: &LoadOptions,
@@ -227,14 +235,7 @@ fn load_gguf(
     let metadata = ckpt
         .gguf_metadata()
         .expect("a GGUF checkpoint has metadata");
-    let arch = metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .ok_or_else(|| ModelError::Config {
-            path: path.to_owned(),
-            reason: "missing metadata `general.architecture`".into(),
-        })?;
+    let arch = gguf_architecture(metadata, path)?;
     let tokenizer = Tokenizer::from_gguf(metadata).map_err(|source| ModelError::Tokenizer {
         path: path.to_owned(),
         source,

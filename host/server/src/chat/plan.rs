@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::rewards::weighted_rewards;
-use super::steer::{Steering, format_steering, tool_call_steering};
+use super::steer::{Steering, format_steering, structured, tool_call_steering};
 use crate::AppState;
 use crate::api::{
     ChatRequest, CompletionRequest, Content, InMessage, PromptInput, Sampling, ToolDef,
@@ -656,33 +656,19 @@ pub(super) fn completion_prompts(req: &CompletionRequest) -> Result<Vec<Prompt>,
     Ok(prompts)
 }
 
-/// A JSON `response_format` as the object an upstream engine enforces;
-/// `None` for text.
+/// A JSON `response_format` as the object an upstream engine enforces
+/// (its schema checked to compile, as the output will be checked against
+/// it); `None` for text.
 fn structured_format(f: &crate::api::ResponseFormat) -> Result<Option<Value>, ApiError> {
-    match f.kind.as_str() {
-        "text" => Ok(None),
-        "json_object" => Ok(Some(serde_json::json!({"type": "json_object"}))),
-        "json_schema" => {
-            let js = f.json_schema.as_ref().ok_or_else(|| {
-                ApiError::invalid_param(
-                    "response_format.json_schema",
-                    "`json_schema` is required with type `json_schema`",
-                )
-            })?;
-            let schema = js.schema.clone().unwrap_or(serde_json::json!({}));
-            jsonschema::validator_for(&schema).map_err(|e| {
-                ApiError::invalid_param("response_format.json_schema.schema", e.to_string())
-            })?;
-            Ok(Some(serde_json::json!({
-                "type": "json_schema",
-                "json_schema": {"name": js.name, "schema": schema, "strict": js.strict},
-            })))
-        }
-        other => Err(ApiError::invalid_param(
-            "response_format.type",
-            format!("must be `text`, `json_object` or `json_schema`, got `{other}`"),
-        )),
+    let format = structured(f)?;
+    if let Some(schema) = format.as_ref().map(|f| &f["json_schema"]["schema"])
+        && !schema.is_null()
+    {
+        jsonschema::validator_for(schema).map_err(|e| {
+            ApiError::invalid_param("response_format.json_schema.schema", e.to_string())
+        })?;
     }
+    Ok(format)
 }
 
 /// The plan of a legacy completion of `prompts`: each rendered, and

@@ -221,15 +221,12 @@ pub(super) fn config_text(config: Option<&Value>) -> String {
     }
 }
 
-/// The built-in JSON sampler for a `response_format`; `None` for text.
-pub(super) fn format_steering(
-    st: &AppState,
-    tenant: &Tenant,
-    f: &ResponseFormat,
-) -> Result<Option<Steering>, ApiError> {
-    let config = match f.kind.as_str() {
-        "text" => return Ok(None),
-        "json_object" => json!({"json_object": true}),
+/// A JSON `response_format` as OpenAI's object, checked and normalised
+/// (a `json_schema` without a schema allows any JSON); `None` for text.
+pub(super) fn structured(f: &ResponseFormat) -> Result<Option<Value>, ApiError> {
+    match f.kind.as_str() {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(json!({"type": "json_object"}))),
         "json_schema" => {
             let js = f.json_schema.as_ref().ok_or_else(|| {
                 ApiError::invalid_param(
@@ -237,14 +234,34 @@ pub(super) fn format_steering(
                     "`json_schema` is required with type `json_schema`",
                 )
             })?;
-            json!({"schema": js.schema.clone().unwrap_or(json!({}))})
+            Ok(Some(json!({
+                "type": "json_schema",
+                "json_schema": {
+                    "name": js.name,
+                    "schema": js.schema.clone().unwrap_or(json!({})),
+                    "strict": js.strict,
+                },
+            })))
         }
-        other => {
-            return Err(ApiError::invalid_param(
-                "response_format.type",
-                format!("must be `text`, `json_object` or `json_schema`, got `{other}`"),
-            ));
-        }
+        other => Err(ApiError::invalid_param(
+            "response_format.type",
+            format!("must be `text`, `json_object` or `json_schema`, got `{other}`"),
+        )),
+    }
+}
+
+/// The built-in JSON sampler for a `response_format`; `None` for text.
+pub(super) fn format_steering(
+    st: &AppState,
+    tenant: &Tenant,
+    f: &ResponseFormat,
+) -> Result<Option<Steering>, ApiError> {
+    let Some(format) = structured(f)? else {
+        return Ok(None);
+    };
+    let config = match format["type"].as_str() {
+        Some("json_object") => json!({"json_object": true}),
+        _ => json!({"schema": format["json_schema"]["schema"]}),
     };
     Ok(Some(Steering::Plugin {
         plugin: st.sampler(tenant, None)?,
