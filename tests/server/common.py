@@ -67,6 +67,21 @@ def http(tenant=None):
     return httpx2.Client(base_url=URL, headers=headers, timeout=TIMEOUT)
 
 
+def stream_events(h, path, body):
+    """POST `body` to `path` streamed, checking it answers 200, and yield
+    each `data:` event as JSON (not the final `[DONE]`)."""
+    with h.stream("POST", path, json=body) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield json.loads(line[len("data: ") :])
+
+
+def delta_text(event):
+    """The text of a chat stream event's choices' deltas."""
+    return "".join(c["delta"].get("content") or "" for c in event.get("choices", []))
+
+
 def error_of(response):
     """The `error` object of an error response, checked for OpenAI's shape."""
     body = response.json()

@@ -11,7 +11,7 @@ import json
 import os
 
 import httpx2
-from common import MODEL, error_of, http, plugin_bytes, run, upload
+from common import MODEL, delta_text, error_of, http, plugin_bytes, run, stream_events, upload
 
 UPSTREAM = os.environ["DEEPWASM_UPSTREAM_URL"]
 UPSTREAM_KEY = os.environ["DEEPWASM_UPSTREAM_KEY"]
@@ -47,16 +47,10 @@ def test_a_stream_arrives_in_pieces_with_usage():
     body = chat_body("Count to five.", stream=True, stream_options={"include_usage": True})
     pieces, usage = [], None
     with http("alpha") as h:
-        with h.stream("POST", "/v1/chat/completions", json=body) as r:
-            assert r.status_code == 200, r.read()
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                for c in event["choices"]:
-                    if c["delta"].get("content"):
-                        pieces.append(c["delta"]["content"])
-                usage = event.get("usage") or usage
+        for event in stream_events(h, "/v1/chat/completions", body):
+            if delta_text(event):
+                pieces.append(delta_text(event))
+            usage = event.get("usage") or usage
     assert len(pieces) > 1, pieces
     assert usage and usage["completion_tokens"] == 12, usage
 

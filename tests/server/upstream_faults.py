@@ -4,12 +4,11 @@ and one retry): each fault is a clear OpenAI-shaped 502, 503 or 504, in
 bounded time, retried only while nothing was streamed, and leaves no
 request running."""
 
-import json
 import os
 import time
 
 import httpx2
-from common import MODEL, error_of, http, run
+from common import MODEL, delta_text, error_of, http, run, stream_events
 
 UPSTREAM = os.environ["DEEPWASM_UPSTREAM_URL"]
 
@@ -83,27 +82,16 @@ def test_a_stream_cut_midway_fails_the_request_without_a_retry():
     assert r.status_code == 502, r.text
     assert tries(14) == 1, "pieces had come: not retried"
     # Streamed to the client: the pieces, then an error event.
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count."}],
+        "max_tokens": 14,
+        "stream": True,
+    }
     with http("alpha") as h:
-        with h.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "Count."}],
-                "max_tokens": 14,
-                "stream": True,
-            },
-        ) as s:
-            events = [
-                json.loads(line[6:])
-                for line in s.iter_lines()
-                if line.startswith("data: ") and line != "data: [DONE]"
-            ]
+        events = list(stream_events(h, "/v1/chat/completions", body))
     assert any("error" in e for e in events), events
-    text = "".join(
-        c["delta"].get("content") or "" for e in events for c in e.get("choices", [])
-    )
-    assert text.startswith("One"), events
+    assert "".join(map(delta_text, events)).startswith("One"), events
 
 
 def test_nothing_is_left_running():

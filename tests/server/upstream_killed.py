@@ -4,40 +4,29 @@ come, then an error event naming the upstream, and this server is left
 with nothing running and answers the next request at once (a 502, the
 upstream being gone)."""
 
-import json
 import os
 import signal
 import time
 
-from common import MODEL, error_of, http, run
+from common import MODEL, delta_text, error_of, http, run, stream_events
 
 
 def test_a_stream_ends_with_an_error_when_the_upstream_dies():
     pid = int(os.environ["DEEPWASM_UPSTREAM_PID"])
     pieces, errors = [], []
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with http("alpha") as h:
-        with h.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "Tell a long story."}],
-                "max_tokens": 400,
-                "ignore_eos": True,
-                "stream": True,
-            },
-        ) as r:
-            assert r.status_code == 200, r.read()
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    errors.append(event["error"])
-                    continue
-                for c in event["choices"]:
-                    if c["delta"].get("content"):
-                        pieces.append(c["delta"]["content"])
+        for event in stream_events(h, "/v1/chat/completions", body):
+            if "error" in event:
+                errors.append(event["error"])
+            elif delta_text(event):
+                pieces.append(delta_text(event))
                 if len(pieces) == 3:
                     os.kill(pid, signal.SIGKILL)
     assert len(pieces) >= 3, pieces

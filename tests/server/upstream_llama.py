@@ -7,7 +7,7 @@ import json
 import os
 
 import httpx2
-from common import MODEL, http, plugin_bytes, run, upload
+from common import MODEL, delta_text, http, plugin_bytes, run, stream_events, upload
 
 PEER = os.environ["DEEPWASM_PEER_URL"]
 
@@ -35,24 +35,14 @@ def test_greedy_text_is_llama_servers_own():
 
 
 def test_a_chat_streams_in_pieces():
-    pieces = []
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count to five."}],
+        "max_tokens": 12,
+        "stream": True,
+    }
     with http("alpha") as h:
-        with h.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={
-                "model": MODEL,
-                "messages": [{"role": "user", "content": "Count to five."}],
-                "max_tokens": 12,
-                "stream": True,
-            },
-        ) as r:
-            assert r.status_code == 200, r.read()
-            for line in r.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    for c in json.loads(line[6:])["choices"]:
-                        if c["delta"].get("content"):
-                            pieces.append(c["delta"]["content"])
+        pieces = [t for t in map(delta_text, stream_events(h, "/v1/chat/completions", body)) if t]
     assert len(pieces) > 1, pieces
 
 
