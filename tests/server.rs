@@ -362,6 +362,15 @@ fn fresh() -> (Server, tempfile::TempDir) {
     (server, dir)
 }
 
+/// [`fresh`], with `args` added to `deepwasm serve`'s.
+fn fresh_with(args: &[&str]) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let server = Server::start_with_args(&tenants, &dir.path().join("store"), &cache, args);
+    (server, dir)
+}
+
 #[test]
 fn openai_sdk_chat_completions() {
     let _turn = turn();
@@ -449,15 +458,7 @@ fn long_prompts_share_the_batch_and_leave_with_their_client() {
 #[test]
 fn a_tiny_cache_budget_answers_a_burst_with_503s_and_frees_its_cache() {
     let _turn = turn();
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-    let server = Server::start_with_args(
-        &tenants,
-        &dir.path().join("store"),
-        &cache,
-        &["--kv-cache-mib", "24", "--max-waiting", "2"],
-    );
+    let (server, _dir) = fresh_with(&["--kv-cache-mib", "24", "--max-waiting", "2"]);
     server.python("kv_budget.py", &[]);
     server.assert_clean_log();
 }
@@ -465,15 +466,7 @@ fn a_tiny_cache_budget_answers_a_burst_with_503s_and_frees_its_cache() {
 #[test]
 fn logits_kept_on_the_device_move_only_answers() {
     let _turn = turn();
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-    let server = Server::start_with_args(
-        &tenants,
-        &dir.path().join("store"),
-        &cache,
-        &["--logits", "device"],
-    );
+    let (server, _dir) = fresh_with(&["--logits", "device"]);
     server.python("device_logits.py", &[]);
     server.assert_clean_log();
 }
@@ -687,22 +680,14 @@ fn upstream_faults_are_clear_errors_in_bounded_time() {
         .strip_prefix("listening on ")
         .expect("the fake's port");
     let url = format!("http://127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-    let front = Server::start_with_args(
-        &tenants,
-        &dir.path().join("store"),
-        &cache,
-        &[
-            "--upstream",
-            &url,
-            "--upstream-timeout-secs",
-            "1",
-            "--upstream-retries",
-            "1",
-        ],
-    );
+    let (front, _dir) = fresh_with(&[
+        "--upstream",
+        &url,
+        "--upstream-timeout-secs",
+        "1",
+        "--upstream-retries",
+        "1",
+    ]);
     front.python_with_env(
         "upstream_faults.py",
         &[],
@@ -1114,15 +1099,7 @@ impl Drop for LlamaServer {
 fn a_server_generates_through_llama_server() {
     let _turn = turn();
     let peer = LlamaServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-    let front = Server::start_with_args(
-        &tenants,
-        &dir.path().join("store"),
-        &cache,
-        &["--upstream", &peer.url],
-    );
+    let (front, _dir) = fresh_with(&["--upstream", &peer.url]);
     front.python_with_env(
         "upstream_llama.py",
         &[],
