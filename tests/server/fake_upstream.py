@@ -7,6 +7,7 @@ says (the front passes it through):
 - 13: `503` with `Retry-After: 1`, every time;
 - 14: a stream of two pieces, then the connection closes mid-way;
 - 15: `503` once, then a good stream (counts the tries);
+- 17: a stream that never ends (a piece every millisecond);
 - anything else: a good stream of three pieces and usage.
 
 `GET /tries` answers how many completion requests came for each mode.
@@ -84,6 +85,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"this is not an event stream\n{{{\n\n")
             self.wfile.flush()
             return
+        if mode == 17:
+            try:
+                while True:
+                    self.wfile.write(piece("x"))
+                    self.wfile.flush()
+                    time.sleep(0.001)
+            except OSError:
+                return
         self.wfile.write(piece("One"))
         self.wfile.flush()
         self.wfile.write(piece(", two"))

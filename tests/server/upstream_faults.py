@@ -58,6 +58,13 @@ def test_an_upstream_that_never_answers_is_a_504_in_bounded_time():
     assert tries(11) == 2
 
 
+def test_an_upstream_that_never_stops_is_cut_at_what_max_tokens_allows():
+    r, took = chat(17)
+    assert r.status_code == 502, r.text
+    assert "more than" in error_of(r)["message"], r.text
+    assert took < 10, took
+
+
 def test_junk_is_a_502():
     r, _ = chat(12)
     assert r.status_code == 502, r.text

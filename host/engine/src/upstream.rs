@@ -116,8 +116,20 @@ pub async fn generate(
     // The chosen tokens' log-probabilities, while every piece has them.
     let mut lps: Option<Vec<f32>> = req.logprobs.map(|_| Vec::new());
     let mut first_at = None;
+    // What `max_tokens` allows, with room for long tokens and pieces that
+    // carry none: an upstream sending more is stopped, not buffered.
+    let most_bytes = body.max_tokens.unwrap_or(context).saturating_mul(64) + 1024;
+    let most_pieces = body.max_tokens.unwrap_or(context).saturating_mul(2) + 16;
+    let (mut pieces, mut overflowed) = (0usize, false);
     let mut forward = |chunk: Chunk| {
         first_at.get_or_insert_with(Instant::now);
+        pieces += 1;
+        if overflowed || pieces > most_pieces || text.len() + chunk.text.len() > most_bytes {
+            // Ending the request ends the stream at the client's next check.
+            overflowed = true;
+            cancelled.store(true, Ordering::Relaxed);
+            return;
+        }
         text.push_str(&chunk.text);
         match (&mut ids, &chunk.token_ids) {
             (Some(all), Some(new)) => all.extend_from_slice(new),
@@ -143,10 +155,18 @@ pub async fn generate(
             logprobs,
         });
     };
-    let finished = upstream
-        .complete(&body, &mut forward, cancelled)
-        .await
-        .map_err(|e| failure(e, cancelled))?;
+    let finished = upstream.complete(&body, &mut forward, cancelled).await;
+    if overflowed {
+        return Err(GenerateError::Upstream {
+            status: 502,
+            message: format!(
+                "it sent more than the request's {} tokens allow; the stream was cut",
+                body.max_tokens.unwrap_or(context)
+            ),
+            retry_after: None,
+        });
+    }
+    let finished = finished.map_err(|e| failure(e, cancelled))?;
     let tokens = match ids {
         Some(ids) if !ids.is_empty() || text.is_empty() => ids,
         _ => engine
