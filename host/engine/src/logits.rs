@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
-use deepwasm_plugins::{
-    LogitsError, LogitsHandle, LogitsResult, LogitsSource, ScoredToken, TopK, argmax, top_k,
-};
+use deepwasm_plugins::{LogitsError, LogitsResult, LogitsSource, ScoredToken, TopK, argmax, top_k};
 
 /// Where the engine keeps each step's logits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,11 +176,6 @@ impl DeviceLogits {
         &self.row
     }
 
-    /// A handle sampler plugins and the engine query.
-    pub fn into_handle(self) -> LogitsHandle {
-        LogitsHandle::from_source(Arc::new(self))
-    }
-
     /// The host copy, when some query made it.
     fn copied(&self) -> Option<Arc<Vec<f32>>> {
         self.host.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -198,14 +191,6 @@ impl DeviceLogits {
         let v = t.to_vec1::<f32>().map_err(device_error)?;
         self.traffic.down(4 * v.len());
         Ok(v)
-    }
-
-    /// Ids uploaded for a gather.
-    fn upload_ids(&self, ids: Vec<u32>) -> LogitsResult<Tensor> {
-        let n = ids.len();
-        let t = Tensor::from_vec(ids, n, self.row.device()).map_err(device_error)?;
-        self.traffic.up(4 * n);
-        Ok(t)
     }
 
     /// The maximum of every block of [`BLOCK`] entries, in order (the last
@@ -250,7 +235,7 @@ impl DeviceLogits {
         let mut out = Vec::with_capacity(chosen.len());
         if !whole.is_empty() {
             let n = whole.len();
-            let ids = self.upload_ids(whole.clone())?;
+            let ids = self.upload(whole.clone())?;
             let rows = self
                 .row
                 .narrow(0, 0, full as usize * BLOCK)
@@ -281,13 +266,7 @@ impl DeviceLogits {
         floor: f32,
         most: usize,
     ) -> LogitsResult<Option<Vec<Block>>> {
-        let maxima = self.block_maxima()?;
-        let chosen: Vec<u32> = maxima
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.is_nan() || **m >= floor)
-            .map(|(i, _)| i as u32)
-            .collect();
+        let chosen = reaching(&self.block_maxima()?, floor);
         if chosen.len() > most {
             return Ok(None);
         }
@@ -319,6 +298,17 @@ impl DeviceLogits {
         self.traffic.up(n * T::DTYPE.size_in_bytes());
         Ok(t)
     }
+}
+
+/// The blocks whose maximum is at least `floor`, or NaN (which may hide
+/// anything), ascending.
+fn reaching(maxima: &[f32], floor: f32) -> Vec<u32> {
+    maxima
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.is_nan() || **m >= floor)
+        .map(|(i, _)| i as u32)
+        .collect()
 }
 
 impl LogitsSource for DeviceLogits {
@@ -381,13 +371,7 @@ impl LogitsSource for DeviceLogits {
             .map(|m| if m.is_nan() { f32::INFINITY } else { *m })
             .collect();
         sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-        let floor = sorted[k - 1];
-        let chosen: Vec<u32> = maxima
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.is_nan() || **m >= floor)
-            .map(|(i, _)| i as u32)
-            .collect();
+        let chosen = reaching(&maxima, sorted[k - 1]);
         if chosen.len() * 4 > blocks {
             return Ok(top_k(&self.values()?, k));
         }
@@ -413,7 +397,7 @@ impl LogitsSource for DeviceLogits {
         let mut found = if inside.is_empty() {
             Vec::new()
         } else {
-            let index = self.upload_ids(inside)?;
+            let index = self.upload(inside)?;
             self.vec_f32(&self.row.index_select(&index, 0).map_err(device_error)?)?
         }
         .into_iter();

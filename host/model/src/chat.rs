@@ -15,6 +15,8 @@ mod json;
 mod python;
 mod time;
 
+pub use time::strftime;
+
 use std::fmt;
 use std::path::Path;
 

@@ -472,23 +472,22 @@ mod tests {
         );
     }
 
+    /// `values` under `p` go to the host path, before anything is drawn.
+    fn assert_left_to_the_host(values: &[f32], p: &SamplingParams) {
+        let (d, _) = on_device(values);
+        let mut rng = SequenceRng::new(1);
+        let before = rng.clone().next_unit();
+        let history = TokenHistory::new(&[]);
+        let got = sample_on_device(&d, p, &history, &SampleSpec::default(), &mut rng).unwrap();
+        assert!(matches!(got, DeviceSample::Host));
+        assert_eq!(rng.next_unit(), before, "nothing drawn");
+    }
+
     #[test]
     fn top_p_over_a_flat_distribution_is_left_to_the_host() {
         // Every token nearly as likely: top-p keeps tens of thousands.
         let values: Vec<f32> = (0..49_152).map(|i| (i % 7) as f32 * 1e-3).collect();
-        let (d, _) = on_device(&values);
-        let mut rng = SequenceRng::new(1);
-        let before = rng.clone().next_unit();
-        let got = sample_on_device(
-            &d,
-            &params(1.0, 0, 0.9, 0.0),
-            &TokenHistory::new(&[]),
-            &SampleSpec::default(),
-            &mut rng,
-        )
-        .unwrap();
-        assert!(matches!(got, DeviceSample::Host));
-        assert_eq!(rng.next_unit(), before, "nothing drawn");
+        assert_left_to_the_host(&values, &params(1.0, 0, 0.9, 0.0));
     }
 
     #[test]
@@ -496,19 +495,7 @@ mod tests {
         for special in [f32::INFINITY, f32::NAN] {
             let mut values = model_like(1000, 4);
             values[10] = special;
-            let (d, _) = on_device(&values);
-            let mut rng = SequenceRng::new(1);
-            let before = rng.clone().next_unit();
-            let got = sample_on_device(
-                &d,
-                &params(1.0, 0, 1.0, 0.0),
-                &TokenHistory::new(&[]),
-                &SampleSpec::default(),
-                &mut rng,
-            )
-            .unwrap();
-            assert!(matches!(got, DeviceSample::Host));
-            assert_eq!(rng.next_unit(), before, "nothing drawn");
+            assert_left_to_the_host(&values, &params(1.0, 0, 1.0, 0.0));
         }
     }
 }

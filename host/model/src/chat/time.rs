@@ -40,7 +40,7 @@ const MONTHS: [&str; 12] = [
 /// C-locale `strftime` of the UTC time `unix_secs`, with glibc's `%-x`
 /// (no padding). A naive datetime has no zone, so `%Z` and `%z` are empty,
 /// as in Python.
-fn strftime(format: &str, unix_secs: i64) -> String {
+pub fn strftime(format: &str, unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
     let secs_of_day = unix_secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
