@@ -693,6 +693,21 @@ fn upstream_faults_are_clear_errors_in_bounded_time() {
         &[],
         &[("DEEPWASM_UPSTREAM_URL", &url)],
     );
+    drop(front);
+    // One place upstream and one waiting: a flood cannot queue tasks.
+    let (front, _dir) = fresh_with(&[
+        "--upstream",
+        &url,
+        "--upstream-timeout-secs",
+        "1",
+        "--upstream-retries",
+        "0",
+        "--max-batch",
+        "1",
+        "--max-waiting",
+        "1",
+    ]);
+    front.python("upstream_flood.py", &[]);
 }
 
 #[test]

@@ -93,11 +93,12 @@ pub struct Scheduler {
 enum Backend {
     /// The model's thread, batching them.
     Local(mpsc::Sender<Submit>),
-    /// An upstream engine, at most `in_flight` requests at a time (more
-    /// wait, up to `max_waiting`).
+    /// An upstream engine, at most `in_flight` requests at a time, each
+    /// holding one of `slots` (more wait, up to `max_waiting`).
     Upstream {
         upstream: Upstream,
         in_flight: usize,
+        slots: Arc<tokio::sync::Semaphore>,
     },
 }
 
@@ -142,6 +143,7 @@ impl Scheduler {
             backend: Backend::Upstream {
                 upstream,
                 in_flight: config.max_batch.max(1),
+                slots: Arc::new(tokio::sync::Semaphore::new(config.max_batch.max(1))),
             },
             stats: Arc::new(SchedulerStats::default()),
             max_waiting: config.max_waiting,
@@ -172,20 +174,20 @@ impl Scheduler {
     ) -> Result<(), GenerateError> {
         let jobs = match &self.backend {
             Backend::Local(jobs) => jobs,
-            Backend::Upstream {
-                upstream,
-                in_flight,
-            } => {
+            Backend::Upstream { in_flight, .. } => {
                 if let Some(why) = crate::upstream::refusal(&req, sampler.as_ref()) {
                     return Err(GenerateError::Unsupported(why));
                 }
-                let running = self.stats.running.load(Ordering::Relaxed);
-                if running >= in_flight.saturating_add(self.max_waiting) {
+                // Counted before it is checked, so that requests arriving
+                // together cannot all pass the check.
+                let admitted = Admitted(self.stats.clone());
+                let before = self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                if before >= in_flight.saturating_add(self.max_waiting) {
                     return Err(GenerateError::Overloaded {
-                        waiting: running - in_flight,
+                        waiting: before.saturating_sub(*in_flight),
                     });
                 }
-                self.spawn_upstream(upstream.clone(), index, req, events, cancelled);
+                self.spawn_upstream(admitted, index, req, events, cancelled);
                 return Ok(());
             }
         };
@@ -217,29 +219,59 @@ impl Scheduler {
     }
 }
 
+/// A request taken for the upstream, until its task ends (counted in
+/// `SchedulerStats::sent`, which bounds waiting and running together).
+struct Admitted(Arc<SchedulerStats>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.sent.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request running on the upstream, until its task ends.
+struct Running(Arc<SchedulerStats>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Scheduler {
     /// One sequence on the upstream, as a task of its client's runtime: it
     /// always ends with its `Done` (or, if the task is lost, with `events`
     /// closing), and counts as running until then.
     fn spawn_upstream(
         &self,
-        upstream: Upstream,
+        admitted: Admitted,
         index: usize,
         req: GenerateRequest,
         events: UnboundedSender<Event>,
         cancelled: Arc<AtomicBool>,
     ) {
-        struct Running(Arc<SchedulerStats>);
-        impl Drop for Running {
-            fn drop(&mut self) {
-                self.0.running.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.stats.running.fetch_add(1, Ordering::Relaxed);
-        let running = Running(self.stats.clone());
+        let Backend::Upstream {
+            upstream, slots, ..
+        } = &self.backend
+        else {
+            unreachable!("spawn_upstream on a local scheduler")
+        };
+        let (upstream, slots) = (upstream.clone(), slots.clone());
         let engine = self.engine.clone();
+        let stats = self.stats.clone();
         upstream.handle().spawn(async move {
-            let _running = running;
+            let _admitted = admitted;
+            stats.waiting.fetch_add(1, Ordering::Relaxed);
+            let slot = slots.acquire_owned().await;
+            stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            let Ok(_slot) = slot else { return };
+            if cancelled.load(Ordering::Relaxed) || events.is_closed() {
+                // The client left while it waited: nothing is sent.
+                let _ = events.send(Event::Done(index, Err(GenerateError::Cancelled)));
+                return;
+            }
+            stats.running.fetch_add(1, Ordering::Relaxed);
+            let _running = Running(stats.clone());
             let mut sink = |d: Delta| {
                 if events.send(Event::Delta(index, d)).is_err() {
                     cancelled.store(true, Ordering::Relaxed);
