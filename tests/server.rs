@@ -72,13 +72,13 @@ pub(crate) fn turn() -> MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn script_dir() -> PathBuf {
+pub(crate) fn script_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server")
 }
 
 /// The venv `scripts/setup` makes; fails the test (not skips it) when it is
 /// missing.
-fn venv_bin(tool: &str) -> PathBuf {
+pub(crate) fn venv_bin(tool: &str) -> PathBuf {
     setup_made(&format!("venv-server/bin/{tool}"))
 }
 
@@ -115,7 +115,7 @@ pub(crate) fn write_tenants(dir: &Path) -> PathBuf {
 pub(crate) struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
-    url: String,
+    pub(crate) url: String,
     model: String,
     /// Everything it wrote to stderr so far.
     log: Arc<Mutex<String>>,
@@ -153,6 +153,12 @@ impl Server {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
+        // A server on a shared state keeps no plugin store of its own.
+        let store_args = if args.contains(&"--state") {
+            Vec::new()
+        } else {
+            vec![std::ffi::OsStr::new("--store"), store.as_os_str()]
+        };
         let mut child = Command::new(deepwasm_bin())
             .arg("serve")
             .arg("--model")
@@ -160,8 +166,7 @@ impl Server {
             .args(["--addr", "127.0.0.1:0"])
             .arg("--tenants")
             .arg(tenants)
-            .arg("--store")
-            .arg(store)
+            .args(store_args)
             .args(["--max-body-bytes", &MAX_BODY_BYTES.to_string()])
             .args(args)
             .env("DEEPWASM_COMPONENT_CACHE", cache)
@@ -235,7 +240,7 @@ impl Server {
     }
 
     /// The environment the scripts read (see `tests/server/common.py`).
-    fn env(&self) -> Vec<(String, String)> {
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("DEEPWASM_URL".into(), self.url.clone()),
             ("DEEPWASM_SERVED_MODEL".into(), self.model.clone()),
@@ -258,7 +263,7 @@ impl Server {
 
     /// Run a script of `tests/server/` and fail with its output (and the
     /// server's log) unless it passes.
-    fn python(&self, script: &str, args: &[&str]) {
+    pub(crate) fn python(&self, script: &str, args: &[&str]) {
         self.python_with_env(script, args, &[]);
     }
 
@@ -298,7 +303,7 @@ impl Server {
         self.check(&format!("tests/server/{script} {}", args.join(" ")), &out);
     }
 
-    fn check(&self, what: &str, out: &Output) {
+    pub(crate) fn check(&self, what: &str, out: &Output) {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
@@ -312,6 +317,11 @@ impl Server {
         );
     }
 
+    /// The model id it serves.
+    pub(crate) fn model(&self) -> &str {
+        &self.model
+    }
+
     /// The server's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
@@ -319,7 +329,7 @@ impl Server {
 
     /// Stop the server the hard way: whatever it stored must already be
     /// safe on disk.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }

@@ -71,6 +71,14 @@ mod agents;
 /// failing reward confined to its samples.
 mod rollout;
 
+/// A throwaway PostgreSQL cluster, and the shared state's registry,
+/// admissions and usage ledger against it from two replicas.
+mod postgres;
+
+/// Replicas sharing plugins, quotas and usage through PostgreSQL, their
+/// faults, and the tenants file re-read on SIGHUP.
+mod replicas;
+
 /// The HTTP server end to end: the official `openai` Python SDK and a
 /// schemathesis fuzz pass against a real `deepwasm serve` on loopback.
 mod server;

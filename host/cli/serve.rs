@@ -25,9 +25,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     tenants: Option<PathBuf>,
     /// Where tenants' plugins are stored [default: $DEEPWASM_CACHE/store or
-    /// ~/.cache/deepwasm/store].
-    #[arg(long, value_name = "DIR")]
+    /// ~/.cache/deepwasm/store]. Not used with `--state`.
+    #[arg(long, value_name = "DIR", conflicts_with = "state")]
     store: Option<PathBuf>,
+    /// Share tenants' plugins, usage and quotas with other replicas through
+    /// PostgreSQL (`postgres://user[:password]@host[:port]/db`, or
+    /// `?host=/socket/dir`); the schema is migrated at start. Without it,
+    /// plugins are stored in `--store` and usage is counted in memory.
+    #[arg(long, value_name = "URL", env = "DEEPWASM_STATE")]
+    state: Option<String>,
+    /// With `--state`: seconds a running request's lease outlives its last
+    /// renewal, so a replica that dies stops counting against its tenants'
+    /// concurrent requests this long after.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "state")]
+    lease_ttl_secs: u64,
     /// Most sequences decoded together in one forward pass.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
@@ -115,6 +126,29 @@ pub struct HashKeyArgs {
 }
 
 pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("deepwasm-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    // The database first: a replica that cannot reach it stops before
+    // spending a minute loading the model.
+    let shared = match &args.state {
+        Some(url) if !url.starts_with("postgres://") && !url.starts_with("postgresql://") => {
+            anyhow::bail!(
+                "--state takes a PostgreSQL URL (postgres://...), got `{}`",
+                deepwasm_state::redact(url)
+            )
+        }
+        Some(url) => {
+            let pg = runtime
+                .block_on(deepwasm_state::PgState::connect(url))
+                .context("--state: the shared state database")?;
+            eprintln!("sharing plugins, usage and quotas through {}", pg.url());
+            Some(pg)
+        }
+        None => None,
+    };
     let tenants = match &args.tenants {
         Some(path) => Tenants::load(path)?,
         None => {
@@ -183,9 +217,16 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         kv_cache_bytes,
         max_waiting: args.max_waiting,
         upstream: upstream.map(|(up, _)| up),
+        state: shared,
+        tenants_file: args.tenants.clone(),
+        lease_ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
     };
     let plugins = cli.server_engine(&args.compile)?;
-    let state = deepwasm_server::AppState::new(engine, tenants, plugins, config)?;
+    let state = {
+        // The shared state's writer starts on the runtime.
+        let _entered = runtime.enter();
+        deepwasm_server::AppState::new(engine, tenants, plugins, config)?
+    };
     // What the server settled on, not worked out again here.
     let budget = state.kv_budget_tokens();
     let per_token = state.engine.model.info().kv_bytes_per_token;
@@ -195,17 +236,13 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
             (budget as u64).saturating_mul(per_token as u64) >> 20
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("deepwasm-http")
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         let addr = listener.local_addr()?;
-        if state.tenants.is_open() {
+        let tenants = state.tenants.current();
+        if tenants.is_open() {
             eprintln!(
                 "serving {} on http://{addr} for one tenant without API keys (loopback only; pass --tenants FILE for keys and limits)",
                 state.model_id()
@@ -214,7 +251,7 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
             eprintln!(
                 "serving {} on http://{addr} for {} tenant(s)",
                 state.model_id(),
-                state.tenants.all().len()
+                tenants.all().len()
             );
         }
         deepwasm_server::serve_on(state, listener).await

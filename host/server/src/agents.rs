@@ -64,8 +64,8 @@ pub async fn run(
     ApiJson(req): ApiJson<AgentRunRequest>,
 ) -> Result<Response, ApiError> {
     let stored = st
-        .store
-        .get(&tenant.name, &plugin)
+        .stored_async(&tenant, &plugin)
+        .await?
         .ok_or_else(|| ApiError::plugin_not_found("plugin", &plugin))?;
     if stored.plugin.world() != World::Agent {
         return Err(ApiError::invalid_param(
@@ -88,17 +88,20 @@ pub async fn run(
         None => st
             .store
             .list(&tenant.name)
+            .await
+            .map_err(|e| crate::plugin_store_error("tools", e))?
             .into_iter()
-            .filter(|s| s.plugin.world() == World::Tool && granted(&tenant, &s.record.name))
-            .map(|s| s.record.name)
+            .filter(|s| s["world"] == "tool")
+            .filter_map(|s| s["name"].as_str().map(str::to_owned))
+            .filter(|name| granted(&tenant, name))
             .collect(),
     };
     let mut tools = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let param = format!("tools[{i}]");
         let stored = st
-            .store
-            .get(&tenant.name, name)
+            .stored_async(&tenant, name)
+            .await?
             .ok_or_else(|| ApiError::plugin_not_found(&param, name))?;
         if stored.plugin.world() != World::Tool {
             return Err(ApiError::invalid_param(
@@ -134,7 +137,7 @@ pub async fn run(
         budgets: req.budgets.unwrap_or_default(),
         stop: stop.clone(),
     };
-    let admission = tenant.admit()?;
+    let admission = tenant.admit().await?;
     let (tx, rx) = mpsc::unbounded_channel::<AgentEvent>();
     let sink_stop = stop.clone();
     let on_event: EventSink = Arc::new(move |e: &AgentEvent| {

@@ -216,7 +216,7 @@ async fn embed(
         let st = st.clone();
         crate::tokenize::off_the_executor(&tenant, move || input_tokens(&st, &input)).await?
     };
-    let admission = tenant.admit()?;
+    let admission = tenant.admit().await?;
     let cancelled = Arc::new(AtomicBool::new(false));
     let _guard = crate::chat::CancelOnDrop(cancelled.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -111,20 +111,29 @@ pub async fn model(
     Ok(axum::Json(model_json(&st)).into_response())
 }
 
-pub async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Response {
-    let u = tenant.meter.usage();
-    axum::Json(json!({
+/// `GET /v1/usage`: the tenant's usage; with a shared state, summed over
+/// every replica (this one's written first), so every replica answers the
+/// same.
+pub async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Result<Response, ApiError> {
+    let u = match tenant.ledger() {
+        Some(ledger) => ledger
+            .usage(&tenant.name)
+            .await
+            .map_err(crate::tenants::state_error)?,
+        None => tenant.usage_totals(),
+    };
+    Ok(axum::Json(json!({
         "object": "usage",
         "tenant": tenant.name,
-        "requests": tenant.requests.load(Ordering::Relaxed),
-        "prompt_tokens": tenant.prompt_tokens.load(Ordering::Relaxed),
-        "completion_tokens": tenant.completion_tokens.load(Ordering::Relaxed),
-        "plugin_calls": u.calls,
-        "plugin_fuel": u.fuel,
-        "plugin_wall_ms": u.wall_us as f64 / 1000.0,
-        "plugin_limit_hits": u.limit_hits,
+        "requests": u.requests,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "plugin_calls": u.plugin_calls,
+        "plugin_fuel": u.plugin_fuel,
+        "plugin_wall_ms": u.plugin_wall_us as f64 / 1000.0,
+        "plugin_limit_hits": u.plugin_limit_hits,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Authenticate `/v1` requests and count every request in the metrics.
@@ -143,7 +152,7 @@ pub async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let tenant = match st.tenants.authenticate(auth.as_deref()) {
+    let tenant = match st.tenants.current().authenticate(auth.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             st.metrics
@@ -244,7 +253,7 @@ pub async fn score(
             ),
         ));
     }
-    let admission = tenant.admit()?;
+    let admission = tenant.admit().await?;
     let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
     let samples: Vec<Sample> = req
         .samples
@@ -344,7 +353,7 @@ pub async fn rollouts(
         ));
     }
     let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
-    let admission = tenant.admit()?;
+    let admission = tenant.admit().await?;
     let mut prompts = Vec::with_capacity(req.prompts.len());
     for (i, p) in req.prompts.into_iter().enumerate() {
         let prompt = match (p.prompt, p.messages) {

@@ -36,8 +36,8 @@ use deepwasm_plugins::{Plugin, PluginEngine, RewardPlugin, SamplerPlugin, Sandbo
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::store::{Store, Stored};
-use crate::tenants::{Tenant, Tenants};
+use crate::store::{DirStore, PgStore, Store, Stored};
+use crate::tenants::{Tenant, Tenants, TenantsCell};
 
 /// How the server is set up.
 #[derive(Clone, Debug)]
@@ -62,6 +62,14 @@ pub struct Config {
     /// engine's model then only renders and tokenizes; see
     /// `deepwasm_model::load_remote`).
     pub upstream: Option<deepwasm_upstream::Upstream>,
+    /// Share the plugin registry, usage and quotas with other replicas
+    /// through this database instead of keeping them here.
+    pub state: Option<deepwasm_state::PgState>,
+    /// The tenants file, read again on `SIGHUP`.
+    pub tenants_file: Option<PathBuf>,
+    /// With a shared state: how long a request's lease outlives its last
+    /// renewal (how long a killed replica's requests still count).
+    pub lease_ttl: Duration,
 }
 
 /// Requests that may wait for a place in the batch by default.
@@ -90,6 +98,9 @@ impl Default for Config {
             kv_cache_bytes: None,
             max_waiting: DEFAULT_MAX_WAITING,
             upstream: None,
+            state: None,
+            tenants_file: None,
+            lease_ttl: deepwasm_state::LEASE_TTL,
         }
     }
 }
@@ -109,8 +120,11 @@ type SamplerKey = (String, String);
 pub struct AppState {
     pub scheduler: Scheduler,
     pub engine: Arc<Engine>,
-    pub tenants: Arc<Tenants>,
-    pub store: Store,
+    pub tenants: Arc<TenantsCell>,
+    pub store: Arc<Store>,
+    /// Usage, spends and leases shared with other replicas, when the
+    /// server runs on a shared state.
+    pub ledger: Option<deepwasm_state::Ledger>,
     pub plugins: PluginEngine,
     pub metrics: Metrics,
     pub config: Config,
@@ -138,21 +152,46 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// Start the model's thread, open the plugin store and load the
-    /// built-in plugins.
+    /// built-in plugins. With a shared state (`config.state`), this starts
+    /// its writer, and must be called within a Tokio runtime.
     pub fn new(
         engine: Engine,
         tenants: Tenants,
         plugins: PluginEngine,
         config: Config,
     ) -> anyhow::Result<Arc<Self>> {
-        let tenants = Arc::new(tenants);
+        let tenants = Arc::new(TenantsCell::new(tenants, config.tenants_file.clone()));
         let engine = Arc::new(engine);
-        let grants: Vec<_> = tenants
-            .all()
-            .iter()
-            .map(|t| (t.name.clone(), t.grants.clone()))
-            .collect();
-        let store = Store::open(&config.store_dir, plugins.clone(), &grants)?;
+        let (store, ledger) = match &config.state {
+            None => {
+                let grants: Vec<_> = tenants
+                    .current()
+                    .all()
+                    .iter()
+                    .map(|t| (t.name.clone(), t.grants.clone()))
+                    .collect();
+                let dir = DirStore::open(&config.store_dir, plugins.clone(), &grants)?;
+                (Store::Dir(dir), None)
+            }
+            Some(pg) => {
+                let cell = Arc::downgrade(&tenants);
+                let ledger = deepwasm_state::Ledger::with_lease_ttl(
+                    pg.clone(),
+                    Arc::new(move || {
+                        cell.upgrade()
+                            .map(|c| c.current().usage_snapshot())
+                            .unwrap_or_default()
+                    }),
+                    config.lease_ttl,
+                );
+                tenants.attach(ledger.clone());
+                (
+                    Store::Pg(PgStore::new(pg.clone(), plugins.clone())),
+                    Some(ledger),
+                )
+            }
+        };
+        let store = Arc::new(store);
         let json_schema = plugins
             .load(
                 "json-schema",
@@ -185,6 +224,7 @@ impl AppState {
             engine,
             tenants,
             store,
+            ledger,
             plugins,
             metrics,
             config,
@@ -277,6 +317,70 @@ impl AppState {
         Ok(reward)
     }
 
+    /// Read the tenants file again (on `SIGHUP`): changed tenants' plugins
+    /// are checked again under their new grants, and their pooled
+    /// instances go.
+    pub fn reload_tenants(&self) -> anyhow::Result<Vec<String>> {
+        let changed = self.tenants.reload()?;
+        let current = self.tenants.current();
+        for name in &changed {
+            let grants = current
+                .all()
+                .iter()
+                .find(|t| &t.name == name)
+                .map(|t| t.grants.clone());
+            self.store.tenant_changed(name, grants.as_ref());
+            self.samplers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|k, s| {
+                    let keep = &k.0 != name;
+                    if !keep {
+                        s.evict_idle();
+                    }
+                    keep
+                });
+            self.rewards
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|k, _| &k.0 != name);
+        }
+        Ok(changed)
+    }
+
+    /// `tenant`'s stored plugin by id or name, from synchronous code (the
+    /// request planning that runs on a blocking thread). With a shared
+    /// state this asks the database, blocking this thread (never the
+    /// async workers: `block_in_place` hands theirs over first).
+    pub(crate) fn stored(
+        &self,
+        tenant: &Tenant,
+        id_or_name: &str,
+    ) -> Result<Option<Stored>, ApiError> {
+        let got = match &*self.store {
+            Store::Dir(d) => Ok(d.get(&tenant.name, id_or_name)),
+            Store::Pg(_) => {
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::block_in_place(|| {
+                    handle.block_on(self.store.get(&tenant.name, &tenant.grants, id_or_name))
+                })
+            }
+        };
+        got.map_err(|e| plugin_store_error(id_or_name, e))
+    }
+
+    /// `tenant`'s stored plugin by id or name.
+    pub(crate) async fn stored_async(
+        &self,
+        tenant: &Tenant,
+        id_or_name: &str,
+    ) -> Result<Option<Stored>, ApiError> {
+        self.store
+            .get(&tenant.name, &tenant.grants, id_or_name)
+            .await
+            .map_err(|e| plugin_store_error(id_or_name, e))
+    }
+
     /// Forget the pooled instances of a deleted plugin.
     pub(crate) fn forget(&self, tenant: &str, id: &str) {
         // Requests still running keep their instances until they end; the
@@ -298,6 +402,18 @@ impl AppState {
     }
 }
 
+/// A plugin store's error as the API answers it.
+pub(crate) fn plugin_store_error(name: &str, e: store::UploadError) -> ApiError {
+    match e {
+        store::UploadError::State(e) => tenants::state_error(e),
+        store::UploadError::Load(e) => {
+            tracing::warn!("plugin `{name}` cannot be loaded: {e}");
+            ApiError::invalid(format!("plugin `{name}` cannot be loaded: {e}"))
+        }
+        other => ApiError::internal(format!("plugin `{name}`: {other}")),
+    }
+}
+
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     let max_body = state.config.max_body_bytes;
@@ -305,6 +421,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     // tenant's `max_plugin_bytes`.
     let max_plugin = state
         .tenants
+        .current()
         .all()
         .iter()
         .map(|t| t.limits.max_plugin_bytes)
@@ -365,7 +482,9 @@ pub async fn serve_on(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let app = router(state);
+    let app = router(state.clone());
+    #[cfg(unix)]
+    let reloads = tokio::spawn(reload_on_sighup(state.clone()));
     let (stopping, mut stopped) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown_signal().await;
@@ -385,11 +504,43 @@ pub async fn serve_on(
         let _ = stopped.wait_for(|s| *s).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    tokio::select! {
+    let served = tokio::select! {
         served = async { server.await } => served.map_err(|e| anyhow::anyhow!("the server failed: {e}")),
         () = deadline => {
             tracing::warn!("requests were still running {SHUTDOWN_GRACE:?} after the signal; stopped them");
             Ok(())
+        }
+    };
+    #[cfg(unix)]
+    reloads.abort();
+    // A clean shutdown writes the last usage: nothing counted is lost.
+    if let Some(ledger) = &state.ledger {
+        match ledger.close().await {
+            Ok(()) => tracing::info!("usage written to the state database"),
+            Err(e) => tracing::warn!("the last usage could not be written: {e}"),
+        }
+    }
+    served
+}
+
+/// Read the tenants file again on each `SIGHUP`.
+#[cfg(unix)]
+async fn reload_on_sighup(state: Arc<AppState>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match state.reload_tenants() {
+            Ok(changed) if changed.is_empty() => {
+                tracing::info!("SIGHUP: the tenants file is unchanged")
+            }
+            Ok(changed) => tracing::info!(
+                "SIGHUP: tenants file read again; changed: {}",
+                changed.join(", ")
+            ),
+            Err(e) => {
+                tracing::warn!("SIGHUP: the tenants file was not reloaded (nothing changed): {e}")
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::tenants::Tenants;
+use crate::tenants::TenantsCell;
 use deepwasm_engine::{LogitsTraffic, SchedulerStats};
 
 type Labels = Vec<(&'static str, String)>;
@@ -40,7 +40,7 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new(
-        tenants: Arc<Tenants>,
+        tenants: Arc<TenantsCell>,
         scheduler: Arc<SchedulerStats>,
         logits: Arc<LogitsTraffic>,
     ) -> Self {
@@ -134,7 +134,7 @@ impl Metrics {
 
 /// Values read at scrape time: tenants' token and plugin counters, the batch.
 struct Live {
-    tenants: Arc<Tenants>,
+    tenants: Arc<TenantsCell>,
     scheduler: Arc<SchedulerStats>,
     logits: Arc<LogitsTraffic>,
 }
@@ -147,7 +147,8 @@ impl std::fmt::Debug for Live {
 
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let tenants = self.tenants.all();
+        let current = self.tenants.current();
+        let tenants = current.all();
         type Reading = fn(&crate::tenants::Tenant) -> u64;
         let counters: [(&str, &str, Reading); 6] = [
             ("prompt_tokens", "Prompt tokens processed, by tenant", |t| {

@@ -81,15 +81,18 @@ pub async fn upload(
             1,
         )
     })?;
-    let st2 = st.clone();
-    let t = tenant.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let result = {
         let _permits = (mine, any);
-        st2.store
-            .upload(&t.name, &t.grants, &q.name, &bytes, t.limits.max_plugins)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the upload stopped: {e}")))?;
+        st.store
+            .upload(
+                &tenant.name,
+                &tenant.grants,
+                &q.name,
+                bytes.to_vec(),
+                tenant.limits.max_plugins,
+            )
+            .await
+    };
     match result {
         Ok((stored, created)) => {
             let status = if created {
@@ -116,20 +119,20 @@ pub async fn upload(
         }
         Err(e @ UploadError::TooMany(_)) => Err(ApiError::forbidden(e.to_string())),
         Err(e @ UploadError::Io(_)) => Err(ApiError::internal(e.to_string())),
+        Err(UploadError::State(e)) => Err(crate::tenants::state_error(e)),
     }
 }
 
 pub async fn list(
     State(st): State<Arc<AppState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let data: Vec<Value> = st
         .store
         .list(&tenant.name)
-        .iter()
-        .map(|s| s.json())
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+        .await
+        .map_err(|e| crate::plugin_store_error("plugins", e))?;
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -144,8 +147,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let stored = st
-        .store
-        .get(&tenant.name, &id)
+        .stored_async(&tenant, &id)
+        .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(axum::Json(stored.json()).into_response())
 }
@@ -158,10 +161,12 @@ pub async fn delete(
     let removed = st
         .store
         .delete(&tenant.name, &id)
+        .await
+        .map_err(|e| crate::plugin_store_error(&id, e))?
         .ok_or_else(|| not_found(&id))?;
-    st.forget(&tenant.name, &removed.record.id);
+    st.forget(&tenant.name, &removed.id);
     Ok(
-        axum::Json(json!({"id": removed.record.id, "object": "plugin.deleted", "deleted": true}))
+        axum::Json(json!({"id": removed.id, "object": "plugin.deleted", "deleted": true}))
             .into_response(),
     )
 }

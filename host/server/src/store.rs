@@ -1,6 +1,14 @@
 //! The plugin store: each tenant's uploaded components, content-addressed,
-//! on disk under `<dir>/<tenant>/<id>.wasm` with a `<id>.json` record beside
-//! it, and loaded (compiled, checked against the tenant's grants) in memory.
+//! and loaded (compiled, checked against the tenant's grants) in memory.
+//!
+//! Two backends ([`Store`]): the embedded default keeps them on disk
+//! ([`DirStore`]); with `--state postgres://...` they are in the shared
+//! registry of [`deepwasm_state`] ([`PgStore`]), where every replica sees an
+//! upload once it is committed, and each replica compiles (or finds in its
+//! local artifact cache) what it is asked to run.
+//!
+//! On disk, each component is `<dir>/<tenant>/<id>.wasm` with a `<id>.json`
+//! record beside it.
 //!
 //! Writes go to a temporary file, are synced, then renamed into place, the
 //! record last: a crash mid-upload leaves at most a stray temporary file or
@@ -8,9 +16,11 @@
 //! On start every record is read back and its component checked against its
 //! id (the SHA-256 of its bytes) before it is loaded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use deepwasm_state::{PgState, PluginRow, Put, StateError};
 
 use deepwasm_plugins::{
     Grants, LoadError, Plugin, PluginEngine, PluginInfo, World, content_id, write_atomically,
@@ -42,18 +52,29 @@ impl Stored {
 
     /// The plugin as the API shows it.
     pub fn json(&self) -> serde_json::Value {
-        let info = self.plugin.info();
-        serde_json::json!({
-            "id": self.record.id,
-            "object": "plugin",
-            "name": self.record.name,
-            "world": self.record.world,
-            "size_bytes": self.record.size_bytes,
-            "created_at": self.record.created_at,
-            "imports": info.imports,
-            "exports": info.exports,
-        })
+        listing(&self.record, &interface_json(&self.plugin))
     }
+}
+
+/// A plugin's imports and exports, as the API lists them.
+fn interface_json(plugin: &Plugin) -> serde_json::Value {
+    let info = plugin.info();
+    serde_json::json!({"imports": info.imports, "exports": info.exports})
+}
+
+/// A plugin as the API lists it: its record and `interfaces`' imports and
+/// exports.
+fn listing(record: &Record, interfaces: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "id": record.id,
+        "object": "plugin",
+        "name": record.name,
+        "world": record.world,
+        "size_bytes": record.size_bytes,
+        "created_at": record.created_at,
+        "imports": interfaces["imports"],
+        "exports": interfaces["exports"],
+    })
 }
 
 /// Why an upload was refused.
@@ -69,18 +90,20 @@ pub enum UploadError {
     TooMany(usize),
     #[error("cannot store the plugin: {0}")]
     Io(String),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
-/// Every tenant's plugins.
-pub struct Store {
+/// Every tenant's plugins, on disk.
+pub struct DirStore {
     dir: PathBuf,
     engine: PluginEngine,
     tenants: Mutex<BTreeMap<String, BTreeMap<String, Stored>>>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for DirStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("DirStore")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
@@ -98,7 +121,7 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-impl Store {
+impl DirStore {
     /// Open the store at `dir` (created if missing) and load the plugins of
     /// the tenants named, with each tenant's grants. Plugins that fail to
     /// load now (a grant withdrawn, a corrupt file) are skipped with a
@@ -107,44 +130,48 @@ impl Store {
         dir: &Path,
         engine: PluginEngine,
         tenants: &[(String, Grants)],
-    ) -> anyhow::Result<Store> {
+    ) -> anyhow::Result<DirStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
             anyhow::anyhow!("cannot create the plugin store {}: {e}", dir.display())
         })?;
-        let mut all = BTreeMap::new();
+        let store = DirStore {
+            dir: dir.to_owned(),
+            engine,
+            tenants: Mutex::new(BTreeMap::new()),
+        };
         for (tenant, grants) in tenants {
-            let mut plugins = BTreeMap::new();
-            let tdir = dir.join(tenant);
-            // What a crash left half-written is never read (it has no
-            // `.json` name), and goes once it is old enough.
-            deepwasm_plugins::sweep_partial(&tdir);
-            let Ok(entries) = std::fs::read_dir(&tdir) else {
-                all.insert(tenant.clone(), plugins);
-                continue;
-            };
+            store.load_tenant(tenant, grants);
+        }
+        Ok(store)
+    }
+
+    /// (Re)load `tenant`'s plugins from disk under `grants`: at start, and
+    /// when a reload of the tenants file changed the tenant.
+    pub fn load_tenant(&self, tenant: &str, grants: &Grants) {
+        let mut plugins = BTreeMap::new();
+        let tdir = self.dir.join(tenant);
+        // What a crash left half-written is never read (it has no `.json`
+        // name), and goes once it is old enough.
+        deepwasm_plugins::sweep_partial(&tdir);
+        if let Ok(entries) = std::fs::read_dir(&tdir) {
             for entry in entries.flatten() {
                 let path = entry.path();
                 if path.extension().is_none_or(|e| e != "json") {
                     continue;
                 }
-                match load_stored(&engine, &path, grants) {
+                match load_stored(&self.engine, &path, grants) {
                     Ok(s) => {
                         plugins.insert(s.record.id.clone(), s);
                     }
                     Err(e) => tracing::warn!("plugin store: skipping {}: {e}", path.display()),
                 }
             }
-            tracing::info!(
-                "plugin store: tenant `{tenant}` has {} plugin(s)",
-                plugins.len()
-            );
-            all.insert(tenant.clone(), plugins);
         }
-        Ok(Store {
-            dir: dir.to_owned(),
-            engine,
-            tenants: Mutex::new(all),
-        })
+        tracing::info!(
+            "plugin store: tenant `{tenant}` has {} plugin(s)",
+            plugins.len()
+        );
+        self.lock().insert(tenant.to_owned(), plugins);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, Stored>>> {
@@ -292,4 +319,262 @@ fn load_stored(
     }
     let plugin = engine.load(&record.name, &bytes, grants)?;
     Ok(Stored { record, plugin })
+}
+
+/// Every tenant's plugins in the shared registry, and this replica's
+/// loaded copies of those it was asked to run.
+pub struct PgStore {
+    state: PgState,
+    engine: PluginEngine,
+    /// Loaded plugins by (tenant, id): each was loaded under its tenant's
+    /// grants, and a reload that changes them drops the tenant's.
+    loaded: Mutex<HashMap<(String, String), Plugin>>,
+}
+
+impl PgStore {
+    pub fn new(state: PgState, engine: PluginEngine) -> PgStore {
+        PgStore {
+            state,
+            engine,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Plugin>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(row: &PluginRow) -> Result<Record, UploadError> {
+        Ok(Record {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            world: row.world.parse().map_err(|e: String| {
+                UploadError::Io(format!("plugin `{}` in the registry: {e}", row.name))
+            })?,
+            size_bytes: row.size_bytes as usize,
+            created_at: row.created_at,
+        })
+    }
+
+    async fn upload(
+        &self,
+        tenant: &str,
+        grants: &Grants,
+        name: &str,
+        bytes: Vec<u8>,
+        max_plugins: usize,
+    ) -> Result<(Stored, bool), UploadError> {
+        let id = content_id(&bytes);
+        // Compile first: what is refused never reaches the registry, and
+        // the compiled form is then in this replica's cache.
+        let (engine, owned_name, owned_grants) =
+            (self.engine.clone(), name.to_owned(), grants.clone());
+        let (plugin, bytes) = tokio::task::spawn_blocking(move || {
+            engine
+                .load(&owned_name, &bytes, &owned_grants)
+                .map(|p| (p, bytes))
+        })
+        .await
+        .map_err(|e| UploadError::Io(format!("the compile stopped: {e}")))??;
+        let row = PluginRow {
+            id: id.clone(),
+            name: name.to_owned(),
+            world: plugin.world().name().to_owned(),
+            size_bytes: bytes.len() as u64,
+            created_at: now_secs(),
+            info: interface_json(&plugin).to_string(),
+        };
+        let (row, created) = match self
+            .state
+            .put_plugin(tenant, &row, &bytes, max_plugins)
+            .await?
+        {
+            Put::Created(row) => (row, true),
+            Put::Existing(row) => (row, false),
+            Put::NameTaken { id } => {
+                return Err(UploadError::NameTaken {
+                    name: name.to_owned(),
+                    id,
+                });
+            }
+            Put::TooMany => return Err(UploadError::TooMany(max_plugins)),
+        };
+        let record = Self::record(&row)?;
+        self.loaded()
+            .insert((tenant.to_owned(), id), plugin.clone());
+        Ok((Stored { record, plugin }, created))
+    }
+
+    async fn get(
+        &self,
+        tenant: &str,
+        grants: &Grants,
+        id_or_name: &str,
+    ) -> Result<Option<Stored>, UploadError> {
+        let Some(row) = self.state.plugin(tenant, id_or_name).await? else {
+            if is_id(id_or_name) {
+                self.forget(tenant, id_or_name);
+            }
+            return Ok(None);
+        };
+        let record = Self::record(&row)?;
+        let key = (tenant.to_owned(), row.id.clone());
+        if let Some(plugin) = self.loaded().get(&key) {
+            return Ok(Some(Stored {
+                record,
+                plugin: plugin.clone(),
+            }));
+        }
+        // Uploaded through another replica (or before this one started):
+        // load it here, checking the bytes against their id.
+        let bytes = self
+            .state
+            .plugin_bytes(&row.id)
+            .await?
+            .ok_or_else(|| UploadError::Io(format!("plugin `{}` has no bytes", row.name)))?;
+        if content_id(&bytes) != row.id {
+            return Err(UploadError::Io(format!(
+                "plugin `{}`'s bytes do not match its id",
+                row.name
+            )));
+        }
+        let (engine, name, grants) = (self.engine.clone(), row.name.clone(), grants.clone());
+        let plugin = tokio::task::spawn_blocking(move || engine.load(&name, &bytes, &grants))
+            .await
+            .map_err(|e| UploadError::Io(format!("the load stopped: {e}")))??;
+        self.loaded().insert(key, plugin.clone());
+        Ok(Some(Stored { record, plugin }))
+    }
+
+    async fn list(&self, tenant: &str) -> Result<Vec<serde_json::Value>, UploadError> {
+        let rows = self.state.plugins(tenant).await?;
+        rows.iter()
+            .map(|row| {
+                let info = serde_json::from_str(&row.info).unwrap_or_default();
+                Ok(listing(&Self::record(row)?, &info))
+            })
+            .collect()
+    }
+
+    async fn delete(&self, tenant: &str, id_or_name: &str) -> Result<Option<Record>, UploadError> {
+        let Some(row) = self.state.delete_plugin(tenant, id_or_name).await? else {
+            return Ok(None);
+        };
+        self.forget(tenant, &row.id);
+        Ok(Some(Self::record(&row)?))
+    }
+
+    /// Drop this replica's loaded copy of `tenant`'s plugin `id`, and its
+    /// compiled form if no other tenant here runs it.
+    fn forget(&self, tenant: &str, id: &str) {
+        let mut loaded = self.loaded();
+        if loaded.remove(&(tenant.to_owned(), id.to_owned())).is_some()
+            && !loaded.keys().any(|(_, other)| other == id)
+        {
+            self.engine.evict(id);
+        }
+    }
+
+    /// Drop `tenant`'s loaded plugins (its grants changed): they are loaded
+    /// again, under the new grants, when next used.
+    fn forget_tenant(&self, tenant: &str) {
+        self.loaded().retain(|(t, _), _| t != tenant);
+    }
+}
+
+/// The plugin store the server runs on.
+pub enum Store {
+    Dir(DirStore),
+    Pg(PgStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Dir(d) => d.fmt(f),
+            Store::Pg(p) => f
+                .debug_struct("PgStore")
+                .field("state", &p.state)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Store {
+    /// Validate, compile and store a component for `tenant`. The same bytes
+    /// uploaded again answer the stored plugin (`false`: nothing new).
+    pub async fn upload(
+        self: &Arc<Self>,
+        tenant: &str,
+        grants: &Grants,
+        name: &str,
+        bytes: Vec<u8>,
+        max_plugins: usize,
+    ) -> Result<(Stored, bool), UploadError> {
+        match &**self {
+            Store::Dir(_) => {
+                let (store, tenant, grants, name) = (
+                    self.clone(),
+                    tenant.to_owned(),
+                    grants.clone(),
+                    name.to_owned(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let Store::Dir(dir) = &*store else {
+                        unreachable!("matched above")
+                    };
+                    dir.upload(&tenant, &grants, &name, &bytes, max_plugins)
+                })
+                .await
+                .map_err(|e| UploadError::Io(format!("the upload stopped: {e}")))?
+            }
+            Store::Pg(pg) => pg.upload(tenant, grants, name, bytes, max_plugins).await,
+        }
+    }
+
+    /// `tenant`'s plugin by id or by name.
+    pub async fn get(
+        &self,
+        tenant: &str,
+        grants: &Grants,
+        id_or_name: &str,
+    ) -> Result<Option<Stored>, UploadError> {
+        match self {
+            Store::Dir(d) => Ok(d.get(tenant, id_or_name)),
+            Store::Pg(p) => p.get(tenant, grants, id_or_name).await,
+        }
+    }
+
+    /// `tenant`'s plugins as the API lists them, oldest first.
+    pub async fn list(&self, tenant: &str) -> Result<Vec<serde_json::Value>, UploadError> {
+        match self {
+            Store::Dir(d) => Ok(d.list(tenant).iter().map(Stored::json).collect()),
+            Store::Pg(p) => p.list(tenant).await,
+        }
+    }
+
+    /// Delete `tenant`'s plugin; `None` if it has none by that id or name.
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        id_or_name: &str,
+    ) -> Result<Option<Record>, UploadError> {
+        match self {
+            Store::Dir(d) => Ok(d.delete(tenant, id_or_name).map(|s| s.record)),
+            Store::Pg(p) => p.delete(tenant, id_or_name).await,
+        }
+    }
+
+    /// `tenant` changed in a reload of the tenants file: its plugins are
+    /// loaded again under its new grants (at once on disk, when next used
+    /// in the registry).
+    pub fn tenant_changed(&self, tenant: &str, grants: Option<&Grants>) {
+        match (self, grants) {
+            (Store::Dir(d), Some(g)) => d.load_tenant(tenant, g),
+            (Store::Dir(d), None) => {
+                d.lock().remove(tenant);
+            }
+            (Store::Pg(p), _) => p.forget_tenant(tenant),
+        }
+    }
 }

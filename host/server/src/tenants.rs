@@ -27,10 +27,12 @@
 //! `deepwasm hash-key KEY` prints the hash to put in `api_keys`.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
+
+use deepwasm_state::{Admit, Lease, Ledger, StateError, UsageTotals};
 
 use deepwasm_plugins::{
     Grants, HostInterface, Limits, MIB, MemoryKv, Meter, TOTAL_INSTANCES, World,
@@ -64,7 +66,7 @@ struct TenantConfig {
 }
 
 /// What a tenant may take. Unset fields keep the defaults documented here.
-#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantLimits {
     /// Linear memory per plugin instance, MiB (default: each world's).
@@ -135,13 +137,19 @@ pub struct Tenant {
     /// Plugin work, shared by every plugin of the tenant.
     pub meter: Arc<Meter>,
     pub kv: Arc<MemoryKv>,
-    pub prompt_tokens: AtomicU64,
-    pub completion_tokens: AtomicU64,
-    pub requests: AtomicU64,
+    pub prompt_tokens: Arc<AtomicU64>,
+    pub completion_tokens: Arc<AtomicU64>,
+    pub requests: Arc<AtomicU64>,
     concurrency: Arc<Semaphore>,
     /// One plugin compile at a time per tenant.
     compiles: Arc<Semaphore>,
-    window: Mutex<Window>,
+    window: Arc<Mutex<Window>>,
+    /// The shared state's ledger, when replicas share one: admissions and
+    /// spends then count on every replica.
+    ledger: OnceLock<Ledger>,
+    /// What the tenants file said of this tenant: a reload keeps the
+    /// tenant as it is when this is unchanged.
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -159,7 +167,27 @@ impl std::fmt::Debug for Tenant {
 /// even if the client went away first.
 #[derive(Clone)]
 pub struct Admission {
-    _permit: Arc<OwnedSemaphorePermit>,
+    _permit: Arc<(OwnedSemaphorePermit, Option<Lease>)>,
+}
+
+/// How long a client should wait before retrying while the state database
+/// is away.
+pub const STATE_RETRY_AFTER_SECS: u64 = 2;
+
+/// A state error as the API answers it: 503 to retry while the database is
+/// away, 500 for anything else.
+pub fn state_error(e: StateError) -> ApiError {
+    match e {
+        StateError::Unavailable(_) => {
+            // The writer logs the outage once; each request's 503 only here.
+            tracing::debug!("{e}");
+            ApiError::unavailable(
+                "the server cannot reach its state database; retry shortly",
+                STATE_RETRY_AFTER_SECS,
+            )
+        }
+        other => ApiError::internal(other.to_string()),
+    }
 }
 
 impl Tenant {
@@ -174,6 +202,7 @@ impl Tenant {
         instances: usize,
     ) -> Self {
         let share = limits.max_plugin_instances.unwrap_or(instances);
+        let fingerprint = format!("{key_hashes:?} {limits:?} {grants:?} {tools:?}");
         Tenant {
             concurrency: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             compiles: Arc::new(Semaphore::new(1)),
@@ -184,17 +213,108 @@ impl Tenant {
             grants,
             tools,
             meter: Arc::new(Meter::with_instance_share(share)),
-            prompt_tokens: AtomicU64::new(0),
-            completion_tokens: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            window: Mutex::new(Window::default()),
+            prompt_tokens: Arc::default(),
+            completion_tokens: Arc::default(),
+            requests: Arc::default(),
+            window: Arc::default(),
+            ledger: OnceLock::new(),
+            fingerprint,
         }
     }
 
+    /// This tenant with `old`'s counters: what it used so far, its plugin
+    /// meter, its kv store and its token window carry over a reload that
+    /// changed its limits or grants.
+    fn carrying(mut self, old: &Tenant) -> Tenant {
+        self.meter = old.meter.clone();
+        self.kv = old.kv.clone();
+        self.prompt_tokens = old.prompt_tokens.clone();
+        self.completion_tokens = old.completion_tokens.clone();
+        self.requests = old.requests.clone();
+        self.window = old.window.clone();
+        self.compiles = old.compiles.clone();
+        self
+    }
+
+    /// What this process counted of the tenant's usage.
+    pub fn usage_totals(&self) -> UsageTotals {
+        let u = self.meter.usage();
+        UsageTotals {
+            requests: self.requests.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            plugin_calls: u.calls,
+            plugin_fuel: u.fuel,
+            plugin_wall_us: u.wall_us,
+            plugin_limit_hits: u.limit_hits,
+        }
+    }
+
+    /// The ledger shared with other replicas, if any.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.get()
+    }
+
     /// Admit a request: a free place among the concurrent ones and tokens
-    /// left in the minute, or a 429 saying when to come back.
-    pub fn admit(&self) -> Result<Admission, ApiError> {
-        if let Some(limit) = self.limits.tokens_per_minute {
+    /// left in the minute, or a 429 saying when to come back. With a
+    /// shared state, both count on every replica (one round trip to the
+    /// database), and a database that cannot be reached is a 503.
+    pub async fn admit(&self) -> Result<Admission, ApiError> {
+        let permit = self.admit_here()?;
+        let lease = match self.ledger.get() {
+            None => None,
+            Some(ledger) => {
+                match ledger
+                    .admit(
+                        &self.name,
+                        self.limits.max_concurrent_requests.max(1),
+                        self.limits.tokens_per_minute,
+                    )
+                    .await
+                    .map_err(state_error)?
+                {
+                    Admit::Admitted(lease) => Some(lease),
+                    Admit::TokensSpent {
+                        spent,
+                        retry_after_s,
+                    } => {
+                        return Err(ApiError::tokens_rate_limited(
+                            format!(
+                                "tenant `{}` used {spent} of its {} tokens per minute (on all replicas)",
+                                self.name,
+                                self.limits.tokens_per_minute.unwrap_or(0)
+                            ),
+                            retry_after_s,
+                        ));
+                    }
+                    Admit::Busy {
+                        running,
+                        retry_after_s,
+                    } => {
+                        return Err(ApiError::rate_limited(
+                            format!(
+                                "tenant `{}` already has {running} requests running on all replicas, its limit is {}",
+                                self.name, self.limits.max_concurrent_requests
+                            ),
+                            retry_after_s,
+                        ));
+                    }
+                }
+            }
+        };
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(Admission {
+            _permit: Arc::new((permit, lease)),
+        })
+    }
+
+    /// This replica's part of an admission: its own place among the
+    /// tenant's concurrent requests, and (without a shared state) the
+    /// tokens of the minute.
+    fn admit_here(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Some(limit) = self.limits.tokens_per_minute
+            && self.ledger.get().is_none()
+        {
             let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
             expire(&mut w);
             if w.total >= limit {
@@ -209,7 +329,7 @@ impl Tenant {
                 ));
             }
         }
-        let permit = self.concurrency.clone().try_acquire_owned().map_err(|_| {
+        self.concurrency.clone().try_acquire_owned().map_err(|_| {
             ApiError::rate_limited(
                 format!(
                     "tenant `{}` already has {} requests running, its limit",
@@ -217,10 +337,6 @@ impl Tenant {
                 ),
                 1,
             )
-        })?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        Ok(Admission {
-            _permit: Arc::new(permit),
         })
     }
 
@@ -243,6 +359,10 @@ impl Tenant {
         self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(completion, Ordering::Relaxed);
+        if let Some(ledger) = self.ledger.get() {
+            ledger.spend(&self.name, prompt + completion);
+            return;
+        }
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         expire(&mut w);
         w.spent.push_back((Instant::now(), prompt + completion));
@@ -391,6 +511,70 @@ impl Tenants {
         })
     }
 
+    /// Count admissions and spends of every tenant in `ledger`.
+    pub fn attach(&self, ledger: &Ledger) {
+        for t in &self.list {
+            let _ = t.ledger.set(ledger.clone());
+        }
+    }
+
+    /// Every tenant's usage as this process counted it.
+    pub fn usage_snapshot(&self) -> Vec<(String, UsageTotals)> {
+        self.list
+            .iter()
+            .map(|t| (t.name.clone(), t.usage_totals()))
+            .collect()
+    }
+
+    /// Take over what `old` knew of the same tenants: an unchanged tenant
+    /// stays the same (its places among concurrent requests included), a
+    /// changed one keeps its counters. Answers the names of the tenants
+    /// that changed, came or went.
+    fn carry_over(&mut self, old: &Tenants) -> Vec<String> {
+        let by_name: HashMap<&str, &Arc<Tenant>> =
+            old.list.iter().map(|t| (t.name.as_str(), t)).collect();
+        // Freshly loaded: once the key map lets go, the list holds the only
+        // reference to each tenant.
+        self.by_hash.clear();
+        let mut changed = Vec::new();
+        let list = std::mem::take(&mut self.list);
+        for t in list {
+            let t = match by_name.get(t.name.as_str()) {
+                Some(o) if o.fingerprint == t.fingerprint => Arc::clone(o),
+                Some(o) => {
+                    changed.push(t.name.clone());
+                    match Arc::try_unwrap(t) {
+                        Ok(fresh) => Arc::new(fresh.carrying(o)),
+                        Err(shared) => shared,
+                    }
+                }
+                None => {
+                    changed.push(t.name.clone());
+                    t
+                }
+            };
+            self.list.push(t);
+        }
+        let names: std::collections::HashSet<&str> =
+            self.list.iter().map(|t| t.name.as_str()).collect();
+        changed.extend(
+            old.list
+                .iter()
+                .filter(|t| !names.contains(t.name.as_str()))
+                .map(|t| t.name.clone()),
+        );
+        self.by_hash = self
+            .list
+            .iter()
+            .flat_map(|t| {
+                t.key_hashes
+                    .iter()
+                    .map(|h| (h.to_ascii_lowercase(), t.clone()))
+            })
+            .collect();
+        changed
+    }
+
     /// Whether the server runs without keys (no tenants file).
     pub fn is_open(&self) -> bool {
         self.open
@@ -423,6 +607,67 @@ impl Tenants {
         self.list
             .iter()
             .any(|t| t.name == tenant && t.key_hashes.iter().any(|h| h == hash))
+    }
+}
+
+/// The tenants now in force: read from the tenants file at start, and
+/// again on `SIGHUP` without a restart.
+pub struct TenantsCell {
+    current: RwLock<Arc<Tenants>>,
+    path: Option<PathBuf>,
+    ledger: OnceLock<Ledger>,
+}
+
+impl std::fmt::Debug for TenantsCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantsCell")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantsCell {
+    /// `tenants`, read from `path` (which a reload reads again).
+    pub fn new(tenants: Tenants, path: Option<PathBuf>) -> TenantsCell {
+        TenantsCell {
+            current: RwLock::new(Arc::new(tenants)),
+            path,
+            ledger: OnceLock::new(),
+        }
+    }
+
+    /// The tenants in force.
+    pub fn current(&self) -> Arc<Tenants> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Count every tenant, now and after reloads, in `ledger`.
+    pub fn attach(&self, ledger: Ledger) {
+        self.current().attach(&ledger);
+        let _ = self.ledger.set(ledger);
+    }
+
+    /// Read the tenants file again. Keys, limits and grants take effect for
+    /// the requests that come after; requests running keep what admitted
+    /// them. A bad file changes nothing. Answers the names of the tenants
+    /// that changed, came or went.
+    pub fn reload(&self) -> anyhow::Result<Vec<String>> {
+        let Some(path) = &self.path else {
+            anyhow::bail!(
+                "the server was started without a tenants file; there is nothing to reload"
+            );
+        };
+        let mut fresh = Tenants::load(path)?;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let changed = fresh.carry_over(&current);
+        if let Some(ledger) = self.ledger.get() {
+            fresh.attach(ledger);
+        }
+        *current = Arc::new(fresh);
+        Ok(changed)
     }
 }
 

@@ -118,7 +118,7 @@ pub(crate) async fn off_the_executor<T: Send + 'static>(
     tenant: &Tenant,
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let admission = tenant.admit()?;
+    let admission = tenant.admit().await?;
     crate::chat::blocking(move || {
         let _admission = admission;
         work()

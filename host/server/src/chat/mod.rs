@@ -90,7 +90,7 @@ async fn chat(
 ) -> Result<Response, ApiError> {
     st.check_model(&req.model)?;
     let input = ChatInput::read(&mut req)?;
-    let admission = tenant.admit()?;
+    let admission = tenant.admit().await?;
     let (plan, split, req) = {
         let (st, tenant) = (st.clone(), tenant.clone());
         blocking(move || {
@@ -152,7 +152,7 @@ async fn complete(
 ) -> Result<Response, ApiError> {
     st.check_model(&req.model)?;
     let prompts = completion_prompts(&req)?;
-    let admission = tenant.admit()?;
+    let admission = tenant.admit().await?;
     let (plan, req) = {
         let (st, tenant) = (st.clone(), tenant.clone());
         blocking(move || Ok((completion_plan(&st, &tenant, &req, &prompts)?, req))).await?

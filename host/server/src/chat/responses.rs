@@ -713,7 +713,7 @@ async fn respond(
     }
     let (mut chat, history) = chat_request(&st, &tenant, &req)?;
     let input = ChatInput::read(&mut chat)?;
-    let admission = tenant.admit()?;
+    let admission = tenant.admit().await?;
     let (plan, split) = {
         let (st, tenant) = (st.clone(), tenant.clone());
         super::blocking(move || input.plan(&st, &tenant, &chat)).await?

@@ -27,8 +27,7 @@ pub(crate) fn weighted_rewards(
         .map(|(i, r)| {
             let param = format!("rewards[{i}].plugin");
             let stored = st
-                .store
-                .get(&tenant.name, &r.plugin)
+                .stored(tenant, &r.plugin)?
                 .ok_or_else(|| ApiError::plugin_not_found(&param, &r.plugin))?;
             if stored.record.world != World::Reward {
                 return Err(ApiError::invalid_param(

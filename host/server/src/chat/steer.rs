@@ -154,8 +154,7 @@ impl Steering {
 /// The sampler a request names, checked against the tenant's plugins.
 fn plugin_steering(st: &AppState, tenant: &Tenant, s: &SamplerRef) -> Result<Steering, ApiError> {
     let stored = st
-        .store
-        .get(&tenant.name, &s.plugin)
+        .stored(tenant, &s.plugin)?
         .ok_or_else(|| ApiError::plugin_not_found("sampler.plugin", &s.plugin))?;
     if stored.record.world != World::Sampler {
         return Err(ApiError::invalid_param(

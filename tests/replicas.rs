@@ -1,0 +1,287 @@
+//! Replicas of `deepwasm serve --state postgres://...` on one throwaway
+//! PostgreSQL cluster: what one replica does, the others see; a replica
+//! killed mid-upload or mid-stream leaves the others serving and the
+//! registry whole; a database restarted under load answers 503s, then
+//! serves again with nothing lost. And the tenants file re-read on SIGHUP.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::postgres::Postgres;
+use crate::server::{Server, TENANTS, fresh_copy, script_dir, turn, venv_bin, write_tenants};
+use crate::util::{artifacts, deepwasm_bin, default_model_path};
+
+/// A replica on `pg`'s database with its own compile cache in `cache`.
+fn replica(pg: &Postgres, tenants: &Path, cache: &Path, extra: &[&str]) -> Server {
+    let url = pg.url();
+    let mut args = vec!["--state", url.as_str()];
+    args.extend_from_slice(extra);
+    Server::start_with_args(tenants, Path::new("unused"), cache, &args)
+}
+
+/// Run `tests/server/replicas_faults.py` with A and B's addresses.
+fn faults(a: &Server, b_url: &str, args: &[&str]) {
+    let out = Command::new(venv_bin("python"))
+        .arg("replicas_faults.py")
+        .args(args)
+        .current_dir(script_dir())
+        .envs(a.env())
+        .env("DEEPWASM_URL_B", b_url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    a.check(&format!("replicas_faults.py {}", args.join(" ")), &out);
+}
+
+/// The registry's invariants, read from the database: every plugin has
+/// its bytes, every component matches its content id, and no bytes are
+/// left that no plugin names.
+fn check_registry(pg: &Postgres) {
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM plugins p LEFT JOIN plugin_blobs b ON b.id = p.id WHERE b.id IS NULL"),
+        "0"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM plugin_blobs WHERE encode(sha256(bytes), 'hex') <> id"),
+        "0",
+        "a component does not match its id"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM plugin_blobs b WHERE NOT EXISTS (SELECT 1 FROM plugins p WHERE p.id = b.id)"),
+        "0",
+        "bytes were left that no plugin names"
+    );
+}
+
+#[test]
+fn two_replicas_share_plugins_quotas_and_usage() {
+    let _turn = turn();
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let a = replica(&pg, &tenants, &cache, &[]);
+    // B compiles for itself: it gets plugins only from the registry.
+    let b = replica(&pg, &tenants, &dir.path().join("b-cache"), &[]);
+    a.python_with_env("replicas.py", &[], &[("DEEPWASM_URL_B", &b.url)]);
+    check_registry(&pg);
+}
+
+/// When to kill replica A during an upload.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// This long after the body was sent (receiving or compiling).
+    Delay(Duration),
+    /// As soon as the upload's transaction is seen writing the registry.
+    InTransaction,
+}
+
+fn send_upload(url: &str, key: &str, name: &str, bytes: &[u8]) -> TcpStream {
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut request = TcpStream::connect(addr).unwrap();
+    write!(
+        request,
+        "POST /v1/plugins?name={name} HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {key}\r\nContent-Type: application/wasm\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        bytes.len()
+    )
+    .unwrap();
+    request.write_all(bytes).unwrap();
+    request
+}
+
+#[test]
+fn a_replica_killed_mid_upload_or_mid_stream_leaves_the_others_serving() {
+    let _turn = turn();
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let shared_cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let ttl = "3";
+    let b = replica(&pg, &tenants, &shared_cache, &["--lease-ttl-secs", ttl]);
+    let (_, key, _) = TENANTS[0];
+    let reward = std::fs::read(artifacts::R1_FORMAT).unwrap();
+    let kills = [
+        KillAt::Delay(Duration::from_millis(50)),
+        KillAt::Delay(Duration::from_millis(500)),
+        KillAt::InTransaction,
+    ];
+    for (i, at) in kills.into_iter().enumerate() {
+        // A compiles every upload for real: its cache starts empty.
+        let a_cache = dir.path().join(format!("a-cache-{i}"));
+        let a = replica(&pg, &tenants, &a_cache, &["--lease-ttl-secs", ttl]);
+        let name = format!("killed-{i}");
+        let bytes = fresh_copy(&reward);
+        let id = deepwasm_plugins::content_id(&bytes);
+        let path: PathBuf = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&path, &bytes).unwrap();
+        let mut request = send_upload(&a.url, key, &name, &bytes);
+        let sent = Instant::now();
+        let reached = match at {
+            KillAt::Delay(d) => {
+                std::thread::sleep(d);
+                true
+            }
+            KillAt::InTransaction => {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let writing = pg.psql(
+                        "SELECT count(*) FROM pg_stat_activity
+                          WHERE application_name = 'deepwasm' AND state <> 'idle'
+                            AND query LIKE 'INSERT INTO plugin%'",
+                    );
+                    if writing != "0" {
+                        break true;
+                    }
+                    let stored = pg.psql(&format!(
+                        "SELECT count(*) FROM plugins WHERE name = '{name}'"
+                    ));
+                    if stored != "0" || Instant::now() > deadline {
+                        break false;
+                    }
+                }
+            }
+        };
+        let after = sent.elapsed();
+        a.kill();
+        let _ = request.read_to_end(&mut Vec::new());
+        println!(
+            "kill {i} ({at:?}) {} after {:.2} s",
+            if reached { "reached" } else { "missed" },
+            after.as_secs_f64()
+        );
+        check_registry(&pg);
+        faults(
+            &b,
+            &b.url,
+            &["after-upload-kill", &name, &id, path.to_str().unwrap()],
+        );
+        check_registry(&pg);
+    }
+
+    // Killed mid-stream: `single` (one request at a time) streams on A.
+    let a = replica(&pg, &tenants, &shared_cache, &["--lease-ttl-secs", ttl]);
+    let (_, single_key, _) = TENANTS[3];
+    let addr = a.url.strip_prefix("http://").unwrap().to_owned();
+    let body = format!(
+        r#"{{"model":"{}","messages":[{{"role":"user","content":"Tell me a long story."}}],"max_tokens":200,"stream":true}}"#,
+        a.model()
+    );
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {single_key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: {") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before its first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    a.kill();
+    faults(&b, &b.url, &["after-stream-kill", ttl]);
+    check_registry(&pg);
+}
+
+#[test]
+fn the_database_restarted_under_load_answers_503_then_serves_with_nothing_lost() {
+    let _turn = turn();
+    let mut pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let a = replica(&pg, &tenants, &cache, &[]);
+    let b = replica(&pg, &tenants, &cache, &[]);
+    let load = Command::new(venv_bin("python"))
+        .args(["replicas_faults.py", "load", "16"])
+        .current_dir(script_dir())
+        .envs(a.env())
+        .env("DEEPWASM_URL_B", &b.url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    pg.pause();
+    std::thread::sleep(Duration::from_secs(4));
+    pg.resume();
+    let out = load.wait_with_output().unwrap();
+    a.check("replicas_faults.py load (A's log)", &out);
+    // The outage is logged when it starts, not once per refused request.
+    for (name, log) in [("A", a.log()), ("B", b.log())] {
+        let outages = log.matches("cannot write usage, spends or leases").count();
+        assert!(
+            (1..=3).contains(&outages),
+            "replica {name} logged the outage {outages} times:\n{}",
+            &log[log.len().saturating_sub(4000)..]
+        );
+    }
+}
+
+#[test]
+fn a_database_unreachable_at_start_stops_the_server_with_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://deepwasm:hunter2@127.0.0.1:{port}/deepwasm");
+    let started = Instant::now();
+    let out = Command::new(deepwasm_bin())
+        .args(["serve", "--model"])
+        .arg(default_model_path())
+        .args(["--addr", "127.0.0.1:0", "--state", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--state") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password was printed: {err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // It stopped before loading the model.
+    assert!(!err.contains("loaded "), "{err}");
+
+    let out = Command::new(deepwasm_bin())
+        .args(["serve", "--state", "mysql://x@y/z", "--model"])
+        .arg(default_model_path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("PostgreSQL URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sighup_reads_the_tenants_file_again_without_a_restart() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let server = Server::start_with_args(&tenants, &dir.path().join("store"), &cache, &[]);
+    let out = Command::new(venv_bin("python"))
+        .arg("tenants_reload.py")
+        .current_dir(script_dir())
+        .envs(server.env())
+        .env("DEEPWASM_TENANTS_FILE", &tenants)
+        .env("DEEPWASM_PID", server.pid().to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    server.check("tenants_reload.py", &out);
+    assert!(server.log().contains("SIGHUP"), "{}", server.log());
+}
