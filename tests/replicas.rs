@@ -285,3 +285,137 @@ fn sighup_reads_the_tenants_file_again_without_a_restart() {
     server.check("tenants_reload.py", &out);
     assert!(server.log().contains("SIGHUP"), "{}", server.log());
 }
+
+/// nginx in front of two replicas, configured by `docs/deployment/nginx.conf`
+/// with the replicas' addresses and a free port filled in. Killed when
+/// dropped.
+struct Nginx {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(replicas: &[&str]) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let site = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deployment/nginx.conf"),
+        )
+        .unwrap();
+        let mut servers = replicas.iter();
+        let site: String = site
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("server 10.0.0.") {
+                    let addr = servers.next().expect("the file lists two replicas");
+                    let rest = line.split_once(":8000").unwrap().1;
+                    format!("    server {addr}{rest}\n")
+                } else if line.trim() == "listen 8000;" {
+                    format!("    listen 127.0.0.1:{port};\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        assert!(servers.next().is_none(), "every replica has a line");
+        let prefix = dir.path();
+        std::fs::write(prefix.join("site.conf"), site).unwrap();
+        let user = if is_root() { "user root;\n" } else { "" };
+        let p = prefix.display();
+        std::fs::write(
+            prefix.join("nginx.conf"),
+            format!(
+                "{user}daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\n\
+                 events {{}}\nhttp {{\n  access_log {p}/access.log;\n  client_body_temp_path {p}/body;\n\
+                 proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n\
+                 scgi_temp_path {p}/scgi;\n  include {p}/site.conf;\n}}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nginx (scripts/setup installs Debian's nginx-light)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen: {}",
+                std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+#[test]
+fn nginx_in_front_of_two_replicas_spreads_requests_and_skips_a_dead_one() {
+    let _turn = turn();
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let a = replica(&pg, &tenants, &cache, &[]);
+    let b = replica(&pg, &tenants, &cache, &[]);
+    let (a_addr, b_addr) = (
+        a.url.strip_prefix("http://").unwrap().to_owned(),
+        b.url.strip_prefix("http://").unwrap().to_owned(),
+    );
+    let nginx = Nginx::start(&[&a_addr, &b_addr]);
+    let run = |server: &Server, phase: &str| {
+        let out = Command::new(venv_bin("python"))
+            .args(["through_nginx.py", phase])
+            .current_dir(script_dir())
+            .envs(server.env())
+            .env("DEEPWASM_URL", &nginx.url)
+            .env("DEEPWASM_URL_A", &a.url)
+            .env("DEEPWASM_URL_B", &b.url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        server.check(&format!("through_nginx.py {phase}"), &out);
+    };
+    run(&b, "both");
+    let b_url = b.url.clone();
+    a.kill();
+    let out = Command::new(venv_bin("python"))
+        .args(["through_nginx.py", "one"])
+        .current_dir(script_dir())
+        .envs(b.env())
+        .env("DEEPWASM_URL", &nginx.url)
+        .env("DEEPWASM_URL_B", &b_url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    b.check("through_nginx.py one", &out);
+}

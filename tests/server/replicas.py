@@ -6,6 +6,7 @@ a tenant's quotas hold across both, and both answer the same usage.
 """
 
 import os
+import threading
 import time
 
 import httpx2
@@ -163,6 +164,36 @@ def test_usage_is_the_same_on_every_replica_and_sums_both():
     spent = a["prompt_tokens"] + a["completion_tokens"]
     spent -= before["prompt_tokens"] + before["completion_tokens"]
     assert spent == tokens, (before, a, tokens)
+
+
+def test_a_flood_of_state_reads_is_held_to_its_share():
+    """A tenant hammering the endpoints that read the database outside any
+    request (usage, plugin lists) gets 429s past its few reads at once,
+    and other tenants are served meanwhile."""
+    statuses = []
+    lock = threading.Lock()
+
+    def flood():
+        with http(URL_A, "alpha") as h:
+            for i in range(15):
+                r = h.get("/v1/usage" if i % 2 else "/v1/plugins")
+                if r.status_code == 429:
+                    assert int(r.headers["retry-after"]) >= 1, r.headers
+                    assert "reads of usage or plugins" in error_of(r)["message"], r.text
+                with lock:
+                    statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=flood) for _ in range(24)]
+    for t in threads:
+        t.start()
+    out = chat(client(URL_A, "beta"), "hi", max_tokens=2)
+    assert out.choices, out
+    with http(URL_A, "beta") as other:
+        assert other.get("/v1/usage").status_code == 200
+    for t in threads:
+        t.join()
+    assert set(statuses) <= {200, 429}, sorted(set(statuses))
+    assert statuses.count(429) > 0 and statuses.count(200) > 0, (statuses.count(200), statuses.count(429))
 
 
 run(globals())

@@ -115,6 +115,7 @@ pub async fn model(
 /// every replica (this one's written first), so every replica answers the
 /// same.
 pub async fn usage(Extension(tenant): Extension<Arc<Tenant>>) -> Result<Response, ApiError> {
+    let _read = tenant.admit_state_read()?;
     let u = match tenant.ledger() {
         Some(ledger) => ledger
             .usage(&tenant.name)

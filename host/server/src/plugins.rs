@@ -127,6 +127,7 @@ pub async fn list(
     State(st): State<Arc<AppState>>,
     Extension(tenant): Extension<Arc<Tenant>>,
 ) -> Result<Response, ApiError> {
+    let _read = tenant.admit_state_read()?;
     let data: Vec<Value> = st
         .store
         .list(&tenant.name)
@@ -146,6 +147,7 @@ pub async fn get(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let _read = tenant.admit_state_read()?;
     let stored = st
         .stored_async(&tenant, &id)
         .await?
@@ -158,6 +160,7 @@ pub async fn delete(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let _read = tenant.admit_state_read()?;
     let removed = st
         .store
         .delete(&tenant.name, &id)

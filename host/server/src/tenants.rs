@@ -143,6 +143,9 @@ pub struct Tenant {
     concurrency: Arc<Semaphore>,
     /// One plugin compile at a time per tenant.
     compiles: Arc<Semaphore>,
+    /// Reads of the shared state outside requests (usage, plugin
+    /// management) at once, per replica.
+    state_reads: Arc<Semaphore>,
     window: Arc<Mutex<Window>>,
     /// The shared state's ledger, when replicas share one: admissions and
     /// spends then count on every replica.
@@ -169,6 +172,10 @@ impl std::fmt::Debug for Tenant {
 pub struct Admission {
     _permit: Arc<(OwnedSemaphorePermit, Option<Lease>)>,
 }
+
+/// Reads of the shared state (usage, plugin management) one tenant may run
+/// at once on one replica.
+pub const STATE_READS: usize = 4;
 
 /// How long a client should wait before retrying while the state database
 /// is away.
@@ -206,6 +213,7 @@ impl Tenant {
         Tenant {
             concurrency: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             compiles: Arc::new(Semaphore::new(1)),
+            state_reads: Arc::new(Semaphore::new(STATE_READS)),
             kv: Arc::new(MemoryKv::new(limits.kv_bytes)),
             name,
             key_hashes,
@@ -233,6 +241,7 @@ impl Tenant {
         self.requests = old.requests.clone();
         self.window = old.window.clone();
         self.compiles = old.compiles.clone();
+        self.state_reads = old.state_reads.clone();
         self
     }
 
@@ -338,6 +347,30 @@ impl Tenant {
                 1,
             )
         })
+    }
+
+    /// Admit a read of the shared state that no request admission covers
+    /// (`/v1/usage`, listing, reading and deleting plugins): with a shared
+    /// state, [`STATE_READS`] at once per tenant and replica, or a 429, so
+    /// that no tenant can keep the database busy for the others. Without
+    /// one they are reads of memory, and always admitted.
+    pub fn admit_state_read(&self) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        if self.ledger.get().is_none() {
+            return Ok(None);
+        }
+        self.state_reads
+            .clone()
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| {
+                ApiError::rate_limited(
+                    format!(
+                        "tenant `{}` already has {STATE_READS} reads of usage or plugins running",
+                        self.name
+                    ),
+                    1,
+                )
+            })
     }
 
     /// Admit a plugin upload: one compile at a time per tenant (compiling
