@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::postgres::Postgres;
-use crate::server::{Server, TENANTS, fresh_copy, script_dir, turn, venv_bin, write_tenants};
+use crate::server::{
+    Server, TENANTS, fresh_copy, script_dir, send_upload, turn, venv_bin, write_tenants,
+};
 use crate::util::{artifacts, deepwasm_bin, default_model_path};
 
 /// A replica on `pg`'s database with its own compile cache in `cache`.
@@ -20,6 +22,29 @@ fn replica(pg: &Postgres, tenants: &Path, cache: &Path, extra: &[&str]) -> Serve
     let mut args = vec!["--state", url.as_str()];
     args.extend_from_slice(extra);
     Server::start_with_args(tenants, Path::new("unused"), cache, &args)
+}
+
+/// What every test here starts from: its turn among the server tests, a
+/// fresh database, a directory with the tenants file, and the compile
+/// cache the test servers share.
+struct Setting {
+    _turn: std::sync::MutexGuard<'static, ()>,
+    pg: Postgres,
+    dir: tempfile::TempDir,
+    tenants: PathBuf,
+    cache: PathBuf,
+}
+
+fn setting() -> Setting {
+    let turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    Setting {
+        _turn: turn,
+        pg: Postgres::start(),
+        tenants: write_tenants(dir.path()),
+        dir,
+        cache: Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache"),
+    }
 }
 
 /// Run `tests/server/replicas_faults.py` with A and B's addresses.
@@ -58,16 +83,18 @@ fn check_registry(pg: &Postgres) {
 
 #[test]
 fn two_replicas_share_plugins_quotas_and_usage() {
-    let _turn = turn();
-    let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-    let a = replica(&pg, &tenants, &cache, &[]);
+    let Setting {
+        pg,
+        dir,
+        tenants,
+        cache,
+        ..
+    } = &setting();
+    let a = replica(pg, tenants, cache, &[]);
     // B compiles for itself: it gets plugins only from the registry.
-    let b = replica(&pg, &tenants, &dir.path().join("b-cache"), &[]);
+    let b = replica(pg, tenants, &dir.path().join("b-cache"), &[]);
     a.python_with_env("replicas.py", &[], &[("DEEPWASM_URL_B", &b.url)]);
-    check_registry(&pg);
+    check_registry(pg);
 }
 
 /// When to kill replica A during an upload.
@@ -79,30 +106,17 @@ enum KillAt {
     InTransaction,
 }
 
-fn send_upload(url: &str, key: &str, name: &str, bytes: &[u8]) -> TcpStream {
-    let addr = url.strip_prefix("http://").unwrap();
-    let mut request = TcpStream::connect(addr).unwrap();
-    write!(
-        request,
-        "POST /v1/plugins?name={name} HTTP/1.1\r\nHost: {addr}\r\n\
-         Authorization: Bearer {key}\r\nContent-Type: application/wasm\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        bytes.len()
-    )
-    .unwrap();
-    request.write_all(bytes).unwrap();
-    request
-}
-
 #[test]
 fn a_replica_killed_mid_upload_or_mid_stream_leaves_the_others_serving() {
-    let _turn = turn();
-    let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let shared_cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let Setting {
+        pg,
+        dir,
+        tenants,
+        cache: shared_cache,
+        ..
+    } = &setting();
     let ttl = "3";
-    let b = replica(&pg, &tenants, &shared_cache, &["--lease-ttl-secs", ttl]);
+    let b = replica(pg, tenants, shared_cache, &["--lease-ttl-secs", ttl]);
     let (_, key, _) = TENANTS[0];
     let reward = std::fs::read(artifacts::R1_FORMAT).unwrap();
     let kills = [
@@ -113,7 +127,7 @@ fn a_replica_killed_mid_upload_or_mid_stream_leaves_the_others_serving() {
     for (i, at) in kills.into_iter().enumerate() {
         // A compiles every upload for real: its cache starts empty.
         let a_cache = dir.path().join(format!("a-cache-{i}"));
-        let a = replica(&pg, &tenants, &a_cache, &["--lease-ttl-secs", ttl]);
+        let a = replica(pg, tenants, &a_cache, &["--lease-ttl-secs", ttl]);
         let name = format!("killed-{i}");
         let bytes = fresh_copy(&reward);
         let id = deepwasm_plugins::content_id(&bytes);
@@ -154,17 +168,17 @@ fn a_replica_killed_mid_upload_or_mid_stream_leaves_the_others_serving() {
             if reached { "reached" } else { "missed" },
             after.as_secs_f64()
         );
-        check_registry(&pg);
+        check_registry(pg);
         faults(
             &b,
             &b.url,
             &["after-upload-kill", &name, &id, path.to_str().unwrap()],
         );
-        check_registry(&pg);
+        check_registry(pg);
     }
 
     // Killed mid-stream: `single` (one request at a time) streams on A.
-    let a = replica(&pg, &tenants, &shared_cache, &["--lease-ttl-secs", ttl]);
+    let a = replica(pg, tenants, shared_cache, &["--lease-ttl-secs", ttl]);
     let (_, single_key, _) = TENANTS[3];
     let addr = a.url.strip_prefix("http://").unwrap().to_owned();
     let body = format!(
@@ -189,18 +203,21 @@ fn a_replica_killed_mid_upload_or_mid_stream_leaves_the_others_serving() {
     assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
     a.kill();
     faults(&b, &b.url, &["after-stream-kill", ttl]);
-    check_registry(&pg);
+    check_registry(pg);
 }
 
 #[test]
 fn the_database_restarted_under_load_answers_503_then_serves_with_nothing_lost() {
-    let _turn = turn();
-    let mut pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-    let a = replica(&pg, &tenants, &cache, &[]);
-    let b = replica(&pg, &tenants, &cache, &[]);
+    let Setting {
+        _turn,
+        mut pg,
+        dir: _dir,
+        tenants,
+        cache,
+    } = setting();
+    let (tenants, cache) = (&tenants, &cache);
+    let a = replica(&pg, tenants, cache, &[]);
+    let b = replica(&pg, tenants, cache, &[]);
     let load = Command::new(venv_bin("python"))
         .args(["replicas_faults.py", "load", "16"])
         .current_dir(script_dir())
@@ -380,13 +397,11 @@ fn is_root() -> bool {
 
 #[test]
 fn nginx_in_front_of_two_replicas_spreads_requests_and_skips_a_dead_one() {
-    let _turn = turn();
-    let pg = Postgres::start();
-    let dir = tempfile::tempdir().unwrap();
-    let tenants = write_tenants(dir.path());
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-    let a = replica(&pg, &tenants, &cache, &[]);
-    let b = replica(&pg, &tenants, &cache, &[]);
+    let Setting {
+        pg, tenants, cache, ..
+    } = &setting();
+    let a = replica(pg, tenants, cache, &[]);
+    let b = replica(pg, tenants, cache, &[]);
     let (a_addr, b_addr) = (
         a.url.strip_prefix("http://").unwrap().to_owned(),
         b.url.strip_prefix("http://").unwrap().to_owned(),

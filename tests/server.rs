@@ -876,17 +876,7 @@ impl Server {
         let record = tenant_dir.join(format!("{id}.json"));
         let cache_files = file_count(cache);
         let store_files = file_count(&tenant_dir);
-        let addr = self.url.strip_prefix("http://").unwrap();
-        let mut request = TcpStream::connect(addr).unwrap();
-        write!(
-            request,
-            "POST /v1/plugins?name={name} HTTP/1.1\r\nHost: {addr}\r\n\
-             Authorization: Bearer {key}\r\nContent-Type: application/wasm\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            bytes.len()
-        )
-        .unwrap();
-        request.write_all(bytes).unwrap();
+        let mut request = send_upload(&self.url, key, name, bytes);
         let sent = Instant::now();
         let reached = match at {
             KillAt::Delay(d) => {
@@ -939,6 +929,23 @@ impl Server {
             );
         }
     }
+}
+
+/// Send `bytes` to the server at `url` as plugin `name` with API key `key`,
+/// without waiting for the answer.
+pub(crate) fn send_upload(url: &str, key: &str, name: &str, bytes: &[u8]) -> TcpStream {
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut request = TcpStream::connect(addr).unwrap();
+    write!(
+        request,
+        "POST /v1/plugins?name={name} HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {key}\r\nContent-Type: application/wasm\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        bytes.len()
+    )
+    .unwrap();
+    request.write_all(bytes).unwrap();
+    request
 }
 
 fn yes_no(b: bool) -> &'static str {

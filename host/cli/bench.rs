@@ -49,6 +49,10 @@ pub enum BenchCommand {
     /// the CPU, then prefill and decode speed on random-weight checkpoints
     /// of real models' shapes, into one JSON report (scripts/gpu-check).
     Gpu(crate::bench_gpu::GpuBenchArgs),
+    /// Sharing state through PostgreSQL (`serve --state`) against the
+    /// embedded default: plugin upload, list, first use and delete, and
+    /// the admission of a request.
+    State(crate::bench_state::StateBenchArgs),
 }
 
 #[derive(Args)]
@@ -86,6 +90,7 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
         BenchCommand::Step(args) => crate::bench_step::run(args),
         BenchCommand::Gpu(args) => crate::bench_gpu::run(cli, args),
+        BenchCommand::State(args) => crate::bench_state::run(args),
     }
 }
 

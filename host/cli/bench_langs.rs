@@ -51,11 +51,11 @@ const STEP_BUDGET: Duration = Duration::from_millis(25);
 /// DeepSeek-V3/R1's number of logits (the tokenizer has fewer entries).
 const DEEPSEEK_LOGITS: usize = 129_280;
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
     if ms < 1.0 {
         format!("{:.0} µs", ms * 1e3)

@@ -11,6 +11,7 @@ mod bench_prefill;
 mod bench_sampler;
 mod bench_server;
 mod bench_soak;
+mod bench_state;
 mod bench_step;
 mod generate;
 mod model;

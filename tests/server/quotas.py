@@ -1,14 +1,13 @@
 """Tenants' quotas: a tenant over its concurrent requests or its tokens per
 minute gets 429 with a Retry-After, and other tenants are not affected."""
 
-import os
 import threading
 import time
 
 import httpx2
 import openai
 
-from common import MODEL, chat, client, http, plugin_bytes, run, upload
+from common import MODEL, chat, client, fresh_copy, http, plugin_bytes, run, upload
 
 PROMPT = "Tell me a long story about a dragon."
 
@@ -113,22 +112,6 @@ def test_an_abandoned_scoring_keeps_its_place_until_it_ends():
         assert r.status_code == 200, r.text
         assert r.json()["data"][0]["rewards"]["hostile"] == 1.0, r.text
 
-
-def fresh_copy(data):
-    """`data` with a custom section of random bytes appended: the same
-    plugin under a new content id, so the server must compile it anew."""
-
-    def leb(n):
-        out = bytearray()
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    name = b"nonce"
-    payload = leb(len(name)) + name + os.urandom(16)
-    return data + b"\x00" + leb(len(payload)) + payload
 
 
 def test_uploads_compile_one_at_a_time_per_tenant():

@@ -18,6 +18,7 @@ from common import (
     chat,
     content_id,
     error_of,
+    fresh_copy,
     key,
     plugin_bytes,
     run,
@@ -194,6 +195,32 @@ def test_a_flood_of_state_reads_is_held_to_its_share():
         t.join()
     assert set(statuses) <= {200, 429}, sorted(set(statuses))
     assert statuses.count(429) > 0 and statuses.count(200) > 0, (statuses.count(200), statuses.count(429))
+
+
+def loaded(url, tenant):
+    with httpx2.Client(base_url=url, timeout=TIMEOUT) as h:
+        for line in h.get("/metrics").text.splitlines():
+            if line.startswith(f'deepwasm_plugins_loaded{{tenant="{tenant}"}}'):
+                return int(float(line.split()[1]))
+    raise AssertionError(f"no deepwasm_plugins_loaded for {tenant} in /metrics")
+
+
+def test_plugins_churned_through_another_replica_do_not_pile_up_here():
+    """Upload through B, use through A, delete through B, over and over with
+    new bytes: A loads each, and must let go of those the registry dropped
+    (a tenant stores at most 32)."""
+    data = plugin_bytes("r1-format")
+    samples = [{"completion": "<think>x</think> 4"}]
+    with http(URL_A, "delta") as a, http(URL_B, "delta") as b:
+        for i in range(36):
+            name = f"churn-{i}"
+            r = upload(b, name, fresh_copy(data))
+            assert r.status_code == 201, r.text
+            r = a.post("/v1/rewards/score", json={"rewards": [{"plugin": name}], "samples": samples})
+            assert r.status_code == 200, r.text
+            assert b.delete(f"/v1/plugins/{name}").status_code == 200
+    # At most its 32 plus the one that found the registry had moved on.
+    assert loaded(URL_A, "delta") <= 33, loaded(URL_A, "delta")
 
 
 run(globals())

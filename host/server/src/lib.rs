@@ -215,6 +215,7 @@ impl AppState {
         };
         let metrics = Metrics::new(
             tenants.clone(),
+            store.clone(),
             scheduler.stats.clone(),
             engine.logits_traffic.clone(),
         );
@@ -330,20 +331,7 @@ impl AppState {
                 .find(|t| &t.name == name)
                 .map(|t| t.grants.clone());
             self.store.tenant_changed(name, grants.as_ref());
-            self.samplers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|k, s| {
-                    let keep = &k.0 != name;
-                    if !keep {
-                        s.evict_idle();
-                    }
-                    keep
-                });
-            self.rewards
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|k, _| &k.0 != name);
+            self.drop_pooled(|(tenant, _)| tenant == name);
         }
         Ok(changed)
     }
@@ -362,7 +350,12 @@ impl AppState {
             Store::Pg(_) => {
                 let handle = tokio::runtime::Handle::current();
                 tokio::task::block_in_place(|| {
-                    handle.block_on(self.store.get(&tenant.name, &tenant.grants, id_or_name))
+                    handle.block_on(self.store.get(
+                        &tenant.name,
+                        &tenant.grants,
+                        id_or_name,
+                        tenant.limits.max_plugins,
+                    ))
                 })
             }
         };
@@ -376,29 +369,40 @@ impl AppState {
         id_or_name: &str,
     ) -> Result<Option<Stored>, ApiError> {
         self.store
-            .get(&tenant.name, &tenant.grants, id_or_name)
+            .get(
+                &tenant.name,
+                &tenant.grants,
+                id_or_name,
+                tenant.limits.max_plugins,
+            )
             .await
             .map_err(|e| plugin_store_error(id_or_name, e))
     }
 
     /// Forget the pooled instances of a deleted plugin.
     pub(crate) fn forget(&self, tenant: &str, id: &str) {
-        // Requests still running keep their instances until they end; the
-        // idle ones go now.
+        self.drop_pooled(|(t, i)| t == tenant && i == id);
+    }
+
+    /// Drop the pooled sampler and reward instances whose (tenant, plugin
+    /// id) `gone` names. Requests still running keep theirs until they
+    /// end; the idle ones go now.
+    fn drop_pooled(&self, gone: impl Fn(&(String, String)) -> bool) {
         self.samplers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, s| {
-                let keep = !(k.0 == tenant && k.1 == id);
-                if !keep {
+                if gone(k) {
                     s.evict_idle();
+                    false
+                } else {
+                    true
                 }
-                keep
             });
         self.rewards
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| !(k.0 == tenant && k.1 == id));
+            .retain(|k, _| !gone(k));
     }
 }
 

@@ -41,6 +41,7 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     pub fn new(
         tenants: Arc<TenantsCell>,
+        store: Arc<crate::store::Store>,
         scheduler: Arc<SchedulerStats>,
         logits: Arc<LogitsTraffic>,
     ) -> Self {
@@ -75,6 +76,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(Live {
             tenants,
+            store,
             scheduler,
             logits,
         }));
@@ -135,6 +137,7 @@ impl Metrics {
 /// Values read at scrape time: tenants' token and plugin counters, the batch.
 struct Live {
     tenants: Arc<TenantsCell>,
+    store: Arc<crate::store::Store>,
     scheduler: Arc<SchedulerStats>,
     logits: Arc<LogitsTraffic>,
 }
@@ -187,6 +190,17 @@ impl Collector for Live {
                 let labels = [("tenant", t.name.as_str())];
                 ConstCounter::new(read(t)).encode(family.encode_family(&labels)?)?;
             }
+        }
+        let mut family = encoder.encode_descriptor(
+            "plugins_loaded",
+            "Plugins loaded (compiled and linked) in this process, by tenant",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for t in tenants {
+            let labels = [("tenant", t.name.as_str())];
+            let n = i64::try_from(self.store.loaded_count(&t.name)).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
         }
         let kv = &self.scheduler.kv;
         let gauges: [(&str, &str, i64); 6] = [

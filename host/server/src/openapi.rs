@@ -238,13 +238,18 @@ mod paths {
     pub(super) fn model() {}
 
     /// The tenant's usage: tokens, plugin calls, fuel, wall time.
+    ///
+    /// With `--state`, the totals of every replica that served the tenant
+    /// (this one's written first), so every replica answers the same.
     #[utoipa::path(
         get,
         path = "/v1/usage",
         tag = "operations",
         responses(
-            (status = 200, description = "Totals since the server started", body = TenantUsage),
+            (status = 200, description = "Totals since the server started (with `--state`: since the database was created)", body = TenantUsage),
             (status = 401, description = "No or unknown API key", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of usage or plugins as it may at once (see Retry-After)", body = Error),
+            (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn usage() {}
@@ -274,7 +279,7 @@ mod paths {
             (status = 413, description = "Body too large", body = Error),
             (status = 422, description = "A plugin failed", body = Error),
             (status = 429, description = "Quota exceeded (see Retry-After)", body = Error),
-            (status = 503, description = "The server is at capacity: too many requests wait for a place in the batch (see Retry-After)", body = Error),
+            (status = 503, description = "The server is at capacity: too many requests wait for a place in the batch, or with `--state` cannot reach its database (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn chat_completions() {}
@@ -303,7 +308,7 @@ mod paths {
             (status = 413, description = "Body too large", body = Error),
             (status = 422, description = "A plugin failed", body = Error),
             (status = 429, description = "Quota exceeded (see Retry-After)", body = Error),
-            (status = 503, description = "The server is at capacity: too many requests wait for a place in the batch (see Retry-After)", body = Error),
+            (status = 503, description = "The server is at capacity: too many requests wait for a place in the batch, or with `--state` cannot reach its database (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn completions() {}
@@ -325,7 +330,7 @@ mod paths {
             (status = 404, description = "No such model", body = Error),
             (status = 413, description = "Body too large", body = Error),
             (status = 429, description = "Quota exceeded (see Retry-After)", body = Error),
-            (status = 503, description = "The server is at capacity (see Retry-After)", body = Error),
+            (status = 503, description = "The server is at capacity, or with `--state` cannot reach its database (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn embeddings() {}
@@ -405,7 +410,7 @@ mod paths {
             (status = 413, description = "Body too large", body = Error),
             (status = 422, description = "A plugin failed", body = Error),
             (status = 429, description = "Quota exceeded (see Retry-After)", body = Error),
-            (status = 503, description = "The server is at capacity (see Retry-After)", body = Error),
+            (status = 503, description = "The server is at capacity, or with `--state` cannot reach its database (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn responses() {}
@@ -480,7 +485,7 @@ mod paths {
             (status = 404, description = "No such model or reward plugin", body = Error),
             (status = 413, description = "Body too large", body = Error),
             (status = 429, description = "Quota exceeded (see Retry-After)", body = Error),
-            (status = 503, description = "The server is at capacity: too many requests wait for a place in the batch (see Retry-After)", body = Error),
+            (status = 503, description = "The server is at capacity: too many requests wait for a place in the batch, or with `--state` cannot reach its database (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn rollouts() {}
@@ -535,6 +540,7 @@ mod paths {
             (status = 413, description = "The component is larger than the tenant may upload", body = Error),
             (status = 422, description = "Compiling the component passed the server's cap on compile time or memory (`compile_limit_exceeded`)", body = Error),
             (status = 429, description = "The tenant, or the server, is compiling as many plugins as it may at once (see Retry-After)", body = Error),
+            (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn upload_plugin() {}
@@ -547,6 +553,8 @@ mod paths {
         responses(
             (status = 200, description = "The tenant's plugins, oldest first", body = PluginList),
             (status = 401, description = "No or unknown API key", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of usage or plugins as it may at once (see Retry-After)", body = Error),
+            (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn list_plugins() {}
@@ -561,6 +569,8 @@ mod paths {
             (status = 200, description = "The plugin", body = Plugin),
             (status = 401, description = "No or unknown API key", body = Error),
             (status = 404, description = "No such plugin (or another tenant's)", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of usage or plugins as it may at once (see Retry-After)", body = Error),
+            (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn get_plugin() {}
@@ -575,6 +585,8 @@ mod paths {
             (status = 200, description = "Deleted", body = PluginDeleted),
             (status = 401, description = "No or unknown API key", body = Error),
             (status = 404, description = "No such plugin (or another tenant's)", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of usage or plugins as it may at once (see Retry-After)", body = Error),
+            (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn delete_plugin() {}

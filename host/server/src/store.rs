@@ -410,6 +410,7 @@ impl PgStore {
         tenant: &str,
         grants: &Grants,
         id_or_name: &str,
+        max_plugins: usize,
     ) -> Result<Option<Stored>, UploadError> {
         let Some(row) = self.state.plugin(tenant, id_or_name).await? else {
             if is_id(id_or_name) {
@@ -442,8 +443,45 @@ impl PgStore {
         let plugin = tokio::task::spawn_blocking(move || engine.load(&name, &bytes, &grants))
             .await
             .map_err(|e| UploadError::Io(format!("the load stopped: {e}")))??;
-        self.loaded().insert(key, plugin.clone());
+        let crowded = {
+            let mut loaded = self.loaded();
+            loaded.insert(key, plugin.clone());
+            loaded.keys().filter(|(t, _)| t == tenant).count() > max_plugins
+        };
+        if crowded {
+            self.prune(tenant).await?;
+        }
         Ok(Some(Stored { record, plugin }))
+    }
+
+    /// Drop this replica's loaded copies of `tenant`'s plugins that the
+    /// registry no longer holds (deleted through another replica). Run when
+    /// the tenant has more loaded here than it may store, so a tenant that
+    /// uploads, uses and deletes through different replicas cannot grow
+    /// this replica's memory.
+    async fn prune(&self, tenant: &str) -> Result<(), UploadError> {
+        let live: std::collections::HashSet<String> = self
+            .state
+            .plugins(tenant)
+            .await?
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
+        let gone: Vec<String> = self
+            .loaded()
+            .keys()
+            .filter(|(t, id)| t == tenant && !live.contains(id))
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in gone {
+            self.forget(tenant, &id);
+        }
+        Ok(())
+    }
+
+    /// `tenant`'s plugins loaded on this replica.
+    fn loaded_count(&self, tenant: &str) -> usize {
+        self.loaded().keys().filter(|(t, _)| t == tenant).count()
     }
 
     async fn list(&self, tenant: &str) -> Result<Vec<serde_json::Value>, UploadError> {
@@ -532,16 +570,26 @@ impl Store {
         }
     }
 
-    /// `tenant`'s plugin by id or by name.
+    /// `tenant`'s plugin by id or by name, loaded under `grants`.
+    /// `max_plugins` bounds what this replica keeps loaded of the tenant's.
     pub async fn get(
         &self,
         tenant: &str,
         grants: &Grants,
         id_or_name: &str,
+        max_plugins: usize,
     ) -> Result<Option<Stored>, UploadError> {
         match self {
             Store::Dir(d) => Ok(d.get(tenant, id_or_name)),
-            Store::Pg(p) => p.get(tenant, grants, id_or_name).await,
+            Store::Pg(p) => p.get(tenant, grants, id_or_name, max_plugins).await,
+        }
+    }
+
+    /// `tenant`'s plugins loaded (compiled and linked) in this process.
+    pub fn loaded_count(&self, tenant: &str) -> usize {
+        match self {
+            Store::Dir(d) => d.lock().get(tenant).map_or(0, BTreeMap::len),
+            Store::Pg(p) => p.loaded_count(tenant),
         }
     }
 

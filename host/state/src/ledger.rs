@@ -217,9 +217,9 @@ impl Ledger {
     pub async fn usage(&self, tenant: &str) -> Result<UsageTotals, StateError> {
         self.flush().await?;
         bounded("reading usage", async {
-            let conn = self.state.conn().await?;
-            let row = conn
-                .query_one(
+            let rows = self
+                .state
+                .rows(
                     "SELECT coalesce(sum(requests), 0)::bigint, coalesce(sum(prompt_tokens), 0)::bigint,
                             coalesce(sum(completion_tokens), 0)::bigint, coalesce(sum(plugin_calls), 0)::bigint,
                             coalesce(sum(plugin_fuel), 0)::bigint, coalesce(sum(plugin_wall_us), 0)::bigint,
@@ -228,6 +228,9 @@ impl Ledger {
                     &[&tenant],
                 )
                 .await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| StateError::Database("a sum without a row".into()))?;
             let v = |i: usize| row.get::<_, i64>(i).max(0) as u64;
             Ok(UsageTotals {
                 requests: v(0),
@@ -365,8 +368,7 @@ impl Writer {
                 .map(|(t, n)| (t.clone(), i64::try_from(*n).unwrap_or(i64::MAX)))
                 .unzip();
             bounded("writing spends", async {
-                let conn = self.state.conn().await?;
-                conn.execute(
+                self.state.run(
                     "INSERT INTO token_spend (tenant, second, tokens)
                      SELECT t, floor(extract(epoch FROM clock_timestamp()))::bigint, n
                        FROM unnest($1::text[], $2::bigint[]) AS s(t, n)
@@ -381,8 +383,8 @@ impl Writer {
         }
         if !self.releases.is_empty() {
             bounded("releasing leases", async {
-                let conn = self.state.conn().await?;
-                conn.execute("DELETE FROM leases WHERE id = ANY($1)", &[&self.releases])
+                self.state
+                    .run("DELETE FROM leases WHERE id = ANY($1)", &[&self.releases])
                     .await?;
                 Ok(())
             })
@@ -392,8 +394,7 @@ impl Writer {
         if self.last_renew.elapsed() >= self.lease_ttl / RENEWALS_PER_TTL {
             let ttl = i32::try_from(self.lease_ttl.as_millis()).unwrap_or(i32::MAX);
             bounded("renewing leases", async {
-                let conn = self.state.conn().await?;
-                conn.execute(
+                self.state.run(
                     "UPDATE leases SET expires_at = clock_timestamp() + $2::integer * interval '1 millisecond'
                       WHERE process = $1",
                     &[&process, &ttl],
@@ -418,8 +419,7 @@ impl Writer {
                 }
                 let tenants: Vec<&str> = changed.iter().map(|(t, _)| t.as_str()).collect();
                 bounded("writing usage", async {
-                    let conn = self.state.conn().await?;
-                    conn.execute(
+                    self.state.run(
                         "INSERT INTO usage_totals (tenant, process, requests, prompt_tokens, completion_tokens,
                                                    plugin_calls, plugin_fuel, plugin_wall_us, plugin_limit_hits)
                          SELECT t, $1, a, b, c, d, e, f, g
@@ -449,13 +449,13 @@ impl Writer {
         }
         if self.last_prune.elapsed() >= Duration::from_secs(60) {
             bounded("pruning spends", async {
-                let conn = self.state.conn().await?;
-                conn.execute(
-                    "DELETE FROM token_spend
+                self.state
+                    .run(
+                        "DELETE FROM token_spend
                       WHERE second < floor(extract(epoch FROM clock_timestamp()))::bigint - $1",
-                    &[&SPEND_RETENTION_SECS],
-                )
-                .await?;
+                        &[&SPEND_RETENTION_SECS],
+                    )
+                    .await?;
                 Ok(())
             })
             .await?;

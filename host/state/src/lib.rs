@@ -210,6 +210,30 @@ impl PgState {
         Ok(self.pool.get().await?)
     }
 
+    /// Run one statement (prepared once per pooled connection) and answer
+    /// its rows.
+    pub(crate) async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StateError> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare_cached(sql).await?;
+        Ok(conn.query(&stmt, params).await?)
+    }
+
+    /// Run one statement (prepared once per pooled connection) and answer
+    /// how many rows it changed.
+    pub(crate) async fn run(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StateError> {
+        let conn = self.conn().await?;
+        let stmt = conn.prepare_cached(sql).await?;
+        Ok(conn.execute(&stmt, params).await?)
+    }
+
     /// Whether the database answers now.
     pub async fn ping(&self) -> Result<(), StateError> {
         bounded("a ping", async {

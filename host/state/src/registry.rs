@@ -138,11 +138,10 @@ impl PgState {
         id_or_name: &str,
     ) -> Result<Option<PluginRow>, StateError> {
         bounded("reading a plugin", async {
-            let conn = self.conn().await?;
             // An id-shaped name is looked up as an id first, as the
             // embedded store does.
-            let rows = conn
-                .query(
+            let rows = self
+                .rows(
                     &format!(
                         "SELECT {COLUMNS} FROM plugins WHERE tenant = $1 AND (id = $2 OR name = $2)
                          ORDER BY (id = $2) DESC LIMIT 1"
@@ -161,9 +160,8 @@ impl PgState {
     /// `tenant`'s plugins, oldest first.
     pub async fn plugins(&self, tenant: &str) -> Result<Vec<PluginRow>, StateError> {
         bounded("listing plugins", async {
-            let conn = self.conn().await?;
-            let rows = conn
-                .query(
+            let rows = self
+                .rows(
                     &format!(
                         "SELECT {COLUMNS} FROM plugins WHERE tenant = $1 ORDER BY created_at, name"
                     ),
@@ -178,9 +176,8 @@ impl PgState {
     /// A component's bytes.
     pub async fn plugin_bytes(&self, id: &str) -> Result<Option<Vec<u8>>, StateError> {
         bounded("reading a component", async {
-            let conn = self.conn().await?;
-            let rows = conn
-                .query("SELECT bytes FROM plugin_blobs WHERE id = $1", &[&id])
+            let rows = self
+                .rows("SELECT bytes FROM plugin_blobs WHERE id = $1", &[&id])
                 .await?;
             Ok(rows.first().map(|r| r.get(0)))
         })
