@@ -128,8 +128,10 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
+            // The connection pool of `--state` warns of every failed
+            // connection; the server logs an outage of the database once.
             tracing_subscriber::EnvFilter::try_from_env("DEEPWASM_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,deadpool=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -6,6 +6,8 @@
 - `after-stream-kill TTL`: A was killed mid-stream for `single` (one
   request at a time); B serves others at once, and `single` again once
   A's lease has expired (TTL seconds).
+- `serve-then N` / `counted N`: A serves N chats for gamma and is then
+  stopped cleanly; B's usage counts all N.
 - `load SECONDS`: chat from both replicas while the database is stopped
   and started again under it: only 200s and 503s with Retry-After, 503s
   while it is away, 200s once it is back, and usage that counts every 200,
@@ -173,6 +175,21 @@ def load(seconds):
     assert a["prompt_tokens"] + a["completion_tokens"] == sum(r[3] for r in ok), (a, sum(r[3] for r in ok))
 
 
+def serve_then(n):
+    """Serve `n` chats for gamma through A (the caller stops A next)."""
+    with http(URL_A, "gamma") as h:
+        for _ in range(n):
+            r = h.post("/v1/chat/completions", json=chat_body("Count to three.", max_tokens=4))
+            assert r.status_code == 200, r.text
+
+
+def counted(n):
+    """B's usage counts the `n` requests a stopped A served."""
+    status, u = usage(URL_B, "gamma")
+    assert status == 200 and u["requests"] == n, (status, u)
+    assert u["prompt_tokens"] > 0 and u["completion_tokens"] > 0, u
+
+
 if __name__ == "__main__":
     what, args = sys.argv[1], sys.argv[2:]
     if what == "after-upload-kill":
@@ -181,5 +198,9 @@ if __name__ == "__main__":
         after_stream_kill(float(args[0]))
     elif what == "load":
         load(float(args[0]))
+    elif what == "serve-then":
+        serve_then(int(args[0]))
+    elif what == "counted":
+        counted(int(args[0]))
     else:
         sys.exit(f"unknown command {what}")
