@@ -1,7 +1,7 @@
 """The `deepwasm` package inside the real libraries (the torch tier,
 `scripts/test --full`): TRL's GRPOTrainer trains two steps on the default
 model with deepwasm rewards (Rust and Python plugins, and a hostile one
-that traps and loops on some rows), and what the trainer logs equals
+that bombs memory, traps and loops on some rows), and what the trainer logs equals
 `deepwasm score` on the same completions; transformers' `generate` with
 the JSON-schema sampler writes JSON of the schema.
 
@@ -86,7 +86,7 @@ def completion_text(c):
 
 
 PROBLEMS = [
-    ("What is 2 + 3? Think, then give the answer in \\boxed{}.", "5", ""),
+    ("What is 2 + 3? Think, then give the answer in \\boxed{}.", "5", "OOM"),
     ("What is 7 times 6? Think, then give the answer in \\boxed{}.", "42", ""),
     ("What is 10 minus 4? Think, then give the answer in \\boxed{}.", "6", "TRAP"),
     ("What is 9 plus 9? Think, then give the answer in \\boxed{}.", "18", "LOOP"),
@@ -106,9 +106,9 @@ def test_grpo_trains_with_deepwasm_rewards_and_logs_what_deepwasm_scores():
         Recorder(deepwasm.Reward(plugin("r1-format"))),
         Recorder(deepwasm.Reward(plugin("math-accuracy"))),
         Recorder(deepwasm.Reward(plugin("python-r1-format"))),
-        # Traps on one prompt's rows and loops on another's: those score
-        # None, the rest 1.0, and training goes on.
-        Recorder(deepwasm.Reward(plugin("hostile-reward"), limits={"deadline_ms": 300})),
+        # A memory bomb on one prompt's rows, a trap on another's, a loop
+        # on a third's: those score None, the rest 1.0, and training goes on.
+        Recorder(deepwasm.Reward(plugin("hostile-reward"), limits={"deadline_ms": 300, "memory_mib": 64})),
     ]
     data = Dataset.from_list(
         [{"prompt": p, "answer": a, "hostile": h} for p, a, h in PROBLEMS]
@@ -163,7 +163,7 @@ def test_grpo_trains_with_deepwasm_rewards_and_logs_what_deepwasm_scores():
                 assert abs(step[key] - sum(values) / len(values)) < 1e-6, (name, step[key], values)
     # Every hostile row was reported, none silently.
     hostile_rows = sum(1 for _, cols, _ in rewards[3].calls for h in cols["hostile"] if h)
-    assert hostile_rows >= 2 * 2 * 4, hostile_rows  # two prompts of four completions, each step
+    assert hostile_rows == 2 * 3 * 4, hostile_rows  # three prompts of four completions, two steps
     assert len([m for m in caught if "hostile-reward" in m]) == hostile_rows, (hostile_rows, caught)
 
 
