@@ -72,6 +72,8 @@ def test_a_plugin_uploaded_on_a_is_listed_used_and_deleted_on_b():
         assert a.get(f"/v1/plugins/{pid}").status_code == 404
         r = a.post("/v1/rewards/score", json={"rewards": [{"plugin": "r1"}], "samples": samples})
         assert r.status_code == 404 and error_of(r)["param"] == "rewards[0].plugin", r.text
+        # ... and A let go of the copy it had loaded.
+        assert loaded(URL_A, "alpha") == 0, loaded(URL_A, "alpha")
 
 
 def test_a_sampler_uploaded_on_b_steers_generation_on_a():

@@ -400,8 +400,12 @@ impl PgStore {
             Put::TooMany => return Err(UploadError::TooMany(max_plugins)),
         };
         let record = Self::record(&row)?;
-        self.loaded()
-            .insert((tenant.to_owned(), id), plugin.clone());
+        // The same bytes stored under another name are loaded under that
+        // name when next asked for.
+        if row.name == name {
+            self.loaded()
+                .insert((tenant.to_owned(), id), plugin.clone());
+        }
         Ok((Stored { record, plugin }, created))
     }
 
@@ -413,11 +417,12 @@ impl PgStore {
         max_plugins: usize,
     ) -> Result<Option<Stored>, UploadError> {
         let Some(row) = self.state.plugin(tenant, id_or_name).await? else {
-            if is_id(id_or_name) {
-                self.forget(tenant, id_or_name);
-            }
+            // Deleted through another replica: this one's copy goes too.
+            self.forget_stale(tenant, |id, name| id == id_or_name || name == id_or_name);
             return Ok(None);
         };
+        // A name now given to other bytes: the copy of the old ones goes.
+        self.forget_stale(tenant, |id, name| name == row.name && id != row.id);
         let record = Self::record(&row)?;
         let key = (tenant.to_owned(), row.id.clone());
         if let Some(plugin) = self.loaded().get(&key) {
@@ -467,15 +472,7 @@ impl PgStore {
             .into_iter()
             .map(|row| row.id)
             .collect();
-        let gone: Vec<String> = self
-            .loaded()
-            .keys()
-            .filter(|(t, id)| t == tenant && !live.contains(id))
-            .map(|(_, id)| id.clone())
-            .collect();
-        for id in gone {
-            self.forget(tenant, &id);
-        }
+        self.forget_stale(tenant, |id, _| !live.contains(id));
         Ok(())
     }
 
@@ -510,6 +507,20 @@ impl PgStore {
             && !loaded.keys().any(|(_, other)| other == id)
         {
             self.engine.evict(id);
+        }
+    }
+
+    /// Drop this replica's loaded copies of `tenant`'s plugins for which
+    /// `stale(id, name)` holds.
+    fn forget_stale(&self, tenant: &str, stale: impl Fn(&str, &str) -> bool) {
+        let gone: Vec<String> = self
+            .loaded()
+            .iter()
+            .filter(|((t, id), plugin)| t == tenant && stale(id, plugin.name()))
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        for id in gone {
+            self.forget(tenant, &id);
         }
     }
 
