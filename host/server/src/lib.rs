@@ -534,7 +534,13 @@ async fn reload_on_sighup(state: Arc<AppState>) {
         return;
     };
     while hup.recv().await.is_some() {
-        match state.reload_tenants() {
+        // Reading the file, and loading changed tenants' plugins again
+        // from disk, block: off the async workers.
+        let reloading = state.clone();
+        let reloaded = tokio::task::spawn_blocking(move || reloading.reload_tenants())
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the reload stopped: {e}")));
+        match reloaded {
             Ok(changed) if changed.is_empty() => {
                 tracing::info!("SIGHUP: the tenants file is unchanged")
             }
