@@ -11,25 +11,14 @@ Run by `scripts/test-python`, which builds and installs the wheel and sets
 
 import json
 import logging
-import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import traceback
 
 import numpy as np
 
 import deepwasm
+from support import MODEL, cli_scores, plugin, run
 
-PLUGINS = os.environ["DEEPWASM_PLUGINS"]
-BIN = os.environ["DEEPWASM_BIN"]
-MODEL = os.environ["DEEPWASM_MODEL"]
-
-
-def plugin(name):
-    return os.path.join(PLUGINS, name + ".wasm")
 
 
 COMPLETIONS = [
@@ -39,24 +28,6 @@ COMPLETIONS = [
     "<think>six times seven</think> \\boxed{42}",
 ]
 ANSWERS = ["4", "4", "1", "42"]
-
-
-def cli_scores(reward, rows):
-    """What `deepwasm score` gives for `rows` (dicts with completion,
-    prompt and extra fields) with `reward`."""
-    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    try:
-        out = subprocess.run(
-            [BIN, "score", "--reward", plugin(reward), "--input", f.name],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        os.unlink(f.name)
-    return [json.loads(line)["rewards"][reward] for line in out.splitlines() if line.strip()]
 
 
 def test_rewards_have_trls_shape_and_the_clis_scores():
@@ -229,23 +200,5 @@ def test_a_failing_or_sleeping_sampler_raises_with_its_name_in_bounded_time():
         assert time.monotonic() - started < 3, (mode, time.monotonic() - started)
 
 
-def main():
-    wanted = set(sys.argv[1:])
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and (not wanted or n in wanted)]
-    failed = []
-    for name, fn in tests:
-        started = time.monotonic()
-        try:
-            fn()
-        except Exception:
-            failed.append(name)
-            print(f"FAILED {name}", flush=True)
-            traceback.print_exc(file=sys.stdout)
-        else:
-            print(f"ok     {name} ({time.monotonic() - started:.1f} s)", flush=True)
-    print(f"{len(tests) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run(globals())

@@ -11,11 +11,8 @@ Environment as for tests/python/test_package.py.
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
-import time
-import traceback
 
 import torch
 from datasets import Dataset
@@ -24,16 +21,12 @@ from trl import GRPOConfig, GRPOTrainer
 
 import deepwasm
 
-PLUGINS = os.environ["DEEPWASM_PLUGINS"]
-BIN = os.environ["DEEPWASM_BIN"]
-MODEL = os.environ["DEEPWASM_MODEL"]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from support import MODEL, cli_scores, plugin, run  # noqa: E402
+
 
 torch.manual_seed(0)
 logging.basicConfig(level=logging.WARNING)
-
-
-def plugin(name):
-    return os.path.join(PLUGINS, name + ".wasm")
 
 
 def load_model():
@@ -63,22 +56,6 @@ class Recorder:
         scores = self.reward(completions, **kwargs)
         self.calls.append((list(completions), {k: list(v) for k, v in kwargs.items() if isinstance(v, list)}, scores))
         return scores
-
-
-def cli_scores(reward, rows):
-    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    try:
-        out = subprocess.run(
-            [BIN, "score", "--reward", plugin(reward), "--input", f.name],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        os.unlink(f.name)
-    return [json.loads(line)["rewards"].get(reward) for line in out.splitlines() if line.strip()]
 
 
 def completion_text(c):
@@ -199,23 +176,5 @@ def test_generate_with_the_json_schema_sampler_writes_json_of_the_schema():
         print(f"  {'sampled' if sample else 'greedy'}: {text}")
 
 
-def main():
-    wanted = set(sys.argv[1:])
-    tests = [(n, f) for n, f in globals().items() if n.startswith("test_") and (not wanted or n in wanted)]
-    failed = []
-    for name, fn in tests:
-        started = time.monotonic()
-        try:
-            fn()
-        except Exception:
-            failed.append(name)
-            print(f"FAILED {name}", flush=True)
-            traceback.print_exc(file=sys.stdout)
-        else:
-            print(f"ok     {name} ({time.monotonic() - started:.1f} s)", flush=True)
-    print(f"{len(tests) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == "__main__":
-    main()
+    run(globals())
