@@ -208,7 +208,9 @@ mod state {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    use deepwasm_state::{Admit, Ledger, PgState, PluginRow, Put, StateError, UsageTotals};
+    use deepwasm_state::{
+        Admit, Ledger, NewResponse, PgState, PluginRow, Put, StateError, UsageTotals,
+    };
 
     use super::Postgres;
 
@@ -256,7 +258,16 @@ mod state {
                 s.await.unwrap().unwrap();
             }
         });
-        assert_eq!(pg.psql("SELECT count(*) FROM deepwasm_migrations"), "1");
+        assert_eq!(
+            pg.psql("SELECT count(*) FROM deepwasm_migrations"),
+            deepwasm_state::migrate::MIGRATIONS.len().to_string()
+        );
+        // A database an older binary migrated (without the last migration)
+        // gets what it lacks.
+        pg.psql("DROP TABLE responses; DELETE FROM deepwasm_migrations WHERE version = 2");
+        rt.block_on(PgState::connect(&pg.url())).unwrap();
+        assert_eq!(pg.psql("SELECT count(*) FROM responses"), "0");
+        assert_eq!(pg.psql("SELECT max(version) FROM deepwasm_migrations"), "2");
         pg.psql("INSERT INTO deepwasm_migrations (version, name) VALUES (99, 'future')");
         let err = rt.block_on(PgState::connect(&pg.url())).unwrap_err();
         assert!(
@@ -387,6 +398,54 @@ mod state {
                 live.admit("t", 2, None).await.unwrap(),
                 Admit::Admitted(_)
             ));
+        });
+    }
+
+    #[test]
+    fn stored_responses_are_shared_and_held_to_their_tenants_caps() {
+        let pg = Postgres::start();
+        let rt = runtime();
+        rt.block_on(async {
+            let a = PgState::connect(&pg.url()).await.unwrap();
+            let b = PgState::connect(&pg.url()).await.unwrap();
+            for i in 0..5 {
+                let id = format!("r{i}");
+                let object = format!("{{\"n\":{i}}}");
+                let r = NewResponse {
+                    id: &id,
+                    messages: "[]",
+                    object: &object,
+                    bytes: 10,
+                };
+                a.put_response("t", &r, 3, 1000).await.unwrap();
+            }
+            // The newest three, seen through the other replica.
+            for i in 0..5 {
+                let got = b.response("t", &format!("r{i}")).await.unwrap();
+                assert_eq!(got.is_some(), i >= 2, "r{i}");
+            }
+            assert_eq!(
+                b.response("t", "r4").await.unwrap(),
+                Some(("[]".into(), "{\"n\":4}".into()))
+            );
+            // Bytes: two of 400 fit in 1000, a third pushes the oldest out.
+            for i in 0..3 {
+                let id = format!("big{i}");
+                let r = NewResponse {
+                    id: &id,
+                    messages: "[]",
+                    object: "{}",
+                    bytes: 400,
+                };
+                a.put_response("u", &r, 100, 1000).await.unwrap();
+            }
+            assert!(b.response("u", "big0").await.unwrap().is_none());
+            assert!(b.response("u", "big2").await.unwrap().is_some());
+            // Tenants are apart.
+            assert!(b.response("u", "r4").await.unwrap().is_none());
+            assert!(!b.delete_response("u", "r4").await.unwrap());
+            assert!(b.delete_response("t", "r4").await.unwrap());
+            assert!(a.response("t", "r4").await.unwrap().is_none());
         });
     }
 

@@ -199,6 +199,39 @@ def test_a_flood_of_state_reads_is_held_to_its_share():
     assert statuses.count(429) > 0 and statuses.count(200) > 0, (statuses.count(200), statuses.count(429))
 
 
+def test_a_stored_response_continues_gets_and_deletes_through_the_other_replica():
+    a, b = client(URL_A, "alpha"), client(URL_B, "alpha")
+    first = a.responses.create(model=MODEL, input="My name is Ada. Say hi.", max_output_tokens=8)
+    assert first.status in ("completed", "incomplete"), first
+    # B continues the conversation A stored.
+    second = b.responses.create(
+        model=MODEL, input="What is my name?", previous_response_id=first.id, max_output_tokens=8
+    )
+    assert second.usage.input_tokens > first.usage.input_tokens, (first.usage, second.usage)
+    assert b.responses.retrieve(first.id).id == first.id
+    # Another tenant cannot continue, read or delete it.
+    other = client(URL_B, "beta")
+    for call in (
+        lambda: other.responses.create(model=MODEL, input="hi", previous_response_id=first.id, max_output_tokens=2),
+        lambda: other.responses.retrieve(first.id),
+        lambda: other.responses.delete(first.id),
+    ):
+        try:
+            call()
+        except (openai.BadRequestError, openai.NotFoundError):
+            pass
+        else:
+            raise AssertionError("another tenant reached a stored response")
+    # Deleted through B, gone on A.
+    b.responses.delete(first.id)
+    try:
+        a.responses.retrieve(first.id)
+    except openai.NotFoundError:
+        pass
+    else:
+        raise AssertionError("a deleted response was still found on A")
+
+
 def loaded(url, tenant):
     with httpx2.Client(base_url=url, timeout=TIMEOUT) as h:
         for line in h.get("/metrics").text.splitlines():

@@ -13,8 +13,8 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -99,14 +99,14 @@ impl OneOrMany {
 
 /// Message content: a string, or a list of parts of which only text ones
 /// are understood.
-#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContentPart {
     #[serde(rename = "type")]
@@ -116,7 +116,7 @@ pub struct ContentPart {
     pub text: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionCall {
     pub name: String,
@@ -124,7 +124,7 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InToolCall {
     /// The position the server numbered it with; accepted and ignored.
@@ -142,7 +142,7 @@ fn function() -> String {
 }
 
 /// A message of the conversation.
-#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InMessage {
     #[schema(value_type = crate::openapi::shapes::Role)]

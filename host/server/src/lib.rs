@@ -220,6 +220,10 @@ impl AppState {
             engine.logits_traffic.clone(),
         );
         let tokenizer = Arc::new(ModelTokenizer::for_engine(&engine));
+        let responses = match &config.state {
+            Some(pg) => chat::responses::ResponseStore::shared(pg.clone()),
+            None => Default::default(),
+        };
         Ok(Arc::new(AppState {
             scheduler,
             engine,
@@ -236,7 +240,7 @@ impl AppState {
             json_schema,
             samplers: Mutex::new(HashMap::new()),
             rewards: Mutex::new(HashMap::new()),
-            responses: Default::default(),
+            responses,
             compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
         }))
     }

@@ -12,6 +12,7 @@
 mod ledger;
 pub mod migrate;
 mod registry;
+mod responses;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio_postgres::NoTls;
 
 pub use ledger::{Admit, LEASE_TTL, Lease, Ledger, USAGE_EVERY, UsageSnapshot, UsageTotals};
 pub use registry::{PluginRow, Put};
+pub use responses::NewResponse;
 
 /// The longest any one operation on the database may take, connecting
 /// included; past it the database counts as unavailable.

@@ -8,11 +8,18 @@ use deadpool_postgres::Object;
 use crate::StateError;
 
 /// Every migration, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "shared_state",
-    include_str!("../migrations/0001_shared_state.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "shared_state",
+        include_str!("../migrations/0001_shared_state.sql"),
+    ),
+    (
+        2,
+        "responses",
+        include_str!("../migrations/0002_responses.sql"),
+    ),
+];
 
 /// The lock key replicas hold while migrating.
 const MIGRATION_LOCK: i64 = 0x6465_6570_7761_736d; // "deepwasm"

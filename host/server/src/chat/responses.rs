@@ -114,9 +114,17 @@ struct Stored {
     bytes: usize,
 }
 
-/// Every tenant's stored responses.
+/// Every tenant's stored responses: in this process's memory, or, when
+/// replicas share a state, in its database.
 #[derive(Default)]
 pub struct ResponseStore {
+    memory: MemoryResponses,
+    shared: Option<deepwasm_state::PgState>,
+}
+
+/// Responses kept in memory.
+#[derive(Default)]
+struct MemoryResponses {
     tenants: Mutex<HashMap<String, TenantResponses>>,
 }
 
@@ -129,21 +137,134 @@ struct TenantResponses {
 
 impl std::fmt::Debug for ResponseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseStore").finish_non_exhaustive()
+        f.debug_struct("ResponseStore")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
     }
 }
 
+/// The bytes a stored response counts against its tenant's budget.
+fn stored_bytes(messages: &[InMessage], object: &Value) -> usize {
+    object.to_string().len()
+        + messages
+            .iter()
+            .map(|m| message_bytes(m) + 64)
+            .sum::<usize>()
+}
+
 impl ResponseStore {
+    /// Responses stored in `state`, shared with every replica on it.
+    pub fn shared(state: deepwasm_state::PgState) -> Self {
+        ResponseStore {
+            memory: MemoryResponses::default(),
+            shared: Some(state),
+        }
+    }
+
+    /// Store `tenant`'s response `id`: the conversation it ends and its
+    /// object. A store that fails is logged; the answer was given anyway.
+    pub(crate) async fn save(
+        &self,
+        tenant: &str,
+        id: &str,
+        messages: Vec<InMessage>,
+        object: Value,
+    ) {
+        let Some(pg) = &self.shared else {
+            self.memory.put(tenant, id, messages, object);
+            return;
+        };
+        let bytes = stored_bytes(&messages, &object);
+        if bytes > MAX_STORED_BYTES {
+            tracing::debug!(tenant, id, bytes, "a response too large to store");
+            return;
+        }
+        let messages = match serde_json::to_string(&messages) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(tenant, id, "cannot store a response: {e}");
+                return;
+            }
+        };
+        let stored = pg
+            .put_response(
+                tenant,
+                &deepwasm_state::NewResponse {
+                    id,
+                    messages: &messages,
+                    object: &object.to_string(),
+                    bytes,
+                },
+                MAX_STORED,
+                MAX_STORED_BYTES,
+            )
+            .await;
+        if let Err(e) = stored {
+            tracing::warn!(tenant, id, "the response was answered but not stored: {e}");
+        }
+    }
+
+    /// The conversation `tenant`'s response `id` ends.
+    pub(crate) async fn load_messages(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<Vec<InMessage>>, ApiError> {
+        let Some(pg) = &self.shared else {
+            return Ok(self.memory.messages(tenant, id));
+        };
+        match pg
+            .response(tenant, id)
+            .await
+            .map_err(crate::tenants::state_error)?
+        {
+            None => Ok(None),
+            Some((messages, _)) => serde_json::from_str(&messages)
+                .map(Some)
+                .map_err(|e| ApiError::internal(format!("stored response {id}: {e}"))),
+        }
+    }
+
+    /// `tenant`'s response `id` as it was answered.
+    pub(crate) async fn load_object(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        let Some(pg) = &self.shared else {
+            return Ok(self.memory.object(tenant, id));
+        };
+        match pg
+            .response(tenant, id)
+            .await
+            .map_err(crate::tenants::state_error)?
+        {
+            None => Ok(None),
+            Some((_, object)) => serde_json::from_str(&object)
+                .map(Some)
+                .map_err(|e| ApiError::internal(format!("stored response {id}: {e}"))),
+        }
+    }
+
+    /// Delete `tenant`'s response `id`; whether there was one.
+    pub(crate) async fn remove(&self, tenant: &str, id: &str) -> Result<bool, ApiError> {
+        match &self.shared {
+            None => Ok(self.memory.delete(tenant, id)),
+            Some(pg) => pg
+                .delete_response(tenant, id)
+                .await
+                .map_err(crate::tenants::state_error),
+        }
+    }
+}
+
+impl MemoryResponses {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TenantResponses>> {
         self.tenants.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn put(&self, tenant: &str, id: &str, messages: Vec<InMessage>, object: Value) {
-        let bytes = object.to_string().len()
-            + messages
-                .iter()
-                .map(|m| message_bytes(m) + 64)
-                .sum::<usize>();
+        let bytes = stored_bytes(&messages, &object);
         if bytes > MAX_STORED_BYTES {
             tracing::debug!(tenant, id, bytes, "a response too large to store");
             return;
@@ -628,18 +749,22 @@ fn response_object(
 
 /// The chat request a Responses request runs as, and the conversation it
 /// continues plus its new messages (what a stored response keeps).
-fn chat_request(
+async fn chat_request(
     st: &AppState,
     tenant: &Tenant,
     req: &ResponsesRequest,
 ) -> Result<(ChatRequest, Vec<InMessage>), ApiError> {
     let mut history = match &req.previous_response_id {
-        Some(id) => st.responses.messages(&tenant.name, id).ok_or_else(|| {
-            ApiError::invalid_param(
-                "previous_response_id",
-                format!("Previous response with id '{id}' not found."),
-            )
-        })?,
+        Some(id) => st
+            .responses
+            .load_messages(&tenant.name, id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::invalid_param(
+                    "previous_response_id",
+                    format!("Previous response with id '{id}' not found."),
+                )
+            })?,
         None => Vec::new(),
     };
     history.extend(input_messages(&req.input)?);
@@ -711,7 +836,7 @@ async fn respond(
             "must be at least 1",
         ));
     }
-    let (mut chat, history) = chat_request(&st, &tenant, &req)?;
+    let (mut chat, history) = chat_request(&st, &tenant, &req).await?;
     let input = ChatInput::read(&mut chat)?;
     let admission = tenant.admit().await?;
     let (plan, split) = {
@@ -758,7 +883,9 @@ async fn respond(
     if echo.store {
         let mut kept = history;
         kept.extend(output.messages);
-        st.responses.put(&tenant.name, &rid, kept, object.clone());
+        st.responses
+            .save(&tenant.name, &rid, kept, object.clone())
+            .await;
     }
     Ok(Json(object).into_response())
 }
@@ -910,7 +1037,9 @@ fn stream(
         if echo.store {
             let mut kept = history;
             kept.extend(output_of(&rid, &out, cut).messages);
-            st.responses.put(&tenant.name, &rid, kept, object.clone());
+            st.responses
+                .save(&tenant.name, &rid, kept, object.clone())
+                .await;
         }
         let kind = if cut {
             "response.incomplete"
@@ -1074,7 +1203,7 @@ pub async fn get(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match st.responses.object(&tenant.name, &id) {
+    match st.responses.load_object(&tenant.name, &id).await? {
         Some(o) => Ok(Json(o).into_response()),
         None => Err(ApiError::not_found(format!(
             "Response with id '{id}' not found."
@@ -1088,7 +1217,7 @@ pub async fn delete(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match st.responses.delete(&tenant.name, &id) {
+    match st.responses.remove(&tenant.name, &id).await? {
         true => Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response()),
         false => Err(ApiError::not_found(format!(
             "Response with id '{id}' not found."
@@ -1159,7 +1288,7 @@ mod tests {
 
     #[test]
     fn the_store_keeps_each_tenant_within_its_bounds() {
-        let store = ResponseStore::default();
+        let store = MemoryResponses::default();
         for i in 0..MAX_STORED + 5 {
             store.put("a", &format!("r{i}"), conversation(10), json!({}));
         }
