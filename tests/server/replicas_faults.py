@@ -173,6 +173,25 @@ def load(seconds):
         assert time.monotonic() < deadline, f"usage never caught up: {len(ok)} served; A {a}; B {b}"
         time.sleep(0.25)
     assert a["prompt_tokens"] + a["completion_tokens"] == sum(r[3] for r in ok), (a, sum(r[3] for r in ok))
+    # The outage shows in each replica's metrics, and is over.
+    refused_total = 0
+    for url in (URL_A, URL_B):
+        with httpx2.Client(base_url=url, timeout=TIMEOUT) as h:
+            m = metrics(h.get("/metrics").text)
+        assert m["deepwasm_state_behind"] == 0, m
+        assert m["deepwasm_state_writes_failed_total"] >= 1, m
+        refused_total += m["deepwasm_state_admissions_failed_total"]
+    assert refused_total >= len(refused), (refused_total, len(refused))
+
+
+def metrics(text):
+    """The unlabelled samples of a Prometheus text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 def serve_then(n):

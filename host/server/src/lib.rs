@@ -216,6 +216,7 @@ impl AppState {
         let metrics = Metrics::new(
             tenants.clone(),
             store.clone(),
+            ledger.clone(),
             scheduler.stats.clone(),
             engine.logits_traffic.clone(),
         );

@@ -42,6 +42,7 @@ impl Metrics {
     pub fn new(
         tenants: Arc<TenantsCell>,
         store: Arc<crate::store::Store>,
+        ledger: Option<deepwasm_state::Ledger>,
         scheduler: Arc<SchedulerStats>,
         logits: Arc<LogitsTraffic>,
     ) -> Self {
@@ -77,6 +78,7 @@ impl Metrics {
         registry.register_collector(Box::new(Live {
             tenants,
             store,
+            ledger,
             scheduler,
             logits,
         }));
@@ -138,6 +140,7 @@ impl Metrics {
 struct Live {
     tenants: Arc<TenantsCell>,
     store: Arc<crate::store::Store>,
+    ledger: Option<deepwasm_state::Ledger>,
     scheduler: Arc<SchedulerStats>,
     logits: Arc<LogitsTraffic>,
 }
@@ -201,6 +204,31 @@ impl Collector for Live {
             let labels = [("tenant", t.name.as_str())];
             let n = i64::try_from(self.store.loaded_count(&t.name)).unwrap_or(i64::MAX);
             ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        if let Some(ledger) = &self.ledger {
+            let stats = ledger.stats();
+            for (name, help, value) in [
+                (
+                    "state_writes_failed",
+                    "Writes of usage, spends or leases to the state database that failed (each retried)",
+                    stats.failed_writes.load(Ordering::Relaxed),
+                ),
+                (
+                    "state_admissions_failed",
+                    "Admissions answered 503 because the state database did not answer",
+                    stats.failed_admissions.load(Ordering::Relaxed),
+                ),
+            ] {
+                let c = ConstCounter::new(value);
+                c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            }
+            let behind = ConstGauge::new(i64::from(stats.behind.load(Ordering::Relaxed)));
+            behind.encode(encoder.encode_descriptor(
+                "state_behind",
+                "1 while usage, spends or releases wait to be written to the state database",
+                None,
+                behind.metric_type(),
+            )?)?;
         }
         let kv = &self.scheduler.kv;
         let gauges: [(&str, &str, i64); 6] = [

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -110,6 +111,18 @@ pub struct Ledger {
     state: PgState,
     events: mpsc::UnboundedSender<Event>,
     lease_ttl: Duration,
+    stats: Arc<LedgerStats>,
+}
+
+/// How the shared state has been answering, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LedgerStats {
+    /// Writes of usage, spends or leases that failed (each retried).
+    pub failed_writes: AtomicU64,
+    /// Admissions answered 503 because the database did not answer.
+    pub failed_admissions: AtomicU64,
+    /// Whether usage, spends or releases are pending after a failed write.
+    pub behind: AtomicBool,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -132,12 +145,19 @@ impl Ledger {
     pub fn with_lease_ttl(state: PgState, usage: UsageSnapshot, ttl: Duration) -> Ledger {
         let lease_ttl = ttl.max(Duration::from_secs(1));
         let (events, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Writer::new(state.clone(), usage, lease_ttl).run(rx));
+        let stats = Arc::new(LedgerStats::default());
+        tokio::spawn(Writer::new(state.clone(), usage, lease_ttl, stats.clone()).run(rx));
         Ledger {
             state,
             events,
             lease_ttl,
+            stats,
         }
+    }
+
+    /// How the database has been answering this replica.
+    pub fn stats(&self) -> &LedgerStats {
+        &self.stats
     }
 
     pub fn state(&self) -> &PgState {
@@ -164,7 +184,10 @@ impl Ledger {
                 .query_one(&stmt, &[&tenant, &self.state.process, &max, &tpm, &ttl])
                 .await?)
         })
-        .await?;
+        .await
+        .inspect_err(|_| {
+            self.stats.failed_admissions.fetch_add(1, Ordering::Relaxed);
+        })?;
         let lease: Option<i64> = row.get(0);
         let running: Option<i32> = row.get(1);
         let spent: i64 = row.get(2);
@@ -251,6 +274,7 @@ struct Writer {
     state: PgState,
     usage: UsageSnapshot,
     lease_ttl: Duration,
+    stats: Arc<LedgerStats>,
     spends: HashMap<String, u64>,
     releases: Vec<i64>,
     written: HashMap<String, UsageTotals>,
@@ -261,12 +285,18 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(state: PgState, usage: UsageSnapshot, lease_ttl: Duration) -> Writer {
+    fn new(
+        state: PgState,
+        usage: UsageSnapshot,
+        lease_ttl: Duration,
+        stats: Arc<LedgerStats>,
+    ) -> Writer {
         let now = Instant::now();
         Writer {
             state,
             usage,
             lease_ttl,
+            stats,
             spends: HashMap::new(),
             releases: Vec::new(),
             written: HashMap::new(),
@@ -339,6 +369,10 @@ impl Writer {
     /// when `all`. What fails stays pending.
     async fn write(&mut self, all: bool) -> Result<(), StateError> {
         let result = self.write_inner(all).await;
+        if result.is_err() {
+            self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.behind.store(result.is_err(), Ordering::Relaxed);
         match (&result, self.failing) {
             (Err(e @ StateError::Unavailable(_)), false) => {
                 tracing::warn!("state: cannot write usage, spends or leases (kept to retry): {e}");

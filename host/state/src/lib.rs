@@ -19,7 +19,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-pub use ledger::{Admit, LEASE_TTL, Lease, Ledger, USAGE_EVERY, UsageSnapshot, UsageTotals};
+pub use ledger::{
+    Admit, LEASE_TTL, Lease, Ledger, LedgerStats, USAGE_EVERY, UsageSnapshot, UsageTotals,
+};
 pub use registry::{PluginRow, Put};
 pub use responses::NewResponse;
 
