@@ -364,7 +364,8 @@ mod state {
         let pg = Postgres::start();
         let rt = runtime();
         rt.block_on(async {
-            let ttl = Duration::from_secs(1);
+            // Long enough that a loaded machine still renews in time.
+            let ttl = Duration::from_secs(2);
             let usage: deepwasm_state::UsageSnapshot = Arc::new(Vec::new);
             let live = Ledger::with_lease_ttl(
                 PgState::connect(&pg.url()).await.unwrap(),
@@ -382,9 +383,9 @@ mod state {
             // The dying replica stops (no more renewals, no release).
             std::mem::forget(lost);
             dying.close().await.unwrap();
-            // Three times the time to live later, the live replica's lease
-            // still counts and the dead one's does not.
-            tokio::time::sleep(3 * ttl).await;
+            // Past the time to live, the live replica's lease still counts
+            // (renewed meanwhile) and the dead one's does not.
+            tokio::time::sleep(ttl + Duration::from_millis(1500)).await;
             let Admit::Admitted(second) = live.admit("t", 2, None).await.unwrap() else {
                 panic!("the dead replica's lease never expired")
             };

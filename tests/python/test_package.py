@@ -139,7 +139,8 @@ def test_scoring_releases_the_gil():
     done.set()
     t.join()
     during = [x for x in ticks if x > started + 0.1]
-    assert len(during) > 20, len(during)
+    # ~70 ticks when idle; a held GIL would allow none.
+    assert len(during) > 10, len(during)
 
 
 def test_the_sampler_edits_numpy_scores_as_the_host_decides():
