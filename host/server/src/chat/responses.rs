@@ -210,18 +210,9 @@ impl ResponseStore {
         tenant: &str,
         id: &str,
     ) -> Result<Option<Vec<InMessage>>, ApiError> {
-        let Some(pg) = &self.shared else {
-            return Ok(self.memory.messages(tenant, id));
-        };
-        match pg
-            .response(tenant, id)
-            .await
-            .map_err(crate::tenants::state_error)?
-        {
-            None => Ok(None),
-            Some((messages, _)) => serde_json::from_str(&messages)
-                .map(Some)
-                .map_err(|e| ApiError::internal(format!("stored response {id}: {e}"))),
+        match &self.shared {
+            None => Ok(self.memory.messages(tenant, id)),
+            Some(_) => self.load_shared(tenant, id, |(messages, _)| messages).await,
         }
     }
 
@@ -231,19 +222,33 @@ impl ResponseStore {
         tenant: &str,
         id: &str,
     ) -> Result<Option<Value>, ApiError> {
+        match &self.shared {
+            None => Ok(self.memory.object(tenant, id)),
+            Some(_) => self.load_shared(tenant, id, |(_, object)| object).await,
+        }
+    }
+
+    /// One part of a response in the shared state (`part` picks it from
+    /// the conversation and the object), read back from its JSON.
+    async fn load_shared<T: serde::de::DeserializeOwned>(
+        &self,
+        tenant: &str,
+        id: &str,
+        part: fn((String, String)) -> String,
+    ) -> Result<Option<T>, ApiError> {
         let Some(pg) = &self.shared else {
-            return Ok(self.memory.object(tenant, id));
+            return Ok(None);
         };
-        match pg
+        let Some(stored) = pg
             .response(tenant, id)
             .await
             .map_err(crate::tenants::state_error)?
-        {
-            None => Ok(None),
-            Some((_, object)) => serde_json::from_str(&object)
-                .map(Some)
-                .map_err(|e| ApiError::internal(format!("stored response {id}: {e}"))),
-        }
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&part(stored))
+            .map(Some)
+            .map_err(|e| ApiError::internal(format!("stored response {id}: {e}")))
     }
 
     /// Delete `tenant`'s response `id`; whether there was one.
