@@ -350,7 +350,8 @@ impl Tenant {
     }
 
     /// Admit a read of the shared state that no request admission covers
-    /// (`/v1/usage`, listing, reading and deleting plugins): with a shared
+    /// (`/v1/usage`, listing, reading and deleting plugins, reading and
+    /// deleting stored responses, a continuation's history): with a shared
     /// state, [`STATE_READS`] at once per tenant and replica, or a 429, so
     /// that no tenant can keep the database busy for the others. Without
     /// one they are reads of memory, and always admitted.

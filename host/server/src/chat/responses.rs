@@ -759,7 +759,13 @@ async fn chat_request(
     tenant: &Tenant,
     req: &ResponsesRequest,
 ) -> Result<(ChatRequest, Vec<InMessage>), ApiError> {
+    let _read = match req.previous_response_id {
+        Some(_) => tenant.admit_state_read()?,
+        None => None,
+    };
     let mut history = match &req.previous_response_id {
+        // Read before the request is admitted: held to the tenant's reads
+        // of the shared state at once.
         Some(id) => st
             .responses
             .load_messages(&tenant.name, id)
@@ -1208,6 +1214,7 @@ pub async fn get(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let _read = tenant.admit_state_read()?;
     match st.responses.load_object(&tenant.name, &id).await? {
         Some(o) => Ok(Json(o).into_response()),
         None => Err(ApiError::not_found(format!(
@@ -1222,6 +1229,7 @@ pub async fn delete(
     Extension(tenant): Extension<Arc<Tenant>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let _read = tenant.admit_state_read()?;
     match st.responses.remove(&tenant.name, &id).await? {
         true => Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response()),
         false => Err(ApiError::not_found(format!(
