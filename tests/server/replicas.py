@@ -189,7 +189,7 @@ def test_a_flood_of_state_reads_is_held_to_its_share():
                     status = 200
                 if status == 429:
                     assert int(r.headers["retry-after"]) >= 1, r.headers
-                    assert "reads of usage or plugins" in error_of(r)["message"], r.text
+                    assert "reads of usage, plugins or stored responses" in error_of(r)["message"], r.text
                 with lock:
                     statuses.append(status)
 

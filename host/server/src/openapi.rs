@@ -248,7 +248,7 @@ mod paths {
         responses(
             (status = 200, description = "Totals since the server started (with `--state`: since the database was created)", body = TenantUsage),
             (status = 401, description = "No or unknown API key", body = Error),
-            (status = 429, description = "With `--state`: the tenant already runs as many reads of usage or plugins as it may at once (see Retry-After)", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of the shared state (usage, plugins, stored responses) as it may at once (see Retry-After)", body = Error),
             (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
@@ -425,6 +425,8 @@ mod paths {
             (status = 200, description = "The response object", body = Object),
             (status = 401, description = "No or unknown API key", body = Error),
             (status = 404, description = "No such response of this tenant", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of the shared state (usage, plugins, stored responses) as it may at once (see Retry-After)", body = Error),
+            (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn get_response() {}
@@ -439,6 +441,8 @@ mod paths {
             (status = 200, description = "Deleted", body = Object),
             (status = 401, description = "No or unknown API key", body = Error),
             (status = 404, description = "No such response of this tenant", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of the shared state (usage, plugins, stored responses) as it may at once (see Retry-After)", body = Error),
+            (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
     pub(super) fn delete_response() {}
@@ -553,7 +557,7 @@ mod paths {
         responses(
             (status = 200, description = "The tenant's plugins, oldest first", body = PluginList),
             (status = 401, description = "No or unknown API key", body = Error),
-            (status = 429, description = "With `--state`: the tenant already runs as many reads of usage or plugins as it may at once (see Retry-After)", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of the shared state (usage, plugins, stored responses) as it may at once (see Retry-After)", body = Error),
             (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
@@ -569,7 +573,7 @@ mod paths {
             (status = 200, description = "The plugin", body = Plugin),
             (status = 401, description = "No or unknown API key", body = Error),
             (status = 404, description = "No such plugin (or another tenant's)", body = Error),
-            (status = 429, description = "With `--state`: the tenant already runs as many reads of usage or plugins as it may at once (see Retry-After)", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of the shared state (usage, plugins, stored responses) as it may at once (see Retry-After)", body = Error),
             (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]
@@ -585,7 +589,7 @@ mod paths {
             (status = 200, description = "Deleted", body = PluginDeleted),
             (status = 401, description = "No or unknown API key", body = Error),
             (status = 404, description = "No such plugin (or another tenant's)", body = Error),
-            (status = 429, description = "With `--state`: the tenant already runs as many reads of usage or plugins as it may at once (see Retry-After)", body = Error),
+            (status = 429, description = "With `--state`: the tenant already runs as many reads of the shared state (usage, plugins, stored responses) as it may at once (see Retry-After)", body = Error),
             (status = 503, description = "With `--state`: the state database cannot be reached (see Retry-After)", body = Error),
         )
     )]

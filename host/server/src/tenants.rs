@@ -366,7 +366,7 @@ impl Tenant {
             .map_err(|_| {
                 ApiError::rate_limited(
                     format!(
-                        "tenant `{}` already has {STATE_READS} reads of usage or plugins running",
+                        "tenant `{}` already has {STATE_READS} reads of usage, plugins or stored responses running",
                         self.name
                     ),
                     1,
