@@ -119,6 +119,32 @@ def upload(h, name, data):
     )
 
 
+def small_rollout(h, reward):
+    """A rollout of one prompt in a group of 3 (at most 6 tokens each) with
+    the reward plugin `reward`; checks it answered 200 and that every
+    completion has its tokens and their log-probabilities, and returns
+    (the group, the summary)."""
+    r = h.post(
+        "/v1/rollouts",
+        json={
+            "prompts": [{"prompt": "Think step by step: 3+4 ="}],
+            "group_size": 3,
+            "max_tokens": 6,
+            "temperature": 1.0,
+            "seed": 3,
+            "rewards": [{"plugin": reward}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+    groups, summary = lines[:-1], lines[-1]["summary"]
+    assert len(groups) == 1 and len(groups[0]["completions"]) == 3, groups
+    for comp in groups[0]["completions"]:
+        assert 0 < len(comp["tokens"]) <= 6, comp
+        assert len(comp["logprobs"]) == len(comp["tokens"]), comp
+    return groups[0], summary
+
+
 def chat(c, content, **kwargs):
     """One chat completion of a single user message."""
     kwargs.setdefault("max_tokens", 12)

@@ -11,7 +11,7 @@ import json
 import os
 
 import httpx2
-from common import MODEL, delta_text, error_of, http, plugin_bytes, run, stream_events, upload
+from common import MODEL, delta_text, error_of, http, plugin_bytes, run, small_rollout, stream_events, upload
 
 UPSTREAM = os.environ["DEEPWASM_UPSTREAM_URL"]
 UPSTREAM_KEY = os.environ["DEEPWASM_UPSTREAM_KEY"]
@@ -109,25 +109,9 @@ def test_a_rollout_runs_its_groups_upstream():
     with http("alpha") as h:
         if h.get("/v1/plugins/r1-format-up").status_code != 200:
             assert upload(h, "r1-format-up", plugin_bytes("r1-format")).status_code == 201
-        r = h.post(
-            "/v1/rollouts",
-            json={
-                "prompts": [{"prompt": "Think step by step: 3+4 ="}],
-                "group_size": 3,
-                "max_tokens": 6,
-                "temperature": 1.0,
-                "seed": 3,
-                "rewards": [{"plugin": "r1-format-up"}],
-            },
-        )
-    assert r.status_code == 200, r.text
-    lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
-    groups, summary = lines[:-1], lines[-1]["summary"]
-    assert len(groups) == 1 and len(groups[0]["completions"]) == 3, groups
+        group, summary = small_rollout(h, "r1-format-up")
     tokens = 0
-    for comp in groups[0]["completions"]:
-        assert 0 < len(comp["tokens"]) <= 6, comp
-        assert len(comp["logprobs"]) == len(comp["tokens"]), comp
+    for comp in group["completions"]:
         # The upstream's own log-probabilities of the tokens it chose.
         assert all(isinstance(l, float) and l <= 0 for l in comp["logprobs"]), comp
         assert comp["rewards"]["r1-format-up"] in (0.0, 1.0), comp

@@ -7,7 +7,7 @@ import json
 import os
 
 import httpx2
-from common import MODEL, delta_text, http, plugin_bytes, run, stream_events, upload
+from common import MODEL, delta_text, http, plugin_bytes, run, small_rollout, stream_events, upload
 
 PEER = os.environ["DEEPWASM_PEER_URL"]
 
@@ -87,23 +87,8 @@ def test_best_of_with_rewards_and_a_rollout():
         )
         assert r.status_code == 200, r.text
         assert len(r.json()["choices"]) == 2
-        roll = h.post(
-            "/v1/rollouts",
-            json={
-                "prompts": [{"prompt": "Think step by step: 3+4 ="}],
-                "group_size": 3,
-                "max_tokens": 6,
-                "temperature": 1.0,
-                "seed": 3,
-                "rewards": [{"plugin": "r1"}],
-            },
-        )
-    assert roll.status_code == 200, roll.text
-    lines = [json.loads(line) for line in roll.text.splitlines() if line.strip()]
-    assert lines[-1]["summary"]["completions"] == 3, lines[-1]
-    for comp in lines[0]["completions"]:
-        assert 0 < len(comp["tokens"]) <= 6, comp
-        assert len(comp["logprobs"]) == len(comp["tokens"]), comp
+        _, summary = small_rollout(h, "r1")
+    assert summary["completions"] == 3, summary
 
 
 if __name__ == "__main__":

@@ -353,8 +353,10 @@ pub async fn rollouts(
             "must be a finite number",
         ));
     }
-    let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
+    // Admitted first: with a shared state, looking the rewards up reads
+    // the database, which only admitted requests may do.
     let admission = tenant.admit().await?;
+    let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
     let mut prompts = Vec::with_capacity(req.prompts.len());
     for (i, p) in req.prompts.into_iter().enumerate() {
         let prompt = match (p.prompt, p.messages) {

@@ -193,7 +193,11 @@ pub fn state_error(e: StateError) -> ApiError {
                 STATE_RETRY_AFTER_SECS,
             )
         }
-        other => ApiError::internal(other.to_string()),
+        // The database's own words (SQL, constraints) stay in the log.
+        other => {
+            tracing::error!("{other}");
+            ApiError::internal("the server's state database refused an operation; see its log")
+        }
     }
 }
 
