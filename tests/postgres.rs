@@ -403,6 +403,31 @@ mod state {
     }
 
     #[test]
+    fn requests_that_ended_while_the_database_was_away_do_not_count_once_it_is_back() {
+        let mut pg = Postgres::start();
+        let rt = runtime();
+        let usage: deepwasm_state::UsageSnapshot = Arc::new(Vec::new);
+        let ledger =
+            rt.block_on(async { Ledger::start(PgState::connect(&pg.url()).await.unwrap(), usage) });
+        let Admit::Admitted(lease) = rt.block_on(ledger.admit("t", 1, None)).unwrap() else {
+            panic!("refused")
+        };
+        // The request ends while the database is away: its release cannot
+        // be written.
+        pg.pause();
+        drop(lease);
+        assert!(rt.block_on(ledger.flush()).is_err());
+        pg.resume();
+        // The next admission, at once, finds the place free: the release
+        // goes with it rather than behind the writer's retry.
+        match rt.block_on(ledger.admit("t", 1, None)).unwrap() {
+            Admit::Admitted(_) => {}
+            other => panic!("a request that ended while away still counted: {other:?}"),
+        }
+        assert_eq!(pg.psql("SELECT count(*) FROM leases").trim(), "1");
+    }
+
+    #[test]
     fn stored_responses_are_shared_and_held_to_their_tenants_caps() {
         let pg = Postgres::start();
         let rt = runtime();

@@ -6,8 +6,8 @@
 //! follows a request is written behind it by one writer task per replica:
 //! - spends as soon as they are made (a few milliseconds behind the
 //!   request), so a quota spent through one replica refuses on the others;
-//! - lease releases likewise, and a renewal of all of the process's leases
-//!   six times per time to live ([`LEASE_TTL`] by default);
+//! - lease releases likewise, and a renewal of the leases the process
+//!   holds six times per time to live ([`LEASE_TTL`] by default);
 //! - usage totals with them (whole, so a repeated write counts once), every
 //!   [`USAGE_EVERY`] while idle, and at once when a replica answers
 //!   `/v1/usage` or shuts down.
@@ -17,10 +17,17 @@
 //! when it answers again. A replica killed outright loses at most what was
 //! pending: the usage of the last [`USAGE_EVERY`] (longer if the database
 //! was away); its leases expire after [`LEASE_TTL`].
+//!
+//! Releases that could not be written go with the replica's next
+//! admission, in the same round trip, so a tenant's requests that ended
+//! while the database was away never count against it once it answers
+//! again. A lease whose admission reply was lost (the connection broke
+//! after the commit) is held by no request and never renewed: it counts
+//! until its time to live runs out, as a killed replica's do.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -88,19 +95,64 @@ pub enum Admit {
 #[derive(Debug)]
 pub struct Lease {
     id: i64,
+    book: Arc<LeaseBook>,
     events: mpsc::UnboundedSender<Event>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let _ = self.events.send(Event::Release(self.id));
+        self.book.release(self.id);
+        let _ = self.events.send(Event::Released);
+    }
+}
+
+/// The leases a replica holds, and those it let go of that the database
+/// still counts.
+#[derive(Debug, Default)]
+struct LeaseBook {
+    inner: Mutex<Book>,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    held: HashSet<i64>,
+    released: Vec<i64>,
+}
+
+impl LeaseBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hold(&self, id: i64) {
+        self.lock().held.insert(id);
+    }
+
+    fn release(&self, id: i64) {
+        let mut book = self.lock();
+        book.held.remove(&id);
+        book.released.push(id);
+    }
+
+    /// The releases not yet written, taken to write.
+    fn take_released(&self) -> Vec<i64> {
+        std::mem::take(&mut self.lock().released)
+    }
+
+    /// Releases whose write failed, to go again.
+    fn unwritten(&self, ids: Vec<i64>) {
+        self.lock().released.extend(ids);
+    }
+
+    fn held(&self) -> Vec<i64> {
+        self.lock().held.iter().copied().collect()
     }
 }
 
 #[derive(Debug)]
 enum Event {
     Spend(String, u64),
-    Release(i64),
+    Released,
     Flush(oneshot::Sender<Result<(), StateError>>),
     Close(oneshot::Sender<Result<(), StateError>>),
 }
@@ -111,6 +163,7 @@ pub struct Ledger {
     state: PgState,
     events: mpsc::UnboundedSender<Event>,
     lease_ttl: Duration,
+    book: Arc<LeaseBook>,
     stats: Arc<LedgerStats>,
 }
 
@@ -146,11 +199,14 @@ impl Ledger {
         let lease_ttl = ttl.max(Duration::from_secs(1));
         let (events, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(LedgerStats::default());
-        tokio::spawn(Writer::new(state.clone(), usage, lease_ttl, stats.clone()).run(rx));
+        let book = Arc::new(LeaseBook::default());
+        let writer = Writer::new(state.clone(), usage, lease_ttl, book.clone(), stats.clone());
+        tokio::spawn(writer.run(rx));
         Ledger {
             state,
             events,
             lease_ttl,
+            book,
             stats,
         }
     }
@@ -166,14 +222,21 @@ impl Ledger {
 
     /// Admit a request of `tenant` across replicas: refused while the
     /// tenant holds `max_running` leases or spent `tokens_per_minute`.
+    /// Releases the writer could not write yet go first, on the same
+    /// connection.
     pub async fn admit(
         &self,
         tenant: &str,
         max_running: usize,
         tokens_per_minute: Option<u64>,
     ) -> Result<Admit, StateError> {
+        let released = self.book.take_released();
         let row = bounded("an admission", async {
             let conn = self.state.conn().await?;
+            if !released.is_empty() {
+                conn.execute("DELETE FROM leases WHERE id = ANY($1)", &[&released])
+                    .await?;
+            }
             let stmt = conn
                 .prepare_cached("SELECT lease, running, spent, retry_after_s FROM deepwasm_admit($1, $2, $3, $4, $5)")
                 .await?;
@@ -186,6 +249,7 @@ impl Ledger {
         })
         .await
         .inspect_err(|_| {
+            self.book.unwritten(released.clone());
             self.stats.failed_admissions.fetch_add(1, Ordering::Relaxed);
         })?;
         let lease: Option<i64> = row.get(0);
@@ -193,10 +257,14 @@ impl Ledger {
         let spent: i64 = row.get(2);
         let retry_after_s = row.get::<_, i32>(3).max(1) as u64;
         Ok(match (lease, running) {
-            (Some(id), _) => Admit::Admitted(Lease {
-                id,
-                events: self.events.clone(),
-            }),
+            (Some(id), _) => {
+                self.book.hold(id);
+                Admit::Admitted(Lease {
+                    id,
+                    book: self.book.clone(),
+                    events: self.events.clone(),
+                })
+            }
             (None, None) => Admit::TokensSpent {
                 spent: spent.max(0) as u64,
                 retry_after_s,
@@ -276,7 +344,8 @@ struct Writer {
     lease_ttl: Duration,
     stats: Arc<LedgerStats>,
     spends: HashMap<String, u64>,
-    releases: Vec<i64>,
+    book: Arc<LeaseBook>,
+    released: bool,
     written: HashMap<String, UsageTotals>,
     last_usage: Instant,
     last_renew: Instant,
@@ -289,6 +358,7 @@ impl Writer {
         state: PgState,
         usage: UsageSnapshot,
         lease_ttl: Duration,
+        book: Arc<LeaseBook>,
         stats: Arc<LedgerStats>,
     ) -> Writer {
         let now = Instant::now();
@@ -298,7 +368,8 @@ impl Writer {
             lease_ttl,
             stats,
             spends: HashMap::new(),
-            releases: Vec::new(),
+            book,
+            released: false,
             written: HashMap::new(),
             last_usage: now,
             last_renew: now,
@@ -330,7 +401,7 @@ impl Writer {
             if !waiting.is_empty()
                 || closing.is_some()
                 || !self.spends.is_empty()
-                || !self.releases.is_empty()
+                || self.released
                 || self.last_usage.elapsed() >= USAGE_EVERY
             {
                 all = true;
@@ -359,7 +430,7 @@ impl Writer {
     ) {
         match ev {
             Event::Spend(tenant, n) => *self.spends.entry(tenant).or_default() += n,
-            Event::Release(id) => self.releases.push(id),
+            Event::Released => self.released = true,
             Event::Flush(w) => waiting.push(w),
             Event::Close(c) => *closing = Some(c),
         }
@@ -415,23 +486,26 @@ impl Writer {
             .await?;
             self.spends.clear();
         }
-        if !self.releases.is_empty() {
+        let released = self.book.take_released();
+        if !released.is_empty() {
             bounded("releasing leases", async {
                 self.state
-                    .run("DELETE FROM leases WHERE id = ANY($1)", &[&self.releases])
+                    .run("DELETE FROM leases WHERE id = ANY($1)", &[&released])
                     .await?;
                 Ok(())
             })
-            .await?;
-            self.releases.clear();
+            .await
+            .inspect_err(|_| self.book.unwritten(released))?;
         }
+        self.released = false;
         if self.last_renew.elapsed() >= self.lease_ttl / RENEWALS_PER_TTL {
             let ttl = i32::try_from(self.lease_ttl.as_millis()).unwrap_or(i32::MAX);
+            let held = self.book.held();
             bounded("renewing leases", async {
                 self.state.run(
                     "UPDATE leases SET expires_at = clock_timestamp() + $2::integer * interval '1 millisecond'
-                      WHERE process = $1",
-                    &[&process, &ttl],
+                      WHERE process = $1 AND id = ANY($3)",
+                    &[&process, &ttl, &held],
                 )
                 .await?;
                 Ok(())
