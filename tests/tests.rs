@@ -38,6 +38,10 @@ mod fuzz;
 /// The `deepwasm` command line.
 mod cli;
 
+/// LoRA adapters: PEFT files, applied at run time or merged, and their
+/// training (gradients, GRPO loss, AdamW).
+mod lora;
+
 /// Chat templates: real models' templates, byte for byte as jinja2 renders them.
 mod chat;
 

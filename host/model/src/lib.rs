@@ -13,9 +13,11 @@ pub mod deepseek;
 pub mod linear;
 pub mod llama;
 pub mod loader;
+pub mod lora;
 pub mod quant;
 pub mod tokenizer;
 pub mod toolcall;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -149,6 +151,12 @@ pub trait CausalLm: Send + Sync {
     /// loaded (for benchmarks: where the time goes), if the model keeps it.
     fn profile(&self) -> Vec<(&'static str, std::time::Duration)> {
         Vec::new()
+    }
+
+    /// The Llama-family model underneath, for what only it supports (LoRA
+    /// adapters and training).
+    fn as_llama(&self) -> Option<&llama::Llama> {
+        None
     }
 }
 

@@ -236,6 +236,7 @@ impl LlamaConfig {
     }
 }
 
+#[derive(Clone)]
 struct RmsNorm {
     weight: Tensor,
     eps: f32,
@@ -250,6 +251,7 @@ impl RmsNorm {
 /// Projections that read the same input, as one product when the weights
 /// can be stacked (fewer, larger products: less overhead per token and
 /// better work splitting across threads), else one product each.
+#[derive(Clone)]
 enum Projections {
     Stacked { fused: Linear, widths: Vec<usize> },
     Separate(Vec<Linear>),
@@ -265,6 +267,90 @@ impl Projections {
             },
             None => Projections::Separate(parts),
         })
+    }
+
+    /// These projections with LoRA pairs added (`None`: that part keeps
+    /// its weight as it is). Stacked parts get one stacked pair: the `A`s
+    /// one above the other and the `B`s on a block diagonal, so the
+    /// product stays one.
+    fn with_lora(
+        &self,
+        pairs: &[Option<&crate::lora::LoraPair>],
+        scale: f64,
+        dtype: DType,
+    ) -> Result<Projections> {
+        match self {
+            Projections::Separate(parts) => Ok(Projections::Separate(
+                parts
+                    .iter()
+                    .zip(pairs)
+                    .map(|(p, pair)| match pair {
+                        Some(pair) => p.with_lora(&pair.a, &pair.b, scale, dtype),
+                        None => Ok(p.clone()),
+                    })
+                    .collect::<Result<_>>()?,
+            )),
+            Projections::Stacked { fused, widths } => {
+                let present: Vec<&crate::lora::LoraPair> =
+                    pairs.iter().flatten().copied().collect();
+                if present.is_empty() {
+                    return Ok(self.clone());
+                }
+                let r: usize = present.iter().map(|p| p.a.dim(0)).sum::<Result<usize>>()?;
+                let a = Tensor::cat(&present.iter().map(|p| &p.a).collect::<Vec<_>>(), 0)?;
+                let mut rows = Vec::with_capacity(widths.len());
+                let mut at = 0;
+                for (&w, pair) in widths.iter().zip(pairs) {
+                    let device = a.device();
+                    let row = match pair {
+                        Some(pair) => {
+                            let pr = pair.a.dim(0)?;
+                            let mut cols = Vec::new();
+                            if at > 0 {
+                                cols.push(Tensor::zeros((w, at), DType::F32, device)?);
+                            }
+                            cols.push(pair.b.to_dtype(DType::F32)?);
+                            if at + pr < r {
+                                cols.push(Tensor::zeros((w, r - at - pr), DType::F32, device)?);
+                            }
+                            at += pr;
+                            Tensor::cat(&cols, 1)?
+                        }
+                        None => Tensor::zeros((w, r), DType::F32, device)?,
+                    };
+                    rows.push(row);
+                }
+                let b = Tensor::cat(&rows, 0)?;
+                Ok(Projections::Stacked {
+                    fused: fused.with_lora(&a, &b, scale, dtype)?,
+                    widths: widths.clone(),
+                })
+            }
+        }
+    }
+
+    /// Each part as a dense f32 layer, any adapter merged in.
+    fn merged_parts(&self) -> Result<Vec<Linear>> {
+        match self {
+            Projections::Separate(parts) => parts.iter().map(|p| p.merged(DType::F32)).collect(),
+            Projections::Stacked { fused, widths } => {
+                let all = fused.merged(DType::F32)?;
+                let w = all.dense_weight()?;
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&n| {
+                        let bias = match all.bias() {
+                            Some(b) => Some(b.narrow(0, at, n)?),
+                            None => None,
+                        };
+                        let part = Linear::dense(w.narrow(0, at, n)?.contiguous()?, bias);
+                        at += n;
+                        part
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Each projection of `x`, in order.
@@ -287,6 +373,7 @@ impl Projections {
     }
 }
 
+#[derive(Clone)]
 struct Layer {
     attn_norm: RmsNorm,
     /// Query, key, value.
@@ -422,6 +509,134 @@ impl Llama {
 
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
+    }
+
+    /// `(out, in)` of projection `module` (one of [`crate::lora::MODULES`]).
+    pub fn projection_shape(&self, module: &str) -> (usize, usize) {
+        let d = self.cfg.hidden_size;
+        let hd = self.cfg.head_dim();
+        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
+        match module {
+            "q_proj" => (heads * hd, d),
+            "k_proj" | "v_proj" => (kv_heads * hd, d),
+            "o_proj" => (d, heads * hd),
+            "gate_proj" | "up_proj" => (self.cfg.intermediate_size, d),
+            _ => (d, self.cfg.intermediate_size),
+        }
+    }
+
+    fn rebuilt(&self, layers: Vec<Layer>) -> Llama {
+        Llama {
+            cfg: self.cfg.clone(),
+            info: self.info.clone(),
+            embed: self.embed.clone(),
+            layers,
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            inv_freq: self.inv_freq.clone(),
+            rope_style: self.rope_style,
+            device: self.device.clone(),
+            timers: Timers::default(),
+        }
+    }
+
+    /// This model with `adapter` applied at run time to every sequence
+    /// (the base weights are shared, not copied).
+    pub fn with_adapter(
+        &self,
+        adapter: &crate::lora::LoraAdapter,
+    ) -> std::result::Result<Llama, crate::lora::LoraError> {
+        adapter.check_shapes(self.layers.len(), |m| self.projection_shape(m))?;
+        let scale = adapter.config.scale();
+        let dtype = self.norm.weight.dtype();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let pair = |m: &str| adapter.pair(i, m);
+            let mut l = layer.clone();
+            l.qkv = layer.qkv.with_lora(
+                &[pair("q_proj"), pair("k_proj"), pair("v_proj")],
+                scale,
+                dtype,
+            )?;
+            if let Some(p) = pair("o_proj") {
+                l.o = layer.o.with_lora(&p.a, &p.b, scale, dtype)?;
+            }
+            l.gate_up =
+                layer
+                    .gate_up
+                    .with_lora(&[pair("gate_proj"), pair("up_proj")], scale, dtype)?;
+            if let Some(p) = pair("down_proj") {
+                l.down = layer.down.with_lora(&p.a, &p.b, scale, dtype)?;
+            }
+            layers.push(l);
+        }
+        Ok(self.rebuilt(layers))
+    }
+
+    /// This model with every projection dense in f32 and any adapter merged
+    /// into its weights (`W + s · B A`): what merging an adapter into the
+    /// base gives.
+    pub fn merged(&self) -> Result<Llama> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let mut l = layer.clone();
+            l.qkv = Projections::new(layer.qkv.merged_parts()?)?;
+            l.o = layer.o.merged(DType::F32)?;
+            l.gate_up = Projections::new(layer.gate_up.merged_parts()?)?;
+            l.down = layer.down.merged(DType::F32)?;
+            layers.push(l);
+        }
+        Ok(self.rebuilt(layers))
+    }
+
+    /// The weights as dense tensors of `dtype`, for training an adapter
+    /// with autograd ([`crate::train::TrainLlama`]). Quantized weights are
+    /// expanded once; any adapter applied here is merged in.
+    pub fn trainable(&self, dtype: DType) -> Result<crate::train::TrainLlama> {
+        let dense =
+            |l: &Linear| -> Result<Tensor> { l.merged(dtype)?.dense_weight()?.to_dtype(dtype) };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let qkv = layer.qkv.merged_parts()?;
+            let gate_up = layer.gate_up.merged_parts()?;
+            let bias = |l: &Linear| l.bias().map(|b| b.to_dtype(dtype)).transpose();
+            layers.push(crate::train::TrainLayer {
+                attn_norm: layer.attn_norm.weight.to_dtype(dtype)?,
+                mlp_norm: layer.mlp_norm.weight.to_dtype(dtype)?,
+                weights: [
+                    dense(&qkv[0])?,
+                    dense(&qkv[1])?,
+                    dense(&qkv[2])?,
+                    dense(&layer.o)?,
+                    dense(&gate_up[0])?,
+                    dense(&gate_up[1])?,
+                    dense(&layer.down)?,
+                ],
+                qkv_bias: [bias(&qkv[0])?, bias(&qkv[1])?, bias(&qkv[2])?],
+            });
+        }
+        let embed = match &self.embed {
+            crate::linear::Embedding::Dense(t) => t.to_dtype(dtype)?,
+            crate::linear::Embedding::Quantized(m) => {
+                Tensor::from_vec(m.dequantize(), (m.rows(), m.cols()), &Device::Cpu)?
+                    .to_device(&self.device)?
+                    .to_dtype(dtype)?
+            }
+        };
+        Ok(crate::train::TrainLlama {
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.kv_heads(),
+            head_dim: self.cfg.head_dim(),
+            eps: self.cfg.rms_norm_eps,
+            inv_freq: self.inv_freq.clone(),
+            interleaved_rope: self.rope_style == RopeStyle::Interleaved,
+            embed,
+            layers,
+            norm: self.norm.weight.to_dtype(dtype)?,
+            head: dense(&self.lm_head)?,
+            device: self.device.clone(),
+            dtype,
+        })
     }
 
     /// Cosines and sines for positions `[start, start + n)`, `[n, head_dim / 2]`.
@@ -588,6 +803,10 @@ impl CausalLm for Llama {
 
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.cfg.num_hidden_layers)
+    }
+
+    fn as_llama(&self) -> Option<&Llama> {
+        Some(self)
     }
 
     fn profile(&self) -> Vec<(&'static str, std::time::Duration)> {

@@ -1,0 +1,322 @@
+use candle_core::{DType, Device, Tensor};
+use deepwasm_model::llama::Llama;
+use deepwasm_model::lora::{CONFIG_FILE, LoraAdapter, LoraConfig, WEIGHTS_FILE};
+use deepwasm_model::train::{
+    AdamW, GrpoParams, LoraVars, Sample, TrainLlama, clip_grad_norm, sample_loss,
+};
+use deepwasm_model::{CausalLm, LoadOptions, LoadedModel, SeqInput, load};
+
+use crate::util::{default_model, fixture};
+
+fn tiny() -> LoadedModel {
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype: Some(DType::F32),
+        ..LoadOptions::default()
+    };
+    load(&fixture("tiny-llama"), &opts).unwrap()
+}
+
+fn llama(m: &LoadedModel) -> &Llama {
+    m.model.as_llama().expect("a Llama-family model")
+}
+
+/// Fill every variable with small deterministic values (a fresh adapter's
+/// `B` is zero, which hides half of what is tested).
+fn scramble(vars: &LoraVars, seed: u64) {
+    for (k, v) in vars.vars().into_iter().enumerate() {
+        let n = v.elem_count();
+        let vals: Vec<f64> = (0..n)
+            .map(|i| {
+                (((i as u64 * 7919 + k as u64 * 104729 + seed) % 10007) as f64 * 0.37).sin() * 0.05
+            })
+            .collect();
+        let t = Tensor::from_vec(vals, v.shape(), &Device::Cpu)
+            .unwrap()
+            .to_dtype(v.dtype())
+            .unwrap();
+        v.set(&t).unwrap();
+    }
+}
+
+fn random_adapter(model: &Llama, rank: usize, targets: &[&str], seed: u64) -> LoraAdapter {
+    let train = model.trainable(DType::F32).unwrap();
+    let vars = LoraVars::init(
+        &train,
+        LoraConfig::new(rank, 2.0 * rank as f64, targets, None),
+        seed,
+    )
+    .unwrap();
+    scramble(&vars, seed);
+    vars.to_adapter().unwrap()
+}
+
+fn prefill_logits(model: &dyn CausalLm, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = model.new_cache();
+    let out = model
+        .forward_outputs(
+            &mut [SeqInput {
+                tokens,
+                cache: &mut cache,
+            }],
+            &[deepwasm_model::Output::AllLogits],
+        )
+        .unwrap();
+    out.logits.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn tokens() -> Vec<u32> {
+    (0..20).map(|i| (i * 37 % 350 + 3) as u32).collect()
+}
+
+/// The adapter's gradient from candle's autograd matches central finite
+/// differences of the GRPO loss (float64, so the differences are exact
+/// enough to compare to 1e-5), with the KL term on and ratios away from 1.
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let m = tiny();
+    let train = llama(&m).trainable(DType::F64).unwrap();
+    let vars = LoraVars::init(&train, LoraConfig::new(2, 4.0, &[], None), 1).unwrap();
+    scramble(&vars, 3);
+    let seq = tokens();
+    let prompt_len = 8;
+    // A sampling policy a little away from the current one, inside the
+    // clip range for most tokens and outside it for some.
+    let current: Vec<f64> = train
+        .token_logprobs(&seq, prompt_len, Some(&vars))
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let old: Vec<f32> = current
+        .iter()
+        .enumerate()
+        .map(|(i, &lp)| (lp + [0.05, -0.1, -0.3, 0.02][i % 4]) as f32)
+        .collect();
+    let params = GrpoParams {
+        kl_beta: 0.1,
+        clip_eps: 0.2,
+    };
+    let loss_of = |vars: &LoraVars| -> (Tensor, usize) {
+        let s = Sample {
+            tokens: &seq,
+            prompt_len,
+            advantage: 0.8,
+            old_logprobs: Some(&old),
+            ref_logprobs: None,
+        };
+        let l = sample_loss(&train, vars, &s, params).unwrap();
+        (l.loss, l.clipped)
+    };
+    let (loss, clipped) = loss_of(&vars);
+    assert!(clipped > 0 && clipped < seq.len() - prompt_len, "{clipped}");
+    let grads = loss.backward().unwrap();
+    let h = 1e-6;
+    let mut checked = 0;
+    for (k, var) in vars.vars().into_iter().enumerate() {
+        let grad: Vec<f64> = grads
+            .get(var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = var.flatten_all().unwrap().to_vec1().unwrap();
+        // A few entries of each of a few variables.
+        if k % 5 != 0 {
+            continue;
+        }
+        for &i in &[0, base.len() / 3, base.len() - 1] {
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let (l, _) = loss_of(&vars);
+                l.to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let err = (numeric - grad[i]).abs();
+            assert!(
+                err <= 1e-5 + 1e-4 * numeric.abs(),
+                "variable {k} entry {i}: autograd {} vs finite differences {numeric}",
+                grad[i]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "{checked}");
+}
+
+/// One AdamW step on a fixed batch (its sampling policy's log-probabilities
+/// held) lowers the batch's GRPO loss, and clipping the gradient's norm
+/// bounds it.
+#[test]
+fn one_step_on_a_fixed_batch_lowers_the_loss() {
+    let m = tiny();
+    let train = llama(&m).trainable(DType::F32).unwrap();
+    let vars = LoraVars::init(&train, LoraConfig::new(4, 8.0, &[], None), 7).unwrap();
+    let seqs: Vec<Vec<u32>> = (0..4)
+        .map(|s| {
+            (0..16)
+                .map(|i| ((i * 31 + s * 17) % 350 + 3) as u32)
+                .collect()
+        })
+        .collect();
+    let advantages = [1.2, -0.9, 0.4, -0.7];
+    let old: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|s| {
+            train
+                .token_logprobs(s, 6, Some(&vars))
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    let params = GrpoParams::default();
+    let batch_loss = |vars: &LoraVars| -> Tensor {
+        let mut total: Option<Tensor> = None;
+        for ((s, a), o) in seqs.iter().zip(advantages).zip(&old) {
+            let sample = Sample {
+                tokens: s,
+                prompt_len: 6,
+                advantage: a,
+                old_logprobs: Some(o),
+                ref_logprobs: None,
+            };
+            let l = (sample_loss(&train, vars, &sample, params).unwrap().loss / 4.0).unwrap();
+            total = Some(match total {
+                Some(t) => (t + l).unwrap(),
+                None => l,
+            });
+        }
+        total.unwrap()
+    };
+    let before = batch_loss(&vars);
+    let grads = before.backward().unwrap();
+    let list = vars.vars();
+    let mut g: Vec<Tensor> = list.iter().map(|v| grads.get(v).unwrap().clone()).collect();
+    let norm = clip_grad_norm(&mut g, 1e-3).unwrap();
+    assert!(norm > 1e-3, "the gradient vanished: {norm}");
+    let clipped = clip_grad_norm(&mut g.clone(), f64::INFINITY).unwrap();
+    assert!((clipped - 1e-3).abs() < 1e-6, "{clipped}");
+    let mut opt = AdamW::new(&list, 1e-2).unwrap();
+    opt.update(&list, &g).unwrap();
+    let before = before.to_scalar::<f32>().unwrap();
+    let after = batch_loss(&vars).to_scalar::<f32>().unwrap();
+    assert!(
+        after < before - 1e-3,
+        "the loss went from {before} to {after}"
+    );
+}
+
+/// An adapter written in PEFT's layout reads back to the same weights and
+/// the same logits, to the bit.
+#[test]
+fn a_saved_adapter_reloads_to_identical_logits() {
+    let m = tiny();
+    let base = llama(&m);
+    let adapter = random_adapter(base, 3, &["q_proj", "v_proj", "down_proj"], 5);
+    let seq = tokens();
+    let before = prefill_logits(&base.with_adapter(&adapter).unwrap(), &seq);
+    let dir = tempfile::tempdir().unwrap();
+    adapter.save(dir.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 3);
+    let names =
+        candle_core::safetensors::load(dir.path().join(WEIGHTS_FILE), &Device::Cpu).unwrap();
+    assert!(
+        names.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"),
+        "{:?}",
+        names.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(names.len(), 2 * 3 * 2);
+    let again = LoraAdapter::load(dir.path(), &Device::Cpu).unwrap();
+    let after = prefill_logits(&base.with_adapter(&again).unwrap(), &seq);
+    assert_eq!(before, after);
+    // And the adapter changes the logits at all.
+    assert!(max_diff(&before, &prefill_logits(base, &seq)) > 1e-3);
+}
+
+/// Merging an adapter into the weights gives the logits of applying it at
+/// run time, and so does the training forward pass: on the tiny dense
+/// model and on the default model's quantized weights.
+#[test]
+fn merging_an_adapter_gives_the_logits_of_applying_it_at_run_time() {
+    let m = tiny();
+    let seq = tokens();
+    for (name, base, tol) in [
+        ("tiny", llama(&m), 1e-4f32),
+        ("default", default_model().model.as_llama().unwrap(), 2e-3),
+    ] {
+        let adapter = random_adapter(base, 4, &[], 11);
+        let applied = base.with_adapter(&adapter).unwrap();
+        let run_time = prefill_logits(&applied, &seq);
+        let merged = prefill_logits(&applied.merged().unwrap(), &seq);
+        let scale = run_time.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+        let d = max_diff(&run_time, &merged);
+        assert!(
+            d <= tol * scale.max(1.0),
+            "{name}: merged differs by {d} (logits up to {scale})"
+        );
+        // The training pass, with the same adapter as variables.
+        let train: TrainLlama = base.trainable(DType::F32).unwrap();
+        let vars = LoraVars::from_adapter(&train, &adapter).unwrap();
+        let trained: Vec<f32> = train
+            .logits(&seq, Some(&vars))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let d = max_diff(&run_time, &trained);
+        assert!(
+            d <= tol * scale.max(1.0),
+            "{name}: training pass differs by {d}"
+        );
+    }
+}
+
+/// Adapters that do not fit are refused with what is wrong, and where.
+#[test]
+fn adapters_that_do_not_fit_are_refused_with_the_reason() {
+    let m = tiny();
+    let base = llama(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let err = LoraAdapter::load(dir.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(CONFIG_FILE), "{err}");
+    // A rank-2 adapter of another shape of model.
+    let mut adapter = random_adapter(base, 2, &["q_proj"], 1);
+    let pair = adapter.pairs.values_mut().next().unwrap();
+    pair.a = Tensor::zeros((2, 32), DType::F32, &Device::Cpu).unwrap();
+    let Err(err) = base.with_adapter(&adapter) else {
+        panic!("a misshapen adapter was applied")
+    };
+    let err = err.to_string();
+    assert!(err.contains("q_proj") && err.contains("[2, 64]"), "{err}");
+    // A config that is not LoRA.
+    let adapter = random_adapter(base, 2, &["q_proj"], 1);
+    adapter.save(dir.path()).unwrap();
+    let path = dir.path().join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"LORA\"", "\"IA3\"")).unwrap();
+    let err = LoraAdapter::load(dir.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("IA3") && err.contains(CONFIG_FILE), "{err}");
+}
