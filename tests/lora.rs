@@ -320,3 +320,123 @@ fn adapters_that_do_not_fit_are_refused_with_the_reason() {
         .to_string();
     assert!(err.contains("IA3") && err.contains(CONFIG_FILE), "{err}");
 }
+
+fn train(out: &std::path::Path, prompts: &std::path::Path, steps: &str, extra: &[&str]) -> String {
+    let config = r#"length-penalty={"unit":"chars","max_length":60,"buffer":50}"#;
+    let tiny = fixture("tiny-llama");
+    let mut args = vec![
+        "train",
+        "grpo",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--reward",
+        crate::util::artifacts::LENGTH_PENALTY,
+        "--config",
+        config,
+        "--group-size",
+        "4",
+        "--max-tokens",
+        "16",
+        "--lr",
+        "1e-2",
+        "--lora-rank",
+        "4",
+        "--steps",
+        steps,
+        "--save-every",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = std::process::Command::new(crate::util::deepwasm_bin())
+        .args(&args)
+        .env(
+            "DEEPWASM_COMPONENT_CACHE",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+fn log_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `deepwasm train grpo` end to end on the tiny model: per-step lines, a
+/// JSONL log, checkpoints and a PEFT adapter; a run stopped after a
+/// checkpoint and resumed ends with the adapter of a run never stopped.
+#[test]
+fn train_grpo_resumes_from_a_checkpoint_to_the_adapter_of_an_unbroken_run() {
+    let prompts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        prompts.path(),
+        "{\"prompt\": \"hello there\"}\n{\"prompt\": \"one two three\"}\n",
+    )
+    .unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    let err = train(whole.path(), prompts.path(), "4", &[]);
+    assert!(err.contains("step 4/4: reward"), "{err}");
+    let broken = tempfile::tempdir().unwrap();
+    train(broken.path(), prompts.path(), "2", &[]);
+    // A run killed after its checkpoint leaves the adapter of step 2 only
+    // there; the resumed run goes on from it.
+    let err = train(broken.path(), prompts.path(), "4", &["--resume"]);
+    assert!(err.contains("resuming after step 2"), "{err}");
+    let a = LoraAdapter::load(whole.path(), &Device::Cpu).unwrap();
+    let b = LoraAdapter::load(broken.path(), &Device::Cpu).unwrap();
+    assert_eq!(a.pairs.len(), 2 * 7);
+    let mut moved = 0.0f32;
+    for (key, pa) in &a.pairs {
+        let pb = b.pair(key.0, &key.1).unwrap();
+        for (x, y) in [(&pa.a, &pb.a), (&pa.b, &pb.b)] {
+            let (x, y): (Vec<f32>, Vec<f32>) = (
+                x.flatten_all().unwrap().to_vec1().unwrap(),
+                y.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert!(max_diff(&x, &y) < 1e-6, "{key:?} differs after resuming");
+        }
+        let bv: Vec<f32> = pa.b.flatten_all().unwrap().to_vec1().unwrap();
+        moved = moved.max(bv.iter().fold(0.0, |m, v| m.max(v.abs())));
+    }
+    assert!(moved > 1e-4, "training never moved the adapter's B");
+    // The logs agree step for step, each step once.
+    let (la, lb) = (log_lines(whole.path()), log_lines(broken.path()));
+    let steps = |l: &[serde_json::Value]| -> Vec<u64> {
+        l.iter()
+            .filter(|v| v.get("rewards").is_some())
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(steps(&la), vec![1, 2, 3, 4]);
+    assert_eq!(steps(&lb), vec![1, 2, 3, 4]);
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x["rewards"], y["rewards"], "{x} vs {y}");
+    }
+    for v in la.iter().filter(|v| v.get("rewards").is_some()) {
+        for key in [
+            "loss",
+            "kl",
+            "clip_fraction",
+            "grad_norm",
+            "tokens_per_second",
+        ] {
+            assert!(v[key].is_number(), "{key} missing from {v}");
+        }
+    }
+    assert!(
+        whole
+            .path()
+            .join("checkpoint-4/optimizer.safetensors")
+            .is_file()
+    );
+}

@@ -19,6 +19,7 @@ mod plugin;
 mod rollout;
 mod score;
 mod serve;
+mod train;
 mod upstream;
 
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ enum Command {
     /// GRPO rollouts: groups of completions per prompt, scored by reward
     /// plugins, with group advantages, as JSONL.
     Rollout(rollout::RolloutArgs),
+    /// Train adapters of the model.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
     /// Score samples with reward plugins (no model needed).
     Score(score::ScoreArgs),
     /// Serve the OpenAI-compatible HTTP API and plugin management.
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(&cli, args),
         Command::Score(args) => score::run(&cli, args),
         Command::Rollout(args) => rollout::run(&cli, args),
+        Command::Train(cmd) => train::run(&cli, cmd),
         Command::Serve(args) => serve::run(&cli, args),
         Command::HashKey(args) => serve::hash_key(args),
         Command::Agent(cmd) => agent::run(&cli, cmd),

@@ -74,13 +74,13 @@ pub struct RolloutArgs {
 }
 
 /// One prompt of the input.
-struct Row {
-    prompt: String,
+pub(crate) struct Row {
+    pub(crate) prompt: String,
     /// The row's other fields.
-    extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
 }
 
-fn read_rows(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
+pub(crate) fn read_rows(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut rows = Vec::new();
@@ -109,7 +109,7 @@ fn read_rows(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
 }
 
 /// A progress bar on a terminal, nothing otherwise.
-fn progress(total: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress(total: u64) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }

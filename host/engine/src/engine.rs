@@ -68,6 +68,20 @@ impl From<LoadedModel> for Engine {
 }
 
 impl Engine {
+    /// This engine's tokenizer and templates over another model of the
+    /// same vocabulary (the base with an adapter applied), with caches and
+    /// counters of its own.
+    pub fn with_model(&self, model: Arc<dyn CausalLm>) -> Engine {
+        Engine {
+            model,
+            prefixes: Arc::default(),
+            kv: Arc::default(),
+            logits_traffic: Arc::default(),
+            device_ids: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// This engine, keeping each step's logits as `placement` says.
     /// Its traffic is counted afresh.
     pub fn with_logits_placement(mut self, placement: LogitsPlacement) -> Self {
