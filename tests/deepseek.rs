@@ -53,7 +53,11 @@ fn load_as(dir: &std::path::Path, mla_cache: MlaCache) -> LoadedModel {
 
 fn step(model: &dyn CausalLm, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
     model
-        .forward(&mut [SeqInput { tokens, cache }])
+        .forward(&mut [SeqInput {
+            adapter: None,
+            tokens,
+            cache,
+        }])
         .unwrap()
         .squeeze(0)
         .unwrap()

@@ -121,6 +121,7 @@ fn greedy_tokens_match_llama_cpp() {
         for (step, (&token, &margin)) in want.iter().zip(&margins).enumerate() {
             let logits: Vec<f32> = model
                 .forward(&mut [deepwasm_model::SeqInput {
+                    adapter: None,
                     tokens: &feed,
                     cache: &mut cache,
                 }])
@@ -302,6 +303,7 @@ fn logits_match_an_exact_float64_forward_pass() {
         for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
             let logits: Vec<f32> = model
                 .forward(&mut [deepwasm_model::SeqInput {
+                    adapter: None,
                     tokens: &feed,
                     cache: &mut cache,
                 }])
@@ -418,6 +420,7 @@ fn paged_caches_give_the_logits_of_private_ones() {
         let mut out = rows(
             model
                 .forward(&mut [SeqInput {
+                    adapter: None,
                     tokens: prompt,
                     cache: &mut cache,
                 }])
@@ -428,6 +431,7 @@ fn paged_caches_give_the_logits_of_private_ones() {
             out.extend(rows(
                 model
                     .forward(&mut [SeqInput {
+                        adapter: None,
                         tokens,
                         cache: &mut cache,
                     }])
@@ -450,12 +454,14 @@ fn paged_caches_give_the_logits_of_private_ones() {
         let mut batch = Vec::new();
         if ia < a.len() {
             batch.push(SeqInput {
+                adapter: None,
                 tokens: &a[ia..ea],
                 cache: &mut ca,
             });
         }
         if ib < b.len() {
             batch.push(SeqInput {
+                adapter: None,
                 tokens: &b[ib..eb],
                 cache: &mut cb,
             });
@@ -496,14 +502,17 @@ fn paged_caches_give_the_logits_of_private_ones() {
             model
                 .forward(&mut [
                     SeqInput {
+                        adapter: None,
                         tokens: &[next_a],
                         cache: &mut ca,
                     },
                     SeqInput {
+                        adapter: None,
                         tokens: &[next_b],
                         cache: &mut cb,
                     },
                     SeqInput {
+                        adapter: None,
                         tokens: &[next_f],
                         cache: &mut cf,
                     },
@@ -550,7 +559,11 @@ fn chunked_prefill_gives_the_logits_of_one_pass() {
     assert!(prompt.len() > 300, "{} tokens", prompt.len());
     let forward = |tokens: &[u32], cache: &mut deepwasm_model::KvCache| -> Vec<f32> {
         model
-            .forward(&mut [deepwasm_model::SeqInput { tokens, cache }])
+            .forward(&mut [deepwasm_model::SeqInput {
+                adapter: None,
+                tokens,
+                cache,
+            }])
             .unwrap()
             .squeeze(0)
             .unwrap()
@@ -985,6 +998,7 @@ fn one_pass(tokens: &[u32], output: deepwasm_model::Output) -> deepwasm_model::O
     model
         .forward_outputs(
             &mut [deepwasm_model::SeqInput {
+                adapter: None,
                 tokens,
                 cache: &mut cache,
             }],
@@ -1023,14 +1037,17 @@ fn a_mixed_pass_gives_each_sequence_its_own_outputs() {
         .forward_outputs(
             &mut [
                 SeqInput {
+                    adapter: None,
                     tokens: &a,
                     cache: &mut ca,
                 },
                 SeqInput {
+                    adapter: None,
                     tokens: &b,
                     cache: &mut cb,
                 },
                 SeqInput {
+                    adapter: None,
                     tokens: &c,
                     cache: &mut cc,
                 },

@@ -8,7 +8,7 @@ use deepwasm_model::{CausalLm, LoadOptions, LoadedModel, SeqInput, load};
 
 use crate::util::{default_model, fixture};
 
-fn tiny() -> LoadedModel {
+pub(crate) fn tiny() -> LoadedModel {
     let opts = LoadOptions {
         device: Device::Cpu,
         dtype: Some(DType::F32),
@@ -39,7 +39,12 @@ fn scramble(vars: &LoraVars, seed: u64) {
     }
 }
 
-fn random_adapter(model: &Llama, rank: usize, targets: &[&str], seed: u64) -> LoraAdapter {
+pub(crate) fn random_adapter(
+    model: &Llama,
+    rank: usize,
+    targets: &[&str],
+    seed: u64,
+) -> LoraAdapter {
     let train = model.trainable(DType::F32).unwrap();
     let vars = LoraVars::init(
         &train,
@@ -56,6 +61,7 @@ fn prefill_logits(model: &dyn CausalLm, tokens: &[u32]) -> Vec<f32> {
     let out = model
         .forward_outputs(
             &mut [SeqInput {
+                adapter: None,
                 tokens,
                 cache: &mut cache,
             }],
@@ -439,4 +445,51 @@ fn train_grpo_resumes_from_a_checkpoint_to_the_adapter_of_an_unbroken_run() {
             .join("checkpoint-4/optimizer.safetensors")
             .is_file()
     );
+}
+
+/// Sequences with different adapters (and none) share one forward pass,
+/// and each row gets the logits its adapter gives alone.
+#[test]
+fn sequences_with_different_adapters_share_a_pass() {
+    let m = tiny();
+    let base = llama(&m);
+    let x = random_adapter(base, 2, &[], 21);
+    let y = random_adapter(base, 4, &["q_proj", "up_proj", "o_proj"], 22);
+    let sx = base.serve_adapter("x", &x).unwrap();
+    let sy = base.serve_adapter("y", &y).unwrap();
+    let seq = tokens();
+    let alone = [
+        prefill_logits(base, &seq[..7]),
+        prefill_logits(&base.with_adapter(&x).unwrap(), &seq[..9]),
+        prefill_logits(&base.with_adapter(&x).unwrap(), &seq[2..12]),
+        prefill_logits(&base.with_adapter(&y).unwrap(), &seq[..11]),
+        prefill_logits(base, &seq[3..8]),
+    ];
+    let ranges = [(0, 7), (0, 9), (2, 12), (0, 11), (3, 8)];
+    let adapters = [None, Some(&*sx), Some(&*sx), Some(&*sy), None];
+    let mut caches: Vec<_> = (0..5).map(|_| base.new_cache()).collect();
+    let mut inputs: Vec<SeqInput> = caches
+        .iter_mut()
+        .zip(ranges.iter().zip(adapters))
+        .map(|(cache, (&(a, b), adapter))| SeqInput {
+            tokens: &seq[a..b],
+            cache,
+            adapter,
+        })
+        .collect();
+    let out = base
+        .forward_outputs(&mut inputs, &[deepwasm_model::Output::AllLogits; 5])
+        .unwrap();
+    let all: Vec<f32> = out.logits.flatten_all().unwrap().to_vec1().unwrap();
+    let mut at = 0;
+    for (i, want) in alone.iter().enumerate() {
+        let got = &all[at..at + want.len()];
+        at += want.len();
+        let d = max_diff(want, got);
+        assert!(
+            d < 1e-4,
+            "sequence {i} differs from its adapter alone by {d}"
+        );
+    }
+    assert_eq!(at, all.len());
 }

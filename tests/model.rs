@@ -20,7 +20,13 @@ fn f32_opts() -> LoadOptions {
 }
 
 fn logits(model: &dyn CausalLm, tokens: &[u32], cache: &mut deepwasm_model::KvCache) -> Vec<f32> {
-    let out = model.forward(&mut [SeqInput { tokens, cache }]).unwrap();
+    let out = model
+        .forward(&mut [SeqInput {
+            adapter: None,
+            tokens,
+            cache,
+        }])
+        .unwrap();
     out.squeeze(0).unwrap().to_vec1().unwrap()
 }
 
@@ -122,10 +128,12 @@ fn cached_decode_and_batching_agree_with_prefill() {
     let both = model
         .forward(&mut [
             SeqInput {
+                adapter: None,
                 tokens: &seq[5..8],
                 cache: &mut a,
             },
             SeqInput {
+                adapter: None,
                 tokens: &seq[..11],
                 cache: &mut b,
             },

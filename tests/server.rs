@@ -397,6 +397,86 @@ fn fresh_with(args: &[&str]) -> (Server, tempfile::TempDir) {
     (server, dir)
 }
 
+/// LoRA adapters served beside the base (`--lora NAME=PATH`): each request
+/// gets what its model gives in-process, alone or batched with the other
+/// model's, and a bad adapter stops the server at start with the reason.
+#[test]
+fn lora_adapters_are_served_beside_the_base_in_one_batch() {
+    use deepwasm_engine::sampling::SamplingParams;
+    use deepwasm_engine::{BuiltinSampler, GenerateRequest, Prompt};
+    let _turn = turn();
+    let engine = crate::util::default_model();
+    let base = engine.model.as_llama().unwrap();
+    let adapter = crate::lora::random_adapter(base, 4, &[], 31);
+    let dir = tempfile::tempdir().unwrap();
+    adapter.save(dir.path()).unwrap();
+    let prompt = engine
+        .tokenizer
+        // Longer than the least prompt a cache is shared for.
+        .encode(
+            "A painter mixes colors every morning before work. She keeps a notebook \
+             of every mix she tries. The three primary colors are",
+            true,
+        )
+        .unwrap();
+    let max_tokens = 16;
+    let greedy = |e: &deepwasm_engine::Engine| {
+        let req = GenerateRequest {
+            max_tokens,
+            params: SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+            ..GenerateRequest::new(Prompt::Tokens(prompt.clone()))
+        };
+        e.generate(&req, &mut BuiltinSampler, &mut |_| {})
+            .unwrap()
+            .text
+    };
+    let base_text = greedy(engine);
+    let applied = engine.with_model(Arc::new(base.with_adapter(&adapter).unwrap()));
+    let adapter_text = greedy(&applied);
+    let spec = format!("fmt={}", dir.path().display());
+    let (server, _store) = fresh_with(&["--lora", &spec]);
+    let prompt_json = serde_json::to_string(&prompt).unwrap();
+    let max = max_tokens.to_string();
+    server.python_with_env(
+        "lora.py",
+        &[],
+        &[
+            ("LORA_PROMPT", &prompt_json),
+            ("LORA_BASE_TEXT", &base_text),
+            ("LORA_ADAPTER_TEXT", &adapter_text),
+            ("LORA_MAX_TOKENS", &max),
+        ],
+    );
+    drop(server);
+    // An adapter of another model's shape is refused at start, named.
+    let tiny = crate::lora::random_adapter(
+        crate::lora::tiny().model.as_llama().unwrap(),
+        2,
+        &["q_proj"],
+        1,
+    );
+    let other = tempfile::tempdir().unwrap();
+    tiny.save(other.path()).unwrap();
+    let out = Command::new(deepwasm_bin())
+        .arg("serve")
+        .arg("--model")
+        .arg(default_model_path())
+        .args(["--addr", "127.0.0.1:0", "--lora"])
+        .arg(format!("tiny={}", other.path().display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--lora tiny=") && err.contains("q_proj"),
+        "{err}"
+    );
+}
+
 #[test]
 fn openai_sdk_chat_completions() {
     let _turn = turn();

@@ -68,6 +68,7 @@ fn measure(args: &ModelBenchArgs) -> anyhow::Result<serde_json::Value> {
             let mut cache = model.new_cache();
             let start = Instant::now();
             let logits = model.forward(&mut [SeqInput {
+                adapter: None,
                 tokens: &prompt,
                 cache: &mut cache,
             }])?;
@@ -76,6 +77,7 @@ fn measure(args: &ModelBenchArgs) -> anyhow::Result<serde_json::Value> {
             let start = Instant::now();
             for _ in 0..args.decode {
                 let logits = model.forward(&mut [SeqInput {
+                    adapter: None,
                     tokens: &[next],
                     cache: &mut cache,
                 }])?;

@@ -57,7 +57,11 @@ fn measure(
         let mut inputs: Vec<SeqInput> = prompts
             .iter()
             .zip(caches.iter_mut())
-            .map(|(p, cache)| SeqInput { tokens: p, cache })
+            .map(|(p, cache)| SeqInput {
+                adapter: None,
+                tokens: p,
+                cache,
+            })
             .collect();
         let mut next = argmax_rows(&model.forward(&mut inputs)?)?;
         let before = model.profile();
@@ -67,6 +71,7 @@ fn measure(
                 .iter()
                 .zip(caches.iter_mut())
                 .map(|(t, cache)| SeqInput {
+                    adapter: None,
                     tokens: std::slice::from_ref(t),
                     cache,
                 })

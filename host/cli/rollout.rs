@@ -147,6 +147,7 @@ pub fn run(cli: &Cli, args: &RolloutArgs) -> anyhow::Result<()> {
         },
         seed: args.seed,
         pass_threshold: args.pass_threshold,
+        adapter: None,
     };
     options
         .params

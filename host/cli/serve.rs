@@ -19,6 +19,11 @@ pub struct ServeArgs {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:8000", env = "DEEPWASM_ADDR")]
     addr: SocketAddr,
+    /// A LoRA adapter (a PEFT directory) served beside the base model as
+    /// `BASE:NAME`; repeatable. Requests with different adapters share
+    /// the batch.
+    #[arg(long = "lora", value_name = "NAME=PATH")]
+    lora: Vec<String>,
     /// The tenants file (TOML: tenants, API key hashes, limits, grants).
     /// Without one, the server has one tenant, needs no key, and listens on
     /// loopback only.
@@ -220,6 +225,15 @@ pub fn run(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<()> {
         state: shared,
         tenants_file: args.tenants.clone(),
         lease_ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
+        adapters: args
+            .lora
+            .iter()
+            .map(|spec| {
+                spec.split_once('=')
+                    .map(|(name, path)| (name.to_owned(), PathBuf::from(path)))
+                    .with_context(|| format!("`--lora {spec}` must be NAME=PATH"))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let plugins = cli.server_engine(&args.compile)?;
     let state = {

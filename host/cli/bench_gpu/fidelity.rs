@@ -274,7 +274,11 @@ fn last_logits(
     cache: &mut KvCache,
 ) -> candle_core::Result<Vec<f32>> {
     model
-        .forward(&mut [SeqInput { tokens, cache }])?
+        .forward(&mut [SeqInput {
+            adapter: None,
+            tokens,
+            cache,
+        }])?
         .squeeze(0)?
         .to_vec1()
 }
@@ -414,7 +418,11 @@ fn compare(
         let mut batch: Vec<SeqInput> = feeds
             .into_iter()
             .zip(caches.iter_mut())
-            .map(|(tokens, cache)| SeqInput { tokens, cache })
+            .map(|(tokens, cache)| SeqInput {
+                adapter: None,
+                tokens,
+                cache,
+            })
             .collect();
         let rows = model.forward(&mut batch)?.to_vec2::<f32>()?;
         for (prompt, (row, t)) in rows.iter().zip(traces).enumerate() {

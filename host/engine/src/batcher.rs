@@ -137,11 +137,16 @@ fn common_prefix(a: impl Iterator<Item = u32>, b: &[u32]) -> usize {
     a.zip(b).take_while(|(x, y)| x == *y).count()
 }
 
+/// An ended sequence's cache kept for later ones: the adapter it was
+/// built under (a cache serves only sequences with the same one), the
+/// tokens it holds, the cache.
+type Kept = (Option<u64>, Vec<u32>, KvCache);
+
 /// The attention cache an idle batch leaves behind: its pool and the
 /// prefixes it kept.
 pub struct PrefixCache {
     pool: KvCache,
-    kept: VecDeque<(Vec<u32>, KvCache)>,
+    kept: VecDeque<Kept>,
     budget: usize,
 }
 
@@ -163,7 +168,7 @@ pub struct Batcher<'e, 'r> {
     share_prefixes: bool,
     /// Caches of ended sequences (the tokens they hold, the cache), oldest
     /// first.
-    kept: VecDeque<(Vec<u32>, KvCache)>,
+    kept: VecDeque<Kept>,
     /// Blocks of kept prefixes handed to the next batch.
     handed_over: usize,
 }
@@ -242,7 +247,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
             return 0;
         }
         let mut held: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
-        for (_, c) in &self.kept {
+        for (_, _, c) in &self.kept {
             for &b in c.block_ids() {
                 *held.entry(b).or_default() += 1;
             }
@@ -335,7 +340,7 @@ impl<'e, 'r> Batcher<'e, 'r> {
                 }
                 Donor::None => None,
                 Donor::Running(j, common) => Some((self.running[j].seq.cache.clone(), common)),
-                Donor::Kept(k, common) => Some((self.kept[k].1.clone(), common)),
+                Donor::Kept(k, common) => Some((self.kept[k].2.clone(), common)),
             }
             .map(|(mut cache, common)| {
                 cache.truncate(common);
@@ -380,7 +385,13 @@ impl<'e, 'r> Batcher<'e, 'r> {
         }
         let limit = prompt.len() - 1;
         let mut best = (Donor::None, 0);
-        for (k, (tokens, _)) in self.kept.iter().enumerate() {
+        let adapter = seq.adapter_id();
+        for (k, (_, tokens, _)) in self
+            .kept
+            .iter()
+            .enumerate()
+            .filter(|(_, (a, _, _))| *a == adapter)
+        {
             let common = common_prefix(tokens.iter().copied(), prompt).min(limit);
             if common > best.1 {
                 best = (Donor::Kept(k, common), common);
@@ -388,6 +399,9 @@ impl<'e, 'r> Batcher<'e, 'r> {
         }
         let mut pending = false;
         for (j, r) in self.running.iter().enumerate() {
+            if r.seq.adapter_id() != adapter {
+                continue;
+            }
             let common = common_prefix(r.seq.cached_tokens(), prompt).min(limit);
             if common > best.1 {
                 best = (Donor::Running(j, common), common);
@@ -414,11 +428,17 @@ impl<'e, 'r> Batcher<'e, 'r> {
         let tokens: Vec<u32> = seq.cached_tokens().collect();
         // One that holds these tokens already (or more) is enough; one that
         // these extend is replaced.
-        if self.kept.iter().any(|(t, _)| t.starts_with(&tokens)) {
+        let adapter = seq.adapter_id();
+        if self
+            .kept
+            .iter()
+            .any(|(a, t, _)| *a == adapter && t.starts_with(&tokens))
+        {
             return;
         }
-        self.kept.retain(|(t, _)| !tokens.starts_with(t));
-        self.kept.push_back((tokens, seq.cache.clone()));
+        self.kept
+            .retain(|(a, t, _)| *a != adapter || !tokens.starts_with(t));
+        self.kept.push_back((adapter, tokens, seq.cache.clone()));
         while self.kept.len() > KEPT_PROMPTS {
             self.kept.pop_front();
         }

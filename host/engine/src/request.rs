@@ -53,6 +53,8 @@ pub struct GenerateRequest {
     /// engine that enforces it itself: an upstream. The local engine
     /// steers with the JSON sampler instead and ignores this.
     pub structured: Option<serde_json::Value>,
+    /// A LoRA adapter to generate with (the base model when `None`).
+    pub adapter: Option<std::sync::Arc<deepwasm_model::lora::ServedAdapter>>,
 }
 
 /// How the prompt's final hidden states become one embedding.
@@ -76,6 +78,7 @@ impl GenerateRequest {
             prompt_logprobs: None,
             embedding: None,
             structured: None,
+            adapter: None,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct RolloutOptions {
     pub seed: u64,
     /// A completion passes when its total reaches this ([`Summary::pass_rate`]).
     pub pass_threshold: f64,
+    /// The LoRA adapter to sample with (the base model when `None`).
+    pub adapter: Option<Arc<deepwasm_model::lora::ServedAdapter>>,
 }
 
 impl Default for RolloutOptions {
@@ -81,6 +83,7 @@ impl Default for RolloutOptions {
             },
             seed: 0,
             pass_threshold: DEFAULT_PASS_THRESHOLD,
+            adapter: None,
         }
     }
 }
@@ -293,6 +296,7 @@ impl Rollout {
                         ..self.options.params.clone()
                     },
                     logprobs: Some(0),
+                    adapter: self.options.adapter.clone(),
                     ..GenerateRequest::new(Prompt::Tokens(group.ids.clone()))
                 };
                 scheduler.submit(

@@ -59,6 +59,8 @@ pub(crate) struct Sequence<'e, 'r> {
     /// The pooling of an embedding, and its running sum (or last row) and
     /// rows counted so far.
     embedding: Option<(Pooling, Vec<f32>, usize)>,
+    /// The adapter its rows go through; its cache holds what they gave.
+    pub(crate) adapter: Option<Arc<deepwasm_model::lora::ServedAdapter>>,
 }
 
 /// Most prompt tokens a sequence whose prompt is scored takes in one
@@ -155,7 +157,13 @@ impl<'e, 'r> Sequence<'e, 'r> {
             held: None,
             prompt_logprobs: req.prompt_logprobs,
             embedding: req.embedding.map(|p| (p, Vec::new(), 0)),
+            adapter: req.adapter.clone(),
         })
+    }
+
+    /// The id of the adapter its cache was built under (`None`: the base).
+    pub(crate) fn adapter_id(&self) -> Option<u64> {
+        self.adapter.as_ref().map(|a| a.id())
     }
 
     /// What the next forward pass returns for this sequence: every row's
@@ -603,6 +611,7 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
             step,
             feed,
             cache,
+            adapter,
             ..
         } = &mut **seq;
         let take = take.clamp(1, feed.len().max(1));
@@ -617,6 +626,7 @@ pub(crate) fn forward_and_prepare<'e, 'r>(
         });
         outputs.push((output, take));
         inputs.push(SeqInput {
+            adapter: adapter.as_deref(),
             tokens: &feed[..take],
             cache,
         });

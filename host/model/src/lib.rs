@@ -47,6 +47,10 @@ pub struct ModelInfo {
 pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
+    /// A LoRA adapter applied to this sequence's rows only (sequences with
+    /// different adapters, or none, share the pass). Its cache must have
+    /// been built with the same adapter.
+    pub adapter: Option<&'a lora::ServedAdapter>,
 }
 
 /// What a forward pass returns for one sequence of its batch.
@@ -157,6 +161,20 @@ pub trait CausalLm: Send + Sync {
     /// adapters and training).
     fn as_llama(&self) -> Option<&llama::Llama> {
         None
+    }
+
+    /// `adapter`, checked against this model and laid out for
+    /// [`SeqInput::adapter`], named `name`.
+    fn prepare_adapter(
+        &self,
+        name: &str,
+        adapter: &lora::LoraAdapter,
+    ) -> Result<std::sync::Arc<lora::ServedAdapter>, lora::LoraError> {
+        let _ = (name, adapter);
+        Err(lora::LoraError::Mismatch(format!(
+            "LoRA adapters apply to Llama-family models; this one is `{}`",
+            self.info().architecture
+        )))
     }
 }
 

@@ -248,6 +248,114 @@ impl RmsNorm {
     }
 }
 
+/// LoRA pairs of projections that read the same input, as one pair whose
+/// output is theirs side by side: the `A`s one above the other, the `B`s
+/// on a block diagonal (`widths`: each projection's outputs). `None` when
+/// no projection has a pair.
+fn stack_pairs(
+    pairs: &[Option<&crate::lora::LoraPair>],
+    widths: &[usize],
+) -> Result<Option<(Tensor, Tensor)>> {
+    let present: Vec<&crate::lora::LoraPair> = pairs.iter().flatten().copied().collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    let r: usize = present.iter().map(|p| p.a.dim(0)).sum::<Result<usize>>()?;
+    let a = Tensor::cat(&present.iter().map(|p| &p.a).collect::<Vec<_>>(), 0)?;
+    let device = a.device().clone();
+    let mut rows = Vec::with_capacity(widths.len());
+    let mut at = 0;
+    for (&w, pair) in widths.iter().zip(pairs) {
+        let row = match pair {
+            Some(pair) => {
+                let pr = pair.a.dim(0)?;
+                let mut cols = Vec::new();
+                if at > 0 {
+                    cols.push(Tensor::zeros((w, at), DType::F32, &device)?);
+                }
+                cols.push(pair.b.to_dtype(DType::F32)?);
+                if at + pr < r {
+                    cols.push(Tensor::zeros((w, r - at - pr), DType::F32, &device)?);
+                }
+                at += pr;
+                Tensor::cat(&cols, 1)?
+            }
+            None => Tensor::zeros((w, r), DType::F32, &device)?,
+        };
+        rows.push(row);
+    }
+    Ok(Some((a.to_dtype(DType::F32)?, Tensor::cat(&rows, 0)?)))
+}
+
+/// One layer's adapter for serving, per group of projections that share
+/// an input; each delta's output is the group's outputs side by side.
+pub(crate) struct LayerDeltas {
+    qkv: Option<Delta>,
+    o: Option<Delta>,
+    gate_up: Option<Delta>,
+    down: Option<Delta>,
+}
+
+/// `s · (x Aᵀ) Bᵀ`, in the activations' dtype.
+struct Delta {
+    a_t: Tensor,
+    b_t: Tensor,
+    scale: f64,
+}
+
+impl Delta {
+    fn new(pair: Option<(Tensor, Tensor)>, scale: f64, dtype: DType) -> Result<Option<Delta>> {
+        let Some((a, b)) = pair else {
+            return Ok(None);
+        };
+        Ok(Some(Delta {
+            a_t: a.to_dtype(dtype)?.t()?.contiguous()?,
+            b_t: b.to_dtype(dtype)?.t()?.contiguous()?,
+            scale,
+        }))
+    }
+
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.a_t)?.matmul(&self.b_t)? * self.scale
+    }
+}
+
+/// The rows of a packed batch each sequence owns (`start`, `len`) and its
+/// adapter.
+type RowOwners<'a> = [(usize, usize, Option<&'a crate::lora::ServedAdapter>)];
+
+/// Each row's adapter delta for the group `pick` selects in layer `l`, as
+/// one `[rows, out]` tensor; `None` when no row has one (no cost then).
+fn row_deltas<'a>(
+    x: &Tensor,
+    owners: &RowOwners<'a>,
+    l: usize,
+    out: usize,
+    pick: impl Fn(&'a LayerDeltas) -> Option<&'a Delta>,
+) -> Result<Option<Tensor>> {
+    let delta_of = |a: Option<&'a crate::lora::ServedAdapter>| a.and_then(|a| pick(&a.layers[l]));
+    if owners.iter().all(|(_, _, a)| delta_of(*a).is_none()) {
+        return Ok(None);
+    }
+    // Runs of consecutive sequences with the same adapter take one product.
+    let mut pieces = Vec::new();
+    let mut i = 0;
+    while i < owners.len() {
+        let (start, _, adapter) = owners[i];
+        let id = adapter.map(|a| a.id());
+        let mut len = 0;
+        while i < owners.len() && owners[i].2.map(|a| a.id()) == id {
+            len += owners[i].1;
+            i += 1;
+        }
+        pieces.push(match delta_of(adapter) {
+            Some(d) => d.apply(&x.narrow(0, start, len)?)?,
+            None => Tensor::zeros((len, out), x.dtype(), x.device())?,
+        });
+    }
+    Tensor::cat(&pieces, 0).map(Some)
+}
+
 /// Projections that read the same input, as one product when the weights
 /// can be stacked (fewer, larger products: less overhead per token and
 /// better work splitting across threads), else one product each.
@@ -547,6 +655,7 @@ impl Llama {
         adapter: &crate::lora::LoraAdapter,
     ) -> std::result::Result<Llama, crate::lora::LoraError> {
         adapter.check_shapes(self.layers.len(), |m| self.projection_shape(m))?;
+        let adapter = &adapter.to_device(&self.device)?;
         let scale = adapter.config.scale();
         let dtype = self.norm.weight.dtype();
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -587,6 +696,40 @@ impl Llama {
             layers.push(l);
         }
         Ok(self.rebuilt(layers))
+    }
+
+    /// `adapter` laid out to apply per sequence of a batch.
+    pub fn serve_adapter(
+        &self,
+        name: &str,
+        adapter: &crate::lora::LoraAdapter,
+    ) -> std::result::Result<std::sync::Arc<crate::lora::ServedAdapter>, crate::lora::LoraError>
+    {
+        adapter.check_shapes(self.layers.len(), |m| self.projection_shape(m))?;
+        let adapter = &adapter.to_device(&self.device)?;
+        let scale = adapter.config.scale();
+        let dtype = self.norm.weight.dtype();
+        let width = |m: &str| self.projection_shape(m).0;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for i in 0..self.layers.len() {
+            let pair = |m: &str| adapter.pair(i, m);
+            let one = |m: &str| pair(m).map(|p| (p.a.clone(), p.b.clone()));
+            let qkv = ["q_proj", "k_proj", "v_proj"];
+            let gate_up = ["gate_proj", "up_proj"];
+            layers.push(LayerDeltas {
+                qkv: Delta::new(stack_pairs(&qkv.map(pair), &qkv.map(width))?, scale, dtype)?,
+                o: Delta::new(one("o_proj"), scale, dtype)?,
+                gate_up: Delta::new(
+                    stack_pairs(&gate_up.map(pair), &gate_up.map(width))?,
+                    scale,
+                    dtype,
+                )?,
+                down: Delta::new(one("down_proj"), scale, dtype)?,
+            });
+        }
+        Ok(std::sync::Arc::new(crate::lora::ServedAdapter::new(
+            name, layers,
+        )))
     }
 
     /// The weights as dense tensors of `dtype`, for training an adapter
@@ -809,6 +952,15 @@ impl CausalLm for Llama {
         Some(self)
     }
 
+    fn prepare_adapter(
+        &self,
+        name: &str,
+        adapter: &crate::lora::LoraAdapter,
+    ) -> std::result::Result<std::sync::Arc<crate::lora::ServedAdapter>, crate::lora::LoraError>
+    {
+        self.serve_adapter(name, adapter)
+    }
+
     fn profile(&self) -> Vec<(&'static str, std::time::Duration)> {
         vec![
             ("forward", self.timers.forward.total()),
@@ -854,12 +1006,33 @@ impl Llama {
             x.dtype(),
         )?;
         let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
+        let mut owners = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for s in batch.iter() {
+            if let Some(a) = s.adapter
+                && a.layers.len() != self.layers.len()
+            {
+                candle_core::bail!("adapter `{}` was not made for this model", a.name());
+            }
+            owners.push((row, s.tokens.len(), s.adapter));
+            row += s.tokens.len();
+        }
+        let qkv_widths = [
+            self.projection_shape("q_proj").0,
+            self.projection_shape("k_proj").0,
+            self.projection_shape("v_proj").0,
+        ];
+        let ffn = self.cfg.intermediate_size;
+        let d = self.cfg.hidden_size;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;
-            let [q, k, v]: [Tensor; 3] = self
-                .timers
-                .projections
-                .time(|| layer.qkv.forward(&h))?
+            let mut parts = self.timers.projections.time(|| layer.qkv.forward(&h))?;
+            if let Some(delta) =
+                row_deltas(&h, &owners, l, qkv_widths.iter().sum(), |d| d.qkv.as_ref())?
+            {
+                add_split(&mut parts, &delta, &qkv_widths)?;
+            }
+            let [q, k, v]: [Tensor; 3] = parts
                 .try_into()
                 .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
             let attention = self.timers.attention.start();
@@ -874,19 +1047,28 @@ impl Llama {
             }
             let attn = self.attend(l, &q, batch)?;
             drop(attention);
-            x = (x + self.timers.projections.time(|| layer.o.forward(&attn))?)?;
+            let mut o = self.timers.projections.time(|| layer.o.forward(&attn))?;
+            if let Some(delta) = row_deltas(&attn, &owners, l, d, |d| d.o.as_ref())? {
+                o = (o + delta)?;
+            }
+            x = (x + o)?;
             let h = layer.mlp_norm.forward(&x)?;
-            let [gate, up]: [Tensor; 2] = self
-                .timers
-                .projections
-                .time(|| layer.gate_up.forward(&h))?
+            let mut parts = self.timers.projections.time(|| layer.gate_up.forward(&h))?;
+            if let Some(delta) = row_deltas(&h, &owners, l, 2 * ffn, |d| d.gate_up.as_ref())? {
+                add_split(&mut parts, &delta, &[ffn, ffn])?;
+            }
+            let [gate, up]: [Tensor; 2] = parts
                 .try_into()
                 .map_err(|_| candle_core::Error::Msg("two projections".into()))?;
             let gated = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (x + self
+            let mut down = self
                 .timers
                 .projections
-                .time(|| layer.down.forward(&gated))?)?;
+                .time(|| layer.down.forward(&gated))?;
+            if let Some(delta) = row_deltas(&gated, &owners, l, d, |d| d.down.as_ref())? {
+                down = (down + delta)?;
+            }
+            x = (x + down)?;
         }
         finish_pass(
             batch,
@@ -897,6 +1079,16 @@ impl Llama {
             |x| self.timers.head.time(|| self.lm_head.forward(x)),
         )
     }
+}
+
+/// Add each `widths`-wide column block of `delta` to its part.
+fn add_split(parts: &mut [Tensor], delta: &Tensor, widths: &[usize]) -> Result<()> {
+    let mut at = 0;
+    for (p, &w) in parts.iter_mut().zip(widths) {
+        *p = (&*p + delta.narrow(1, at, w)?)?;
+        at += w;
+    }
+    Ok(())
 }
 
 /// The device's preferred dtype for dense weights: bf16 on CUDA, f32 on CPU

@@ -208,6 +208,12 @@ impl LoraAdapter {
         self.pairs.get(&(layer, module.to_owned()))
     }
 
+    /// [`LoraAdapter::load`] into host memory (models move it to their
+    /// device when they apply it).
+    pub fn read(path: &Path) -> Result<LoraAdapter, LoraError> {
+        LoraAdapter::load(path, &Device::Cpu)
+    }
+
     /// Read an adapter directory (or its `adapter_model.safetensors`) onto
     /// `device`, in f32.
     pub fn load(path: &Path, device: &Device) -> Result<LoraAdapter, LoraError> {
@@ -327,6 +333,24 @@ impl LoraAdapter {
         Ok(())
     }
 
+    /// The adapter with its weights on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<LoraAdapter, LoraError> {
+        let mut pairs = BTreeMap::new();
+        for (k, p) in &self.pairs {
+            pairs.insert(
+                k.clone(),
+                LoraPair {
+                    a: p.a.to_device(device)?,
+                    b: p.b.to_device(device)?,
+                },
+            );
+        }
+        Ok(LoraAdapter {
+            config: self.config.clone(),
+            pairs,
+        })
+    }
+
     /// Check every pair against a model of `layers` layers whose module
     /// `m` maps `in` to `out` (`shapes(m) = (out, in)`).
     pub fn check_shapes(
@@ -373,6 +397,45 @@ fn parse_name(name: &str) -> Option<(usize, String, char)> {
     };
     let module = MODULES.iter().find(|m| module_path(m) == path)?;
     Some((layer, (*module).to_owned(), which))
+}
+
+/// An adapter laid out for serving: applied per sequence in a batched pass
+/// ([`crate::SeqInput::adapter`]). Made by
+/// [`crate::CausalLm::prepare_adapter`].
+pub struct ServedAdapter {
+    name: String,
+    id: u64,
+    pub(crate) layers: Vec<crate::llama::LayerDeltas>,
+}
+
+impl std::fmt::Debug for ServedAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedAdapter")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServedAdapter {
+    pub(crate) fn new(name: &str, layers: Vec<crate::llama::LayerDeltas>) -> ServedAdapter {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        ServedAdapter {
+            name: name.to_owned(),
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            layers,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Unique in this process: what caches built under the adapter are
+    /// keyed by.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ async fn embed(
     tenant: Arc<Tenant>,
     mut req: EmbeddingRequest,
 ) -> Result<Response, ApiError> {
-    st.check_model(&req.model)?;
+    let adapter = st.check_model(&req.model)?;
     let hidden = st.engine.model.info().hidden_size;
     if let Some(d) = req.dimensions
         && d != hidden
@@ -227,6 +227,7 @@ async fn embed(
         let r = GenerateRequest {
             embedding: Some(pooling),
             max_tokens: 0,
+            adapter: adapter.clone(),
             ..GenerateRequest::new(Prompt::Tokens(inputs[i].clone()))
         };
         st.scheduler

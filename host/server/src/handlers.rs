@@ -100,15 +100,31 @@ fn model_json(st: &AppState) -> Value {
 }
 
 pub async fn models(State(st): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({"object": "list", "data": [model_json(&st)]})).into_response()
+    let mut data = vec![model_json(&st)];
+    for name in st.adapter_models() {
+        data.push(adapter_json(&st, &name));
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 pub async fn model(
     State(st): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    st.check_model(&model)?;
-    Ok(axum::Json(model_json(&st)).into_response())
+    Ok(match st.check_model(&model)? {
+        None => axum::Json(model_json(&st)),
+        Some(_) => axum::Json(adapter_json(&st, &model)),
+    }
+    .into_response())
+}
+
+/// A served adapter as `/v1/models` lists it: the base model's entry under
+/// its own id, with `parent` naming the base.
+fn adapter_json(st: &AppState, id: &str) -> Value {
+    let mut v = model_json(st);
+    v["id"] = json!(id);
+    v["parent"] = json!(st.model_id());
+    v
 }
 
 /// `GET /v1/usage`: the tenant's usage; with a shared state, summed over
@@ -298,9 +314,10 @@ pub async fn rollouts(
     headers: HeaderMap,
     ApiJson(req): ApiJson<RolloutRequest>,
 ) -> Result<Response, ApiError> {
-    if let Some(m) = &req.model {
-        st.check_model(m)?;
-    }
+    let adapter = match &req.model {
+        Some(m) => st.check_model(m)?,
+        None => None,
+    };
     let g = req.group_size.unwrap_or(DEFAULT_GROUP_SIZE);
     if g == 0 || g > crate::chat::MAX_CHOICES {
         return Err(ApiError::invalid_param(
@@ -339,6 +356,7 @@ pub async fn rollouts(
         },
         seed: req.seed.unwrap_or(defaults.seed),
         pass_threshold: req.pass_threshold.unwrap_or(defaults.pass_threshold),
+        adapter,
     };
     options
         .params

@@ -32,6 +32,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use deepwasm_engine::agent::CALL_STEP_BUDGET;
 use deepwasm_engine::{Engine, MissPolicy, ModelTokenizer, SamplerHosting, Scheduler};
+use deepwasm_model::lora::ServedAdapter;
 use deepwasm_plugins::{Plugin, PluginEngine, RewardPlugin, SamplerPlugin, Sandbox, World};
 
 use crate::error::ApiError;
@@ -70,6 +71,9 @@ pub struct Config {
     /// With a shared state: how long a request's lease outlives its last
     /// renewal (how long a killed replica's requests still count).
     pub lease_ttl: Duration,
+    /// LoRA adapters served beside the base model, by name: a request
+    /// picks one with `model: "BASE:NAME"` (PEFT adapter directories).
+    pub adapters: Vec<(String, PathBuf)>,
 }
 
 /// Requests that may wait for a place in the batch by default.
@@ -101,8 +105,43 @@ impl Default for Config {
             state: None,
             tenants_file: None,
             lease_ttl: deepwasm_state::LEASE_TTL,
+            adapters: Vec::new(),
         }
     }
+}
+
+/// Read and check every `--lora NAME=PATH` against the model.
+fn load_adapters(
+    engine: &Engine,
+    config: &Config,
+) -> anyhow::Result<std::collections::BTreeMap<String, Arc<ServedAdapter>>> {
+    let mut out = std::collections::BTreeMap::new();
+    if !config.adapters.is_empty() && config.upstream.is_some() {
+        anyhow::bail!("--lora: adapters run on the local model, not on an upstream");
+    }
+    for (name, path) in &config.adapters {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            anyhow::bail!(
+                "--lora {name}={}: a name is letters, digits, `-`, `_` and `.`",
+                path.display()
+            );
+        }
+        // Read on the host; the model moves it to its device.
+        let lora = deepwasm_model::lora::LoraAdapter::read(path)
+            .map_err(|e| anyhow::anyhow!("--lora {name}={}: {e}", path.display()))?;
+        let served = engine
+            .model
+            .prepare_adapter(name, &lora)
+            .map_err(|e| anyhow::anyhow!("--lora {name}={}: {e}", path.display()))?;
+        if out.insert(name.clone(), served).is_some() {
+            anyhow::bail!("--lora {name}: the name is given twice");
+        }
+    }
+    Ok(out)
 }
 
 /// Plugin compiles the server runs at once, across all tenants: each takes
@@ -140,6 +179,8 @@ pub struct AppState {
     rewards: Mutex<HashMap<(String, String), RewardPlugin>>,
     /// Tenants' stored Responses-API responses.
     pub(crate) responses: chat::responses::ResponseStore,
+    /// The LoRA adapters served, by name.
+    pub(crate) adapters: std::collections::BTreeMap<String, Arc<ServedAdapter>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -160,6 +201,7 @@ impl AppState {
         plugins: PluginEngine,
         config: Config,
     ) -> anyhow::Result<Arc<Self>> {
+        let adapters = load_adapters(&engine, &config)?;
         let tenants = Arc::new(TenantsCell::new(tenants, config.tenants_file.clone()));
         let engine = Arc::new(engine);
         let (store, ledger) = match &config.state {
@@ -243,6 +285,7 @@ impl AppState {
             rewards: Mutex::new(HashMap::new()),
             responses,
             compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
+            adapters,
         }))
     }
 
@@ -261,13 +304,37 @@ impl AppState {
         &self.engine.name
     }
 
-    /// Check a request's `model`.
-    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+    /// Check a request's `model`: the base model, or `BASE:NAME` for the
+    /// adapter it names.
+    pub fn check_model(&self, model: &str) -> Result<Option<Arc<ServedAdapter>>, ApiError> {
         if model == self.model_id() {
-            Ok(())
-        } else {
-            Err(ApiError::model_not_found(model, self.model_id()))
+            return Ok(None);
         }
+        let named = model
+            .strip_prefix(self.model_id())
+            .and_then(|rest| rest.strip_prefix(':'));
+        match named.and_then(|name| self.adapters.get(name)) {
+            Some(a) => Ok(Some(a.clone())),
+            None => {
+                let mut e = ApiError::model_not_found(model, self.model_id());
+                if !self.adapters.is_empty() {
+                    e.message = format!(
+                        "{}, and its adapters {}",
+                        e.message,
+                        self.adapter_models().join(", ")
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `BASE:NAME` for every adapter served.
+    pub fn adapter_models(&self) -> Vec<String> {
+        self.adapters
+            .keys()
+            .map(|n| format!("{}:{n}", self.model_id()))
+            .collect()
     }
 
     /// A tenant's sampler, pooled per tenant and plugin: built-in

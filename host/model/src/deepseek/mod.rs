@@ -272,6 +272,12 @@ impl CausalLm for DeepSeek {
 
 impl DeepSeek {
     fn forward_batch(&self, batch: &mut [SeqInput<'_>], outputs: &[Output]) -> Result<Outputs> {
+        if let Some(a) = batch.iter().find_map(|s| s.adapter) {
+            candle_core::bail!(
+                "adapter `{}`: LoRA adapters apply to Llama-family models",
+                a.name()
+            );
+        }
         let total: usize = batch.iter().map(|s| s.tokens.len()).sum();
         if total == 0 {
             candle_core::bail!("forward called with no tokens");

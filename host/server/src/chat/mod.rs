@@ -88,10 +88,10 @@ async fn chat(
     tenant: Arc<Tenant>,
     mut req: ChatRequest,
 ) -> Result<Response, ApiError> {
-    st.check_model(&req.model)?;
+    let adapter = st.check_model(&req.model)?;
     let input = ChatInput::read(&mut req)?;
     let admission = tenant.admit().await?;
-    let (plan, split, req) = {
+    let (mut plan, split, req) = {
         let (st, tenant) = (st.clone(), tenant.clone());
         blocking(move || {
             let (plan, split) = input.plan(&st, &tenant, &req)?;
@@ -99,6 +99,7 @@ async fn chat(
         })
         .await?
     };
+    plan.request.adapter = adapter;
     plan.steering.warm_up().await?;
     let id = new_id("chatcmpl");
     if req.sampling.stream {
@@ -150,13 +151,14 @@ async fn complete(
     tenant: Arc<Tenant>,
     req: CompletionRequest,
 ) -> Result<Response, ApiError> {
-    st.check_model(&req.model)?;
+    let adapter = st.check_model(&req.model)?;
     let prompts = completion_prompts(&req)?;
     let admission = tenant.admit().await?;
-    let (plan, req) = {
+    let (mut plan, req) = {
         let (st, tenant) = (st.clone(), tenant.clone());
         blocking(move || Ok((completion_plan(&st, &tenant, &req, &prompts)?, req))).await?
     };
+    plan.request.adapter = adapter;
     plan.steering.warm_up().await?;
     let id = new_id("cmpl");
     if req.sampling.stream {

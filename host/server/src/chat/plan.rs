@@ -50,7 +50,7 @@ pub(super) struct Plan {
     pub per_prompt: usize,
     /// Per prompt: this many choices answered.
     pub n: usize,
-    request: GenerateRequest,
+    pub(crate) request: GenerateRequest,
     seed: Option<u64>,
     pub steering: Steering,
     pub rewards: Vec<WeightedReward>,

@@ -840,7 +840,7 @@ async fn respond(
     tenant: Arc<Tenant>,
     req: ResponsesRequest,
 ) -> Result<Response, ApiError> {
-    st.check_model(&req.model)?;
+    let adapter = st.check_model(&req.model)?;
     if req.max_output_tokens == Some(0) {
         return Err(ApiError::invalid_param(
             "max_output_tokens",
@@ -850,10 +850,11 @@ async fn respond(
     let (mut chat, history) = chat_request(&st, &tenant, &req).await?;
     let input = ChatInput::read(&mut chat)?;
     let admission = tenant.admit().await?;
-    let (plan, split) = {
+    let (mut plan, split) = {
         let (st, tenant) = (st.clone(), tenant.clone());
         super::blocking(move || input.plan(&st, &tenant, &chat)).await?
     };
+    plan.request.adapter = adapter;
     plan.steering.warm_up().await?;
     let rid = new_id("resp").replace('-', "_");
     let echo = Echo::of(&req);

@@ -389,6 +389,7 @@ fn the_tiny_model_loads_and_runs() {
     let logits = loaded
         .model
         .forward(&mut [crate::SeqInput {
+            adapter: None,
             tokens: &[3, 2],
             cache: &mut cache,
         }])
