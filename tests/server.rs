@@ -52,6 +52,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("REACT_AGENT", artifacts::REACT_AGENT),
     ("JSON_SCHEMA", artifacts::JSON_SCHEMA),
     ("HOSTILE_REWARD", artifacts::HOSTILE_REWARD),
+    ("LENGTH_PENALTY", artifacts::LENGTH_PENALTY),
 ];
 
 /// The largest JSON body the test servers take: small, so the 413 test has
@@ -834,6 +835,23 @@ fn plugins_survive_a_restart() {
     server.kill();
     let server = Server::start(&tenants, &store);
     server.python("restart.py", &["after"]);
+}
+
+/// `POST /v1/train/grpo`: a tenant trains an adapter against its reward
+/// plugin, sees the steps stream, and generates with it; other tenants
+/// cannot; one job runs at a time and stops when its client goes; the
+/// adapter survives a restart.
+#[test]
+fn tenants_train_adapters_through_the_api_and_only_they_use_them() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let store = dir.path().join("store");
+    let server = Server::start(&tenants, &store);
+    server.python("train.py", &["train"]);
+    server.kill();
+    let server = Server::start(&tenants, &store);
+    server.python("train.py", &["after-restart"]);
 }
 
 /// Where an upload is when its server is killed.

@@ -23,11 +23,12 @@ use clap::{Args, Subcommand};
 use deepwasm_engine::rewards::WeightedReward;
 use deepwasm_engine::rollout::{self, GroupResult, Rollout, RolloutOptions, RolloutPrompt};
 use deepwasm_engine::sampling::SamplingParams;
+use deepwasm_engine::train::reward_means;
 use deepwasm_engine::{Engine, Prompt, Scheduler, SchedulerConfig};
 use deepwasm_model::ChatMessage;
 use deepwasm_model::lora::{LoraAdapter, LoraConfig, MODULES};
-use deepwasm_model::train::{AdamW, GrpoParams, LoraVars, Sample, TrainLlama, sample_loss};
-use serde_json::{Map, Value, json};
+use deepwasm_model::train::{AdamW, GrpoParams, LoraVars, TrainLlama};
+use serde_json::{Value, json};
 
 use crate::Cli;
 use crate::model::ModelArgs;
@@ -168,36 +169,6 @@ fn sample(
     Ok((groups, summary))
 }
 
-/// Mean score of each reward, and of the totals, over `groups`.
-fn reward_means(groups: &[GroupResult], rewards: &[WeightedReward]) -> Map<String, Value> {
-    let mut out = Map::new();
-    for r in rewards {
-        let scores: Vec<f64> = groups
-            .iter()
-            .flat_map(|g| &g.completions)
-            .filter_map(|c| c.scores.get("rewards")?.get(&r.name)?.as_f64())
-            .collect();
-        out.insert(
-            r.name.clone(),
-            mean(&scores).map_or(Value::Null, Value::from),
-        );
-    }
-    let totals: Vec<f64> = groups
-        .iter()
-        .flat_map(|g| &g.completions)
-        .filter_map(|c| c.scores.get("total")?.as_f64())
-        .collect();
-    out.insert(
-        "total".into(),
-        mean(&totals).map_or(Value::Null, Value::from),
-    );
-    out
-}
-
-fn mean(v: &[f64]) -> Option<f64> {
-    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-}
-
 /// The newest `checkpoint-N` in `out`.
 fn newest_checkpoint(out: &Path) -> anyhow::Result<Option<(u64, PathBuf)>> {
     let mut best = None;
@@ -290,6 +261,7 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
         );
     }
     let rewards = load_rewards(cli, &args.rewards, &args.configs)?;
+    let names: Vec<String> = rewards.iter().map(|r| r.name.clone()).collect();
     let rows = read_rows(&args.prompts)?;
     if rows.is_empty() {
         bail!("{} holds no prompts", args.prompts.display());
@@ -386,7 +358,7 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
             batch,
             &rewards,
         )?;
-        let means = reward_means(&groups, &rewards);
+        let means = reward_means(&groups, &names);
         let line = json!({"step": step, "eval": means});
         eprintln!("eval after step {step}: {}", Value::Object(means));
         writeln!(log, "{line}")?;
@@ -408,7 +380,6 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let list = vars.vars();
     for step in first..=args.steps {
         let started = Instant::now();
         let chosen: Vec<Row> = (0..args.prompts_per_step)
@@ -436,66 +407,22 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
         )?;
         let rollout_s = started.elapsed().as_secs_f64();
         let learn = Instant::now();
-        let samples: Vec<(Vec<u32>, usize, f64)> = groups
-            .iter()
-            .flat_map(|g| {
-                g.completions.iter().filter_map(|c| {
-                    let adv = c.advantage?;
-                    if c.tokens.is_empty() {
-                        return None;
-                    }
-                    let mut tokens = g.prompt_tokens.clone();
-                    tokens.extend_from_slice(&c.tokens);
-                    Some((tokens, g.prompt_tokens.len(), adv))
-                })
-            })
-            .collect();
-        let n = samples.len().max(1) as f64;
-        let mut grads: Vec<Option<Tensor>> = vec![None; list.len()];
-        let (mut loss_sum, mut kl_sum, mut clipped, mut tokens) = (0.0, 0.0, 0usize, 0usize);
-        for (seq, prompt_len, adv) in &samples {
-            // No advantage and no KL: nothing to learn from this one.
-            if *adv == 0.0 && params.kl_beta == 0.0 {
-                continue;
-            }
-            let s = Sample {
-                tokens: seq,
-                prompt_len: *prompt_len,
-                advantage: *adv,
-                old_logprobs: None,
-                ref_logprobs: None,
-            };
-            let l = sample_loss(&train, &vars, &s, params)?;
-            let loss = (l.loss / n)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            kl_sum += l.kl;
-            clipped += l.clipped;
-            tokens += l.tokens;
-            let g = loss.backward()?;
-            for (acc, v) in grads.iter_mut().zip(&list) {
-                if let Some(g) = g.get(v) {
-                    *acc = Some(match acc.take() {
-                        Some(a) => (a + g)?,
-                        None => g.clone(),
-                    });
-                }
-            }
-        }
-        let mut grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(&list)
-            .map(|(g, v)| g.map_or_else(|| v.zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
-        let grad_norm = deepwasm_model::train::clip_grad_norm(&mut grads, args.max_grad_norm)?;
-        opt.update(&list, &grads)?;
+        let stats = deepwasm_engine::train::learn(
+            &train,
+            &vars,
+            &mut opt,
+            &groups,
+            params,
+            args.max_grad_norm,
+        )?;
         let learn_s = learn.elapsed().as_secs_f64();
         let line = json!({
             "step": step,
-            "rewards": reward_means(&groups, &rewards),
-            "loss": loss_sum,
-            "kl": kl_sum / n,
-            "clip_fraction": if tokens > 0 { clipped as f64 / tokens as f64 } else { 0.0 },
-            "grad_norm": grad_norm,
+            "rewards": reward_means(&groups, &names),
+            "loss": stats.loss,
+            "kl": stats.kl,
+            "clip_fraction": stats.clip_fraction,
+            "grad_norm": stats.grad_norm,
             "completions": summary.completions,
             "completion_tokens": summary.completion_tokens,
             "rollout_seconds": rollout_s,
@@ -510,8 +437,8 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
                 "step {step}/{}: reward {} loss {:.4} kl {:.4} clip {:.3} | {:.1} tok/s, {:.1}s",
                 args.steps,
                 line["rewards"]["total"],
-                loss_sum,
-                kl_sum / n,
+                stats.loss,
+                stats.kl,
                 line["clip_fraction"].as_f64().unwrap_or(0.0),
                 line["tokens_per_second"].as_f64().unwrap_or(0.0),
                 line["step_seconds"].as_f64().unwrap_or(0.0),

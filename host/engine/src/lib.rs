@@ -16,6 +16,7 @@ pub mod sampling;
 pub mod scheduler;
 mod sequence;
 pub mod stop;
+pub mod train;
 pub mod upstream;
 
 pub use engine::Engine;

@@ -472,6 +472,69 @@ pub struct RolloutRequest {
     pub format: Option<String>,
 }
 
+/// `POST /v1/train/grpo`: train a LoRA adapter of the model with GRPO
+/// against the tenant's reward plugins. Defaults are those of
+/// `deepwasm train grpo`.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// The adapter's name (letters, digits, `-`, `_`, `.`; at most 64):
+    /// the tenant then generates with it as `model: "BASE:NAME"`.
+    pub name: String,
+    /// Taken `prompts_per_step` at a time, in order, round and round.
+    #[schema(min_items = 1, max_items = 1024)]
+    pub prompts: Vec<RolloutPrompt>,
+    /// The tenant's reward plugins, weighted.
+    #[schema(min_items = 1)]
+    pub rewards: Vec<RewardRef>,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub steps: u64,
+    /// Completions per prompt (default 8).
+    #[serde(default)]
+    #[schema(minimum = 2, maximum = 64)]
+    pub group_size: Option<usize>,
+    /// Prompts per step (default 2); at most 256 completions a step.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub prompts_per_step: Option<usize>,
+    /// Default 8.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
+    pub lora_rank: Option<usize>,
+    /// Default twice the rank.
+    #[serde(default)]
+    pub lora_alpha: Option<f64>,
+    /// Projections to adapt (default all seven: `q_proj`, `k_proj`,
+    /// `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`).
+    #[serde(default)]
+    pub target_modules: Option<Vec<String>>,
+    /// AdamW's learning rate (default 5e-5).
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
+    /// β of the KL term to the base (default 0.04).
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub kl_beta: Option<f64>,
+    /// ε of the ratio's clip (default 0.2).
+    #[serde(default)]
+    pub clip_eps: Option<f64>,
+    /// The gradient's norm is clipped to this (default 1).
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
+    /// New tokens per completion (default 128).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
 /// Top-level fields of OpenAI's request bodies this server accepts and
 /// ignores, by name in the metric; any other unknown field counts as
 /// `other`, so clients cannot grow the metric's label set.

@@ -178,7 +178,7 @@ async fn embed(
     tenant: Arc<Tenant>,
     mut req: EmbeddingRequest,
 ) -> Result<Response, ApiError> {
-    let adapter = st.check_model(&req.model)?;
+    let adapter = st.check_model(&tenant, &req.model)?;
     let hidden = st.engine.model.info().hidden_size;
     if let Some(d) = req.dimensions
         && d != hidden

@@ -99,9 +99,12 @@ fn model_json(st: &AppState) -> Value {
     })
 }
 
-pub async fn models(State(st): State<Arc<AppState>>) -> Response {
+pub async fn models(
+    State(st): State<Arc<AppState>>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+) -> Response {
     let mut data = vec![model_json(&st)];
-    for name in st.adapter_models() {
+    for name in st.adapter_models(&tenant) {
         data.push(adapter_json(&st, &name));
     }
     axum::Json(json!({"object": "list", "data": data})).into_response()
@@ -109,9 +112,10 @@ pub async fn models(State(st): State<Arc<AppState>>) -> Response {
 
 pub async fn model(
     State(st): State<Arc<AppState>>,
+    Extension(tenant): Extension<Arc<Tenant>>,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(match st.check_model(&model)? {
+    Ok(match st.check_model(&tenant, &model)? {
         None => axum::Json(model_json(&st)),
         Some(_) => axum::Json(adapter_json(&st, &model)),
     }
@@ -247,6 +251,53 @@ fn extra_text(extra: Option<&Map<String, Value>>) -> String {
     extra.map_or_else(|| "{}".to_owned(), |m| Value::Object(m.clone()).to_string())
 }
 
+/// The engine's rollout prompts of a request's: a text `prompt` or a chat's
+/// `messages` each.
+pub(crate) fn rollout_prompts(
+    prompts: Vec<crate::api::RolloutPrompt>,
+) -> Result<Vec<RolloutPrompt>, ApiError> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.into_iter().enumerate() {
+        let prompt = match (p.prompt, p.messages) {
+            (Some(text), None) => Prompt::Text {
+                text,
+                add_special_tokens: true,
+            },
+            (None, Some(messages)) => Prompt::Chat {
+                messages: crate::chat::chat_messages(&messages)?,
+                tools: Vec::new(),
+            },
+            _ => {
+                return Err(ApiError::invalid_param(
+                    &format!("prompts[{i}]"),
+                    "give `prompt` (text) or `messages` (a chat), one of them",
+                ));
+            }
+        };
+        out.push(RolloutPrompt {
+            prompt,
+            extra: p.extra.unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// The API error of a rollout that could not start.
+pub(crate) fn rollout_error(e: RolloutError) -> ApiError {
+    match e {
+        RolloutError::Prompt {
+            index,
+            source: e @ GenerateError::PromptTooLong { .. },
+        } => {
+            let mut e = ApiError::context_length_exceeded(e.to_string());
+            e.param = Some(format!("prompts[{index}]"));
+            e
+        }
+        RolloutError::Prompt { source, .. } => ApiError::from(source),
+        e => ApiError::invalid(e.to_string()),
+    }
+}
+
 /// Most samples one scoring request may carry.
 const MAX_SAMPLES: usize = 4096;
 
@@ -315,7 +366,7 @@ pub async fn rollouts(
     ApiJson(req): ApiJson<RolloutRequest>,
 ) -> Result<Response, ApiError> {
     let adapter = match &req.model {
-        Some(m) => st.check_model(m)?,
+        Some(m) => st.check_model(&tenant, m)?,
         None => None,
     };
     let g = req.group_size.unwrap_or(DEFAULT_GROUP_SIZE);
@@ -375,41 +426,10 @@ pub async fn rollouts(
     // the database, which only admitted requests may do.
     let admission = tenant.admit().await?;
     let rewards = crate::chat::weighted_rewards(&st, &tenant, &req.rewards)?;
-    let mut prompts = Vec::with_capacity(req.prompts.len());
-    for (i, p) in req.prompts.into_iter().enumerate() {
-        let prompt = match (p.prompt, p.messages) {
-            (Some(text), None) => Prompt::Text {
-                text,
-                add_special_tokens: true,
-            },
-            (None, Some(messages)) => Prompt::Chat {
-                messages: crate::chat::chat_messages(&messages)?,
-                tools: Vec::new(),
-            },
-            _ => {
-                return Err(ApiError::invalid_param(
-                    &format!("prompts[{i}]"),
-                    "give `prompt` (text) or `messages` (a chat), one of them",
-                ));
-            }
-        };
-        prompts.push(RolloutPrompt {
-            prompt,
-            extra: p.extra.unwrap_or_default(),
-        });
-    }
+    let prompts = rollout_prompts(req.prompts)?;
     let mut rollout = match Rollout::new(&st.engine, prompts, options) {
         Ok(r) => r,
-        Err(RolloutError::Prompt {
-            index,
-            source: e @ GenerateError::PromptTooLong { .. },
-        }) => {
-            let mut e = ApiError::context_length_exceeded(e.to_string());
-            e.param = Some(format!("prompts[{index}]"));
-            return Err(e);
-        }
-        Err(RolloutError::Prompt { source, .. }) => return Err(ApiError::from(source)),
-        Err(e) => return Err(ApiError::invalid(e.to_string())),
+        Err(e) => return Err(rollout_error(e)),
     };
     let cancelled = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -19,6 +19,7 @@ mod plugins;
 pub mod store;
 pub mod tenants;
 pub mod tokenize;
+pub mod train;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -181,6 +182,8 @@ pub struct AppState {
     pub(crate) responses: chat::responses::ResponseStore,
     /// The LoRA adapters served, by name.
     pub(crate) adapters: std::collections::BTreeMap<String, Arc<ServedAdapter>>,
+    /// Training jobs and the adapters tenants trained.
+    pub(crate) training: train::Training,
 }
 
 impl std::fmt::Debug for AppState {
@@ -263,6 +266,7 @@ impl AppState {
             engine.logits_traffic.clone(),
         );
         let tokenizer = Arc::new(ModelTokenizer::for_engine(&engine));
+        let training = train::Training::open(&engine, &config.store_dir.join(".adapters"));
         let responses = match &config.state {
             Some(pg) => chat::responses::ResponseStore::shared(pg.clone()),
             None => Default::default(),
@@ -285,6 +289,7 @@ impl AppState {
             rewards: Mutex::new(HashMap::new()),
             responses,
             compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
+            training,
             adapters,
         }))
     }
@@ -304,35 +309,52 @@ impl AppState {
         &self.engine.name
     }
 
-    /// Check a request's `model`: the base model, or `BASE:NAME` for the
-    /// adapter it names.
-    pub fn check_model(&self, model: &str) -> Result<Option<Arc<ServedAdapter>>, ApiError> {
+    /// Check a request's `model`: the base model, or `BASE:NAME` for an
+    /// adapter `tenant` may use (the server's `--lora` ones and its own).
+    pub fn check_model(
+        &self,
+        tenant: &Tenant,
+        model: &str,
+    ) -> Result<Option<Arc<ServedAdapter>>, ApiError> {
         if model == self.model_id() {
             return Ok(None);
         }
         let named = model
             .strip_prefix(self.model_id())
             .and_then(|rest| rest.strip_prefix(':'));
-        match named.and_then(|name| self.adapters.get(name)) {
-            Some(a) => Ok(Some(a.clone())),
+        let found = named.and_then(|name| {
+            self.adapters.get(name).cloned().or_else(|| {
+                self.training
+                    .adapters()
+                    .get(&(tenant.name.clone(), name.to_owned()))
+                    .cloned()
+            })
+        });
+        match found {
+            Some(a) => Ok(Some(a)),
             None => {
                 let mut e = ApiError::model_not_found(model, self.model_id());
-                if !self.adapters.is_empty() {
-                    e.message = format!(
-                        "{}, and its adapters {}",
-                        e.message,
-                        self.adapter_models().join(", ")
-                    );
+                let adapters = self.adapter_models(tenant);
+                if !adapters.is_empty() {
+                    e.message = format!("{}, and its adapters {}", e.message, adapters.join(", "));
                 }
                 Err(e)
             }
         }
     }
 
-    /// `BASE:NAME` for every adapter served.
-    pub fn adapter_models(&self) -> Vec<String> {
+    /// `BASE:NAME` for every adapter `tenant` may use.
+    pub fn adapter_models(&self, tenant: &Tenant) -> Vec<String> {
+        let own: Vec<String> = self
+            .training
+            .adapters()
+            .keys()
+            .filter(|(t, _)| *t == tenant.name)
+            .map(|(_, n)| n.clone())
+            .collect();
         self.adapters
             .keys()
+            .chain(&own)
             .map(|n| format!("{}:{n}", self.model_id()))
             .collect()
     }
@@ -520,6 +542,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/rewards/score", post(handlers::score))
         .route("/v1/rollouts", post(handlers::rollouts))
+        .route("/v1/train/grpo", post(train::grpo))
         .route("/v1/agents/{plugin}/runs", post(agents::run))
         .route(
             "/v1/plugins",

@@ -82,6 +82,7 @@ fn unlink(text: &str) -> String {
         paths::delete_response,
         paths::score,
         paths::rollouts,
+        paths::train_grpo,
         paths::agent_run,
         paths::upload_plugin,
         paths::list_plugins,
@@ -175,7 +176,7 @@ fn merge_all_of(schema: &Schema) -> Option<Object> {
 mod paths {
     use super::shapes::*;
     use crate::agents::AgentRunRequest;
-    use crate::api::{ChatRequest, CompletionRequest, RolloutRequest, ScoreRequest};
+    use crate::api::{ChatRequest, CompletionRequest, RolloutRequest, ScoreRequest, TrainRequest};
     use crate::chat::response::{ChatChoice, CompletionObject, TextChoice};
 
     /// Liveness and the batch's state.
@@ -493,6 +494,37 @@ mod paths {
         )
     )]
     pub(super) fn rollouts() {}
+
+    /// Train a LoRA adapter of the model with GRPO against the tenant's
+    /// reward plugins.
+    ///
+    /// Each step samples groups of completions with the adapter as it
+    /// stands (in the shared batch), scores them with the rewards, and
+    /// updates the adapter. The job streams one NDJSON line per step
+    /// (`{"object": "train.step", "step", "rewards", "loss", "kl", ...}`),
+    /// then `{"object": "train.done", "model": "BASE:NAME"}`; from then on
+    /// the tenant, and only it, generates with `model: "BASE:NAME"`. A
+    /// failure midway sends an `Error` object and ends the stream; a client
+    /// that goes away stops the job. One job runs at a time on a server,
+    /// holding one of the tenant's concurrent-request places. See
+    /// docs/training.md.
+    #[utoipa::path(
+        post,
+        path = "/v1/train/grpo",
+        tag = "training",
+        request_body = TrainRequest,
+        responses(
+            (status = 200, description = "One line per step, then the adapter's line",
+                content((String = "application/x-ndjson"))),
+            (status = 400, description = "Invalid request, or a server that cannot train", body = Error),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such reward plugin", body = Error),
+            (status = 413, description = "Body too large", body = Error),
+            (status = 429, description = "Quota exceeded, or a job is running (see Retry-After)", body = Error),
+            (status = 503, description = "With `--state`, the database cannot be reached (see Retry-After)", body = Error),
+        )
+    )]
+    pub(super) fn train_grpo() {}
 
     /// Run a task with one of the tenant's agent plugins over the model and
     /// its granted tools.
@@ -1065,6 +1097,7 @@ mod tests {
         ("/v1/responses/{id}", &["get", "delete"]),
         ("/v1/rewards/score", &["post"]),
         ("/v1/rollouts", &["post"]),
+        ("/v1/train/grpo", &["post"]),
         ("/v1/agents/{plugin}/runs", &["post"]),
         ("/v1/plugins", &["get", "post"]),
         ("/v1/plugins/{id}", &["get", "delete"]),
@@ -1203,6 +1236,7 @@ mod tests {
             "ToolDef",
             "ScoreRequest",
             "RolloutRequest",
+            "TrainRequest",
             "AgentRunRequest",
             "AgentBudgets",
         ] {

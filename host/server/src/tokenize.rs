@@ -106,7 +106,8 @@ pub async fn tokenize(
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Response {
     let ignored = ignore_unknown("tokenize", &req.unknown, &st.metrics);
-    let answer = off_the_executor(&tenant, move || tokenize_request(&st, &req)).await;
+    let who = tenant.clone();
+    let answer = off_the_executor(&tenant, move || tokenize_request(&st, &who, &req)).await;
     crate::chat::with_ignored(answer, &ignored)
 }
 
@@ -126,9 +127,13 @@ pub(crate) async fn off_the_executor<T: Send + 'static>(
     .await
 }
 
-fn tokenize_request(st: &AppState, req: &TokenizeRequest) -> Result<Response, ApiError> {
+fn tokenize_request(
+    st: &AppState,
+    tenant: &Tenant,
+    req: &TokenizeRequest,
+) -> Result<Response, ApiError> {
     if let Some(m) = &req.model {
-        st.check_model(m)?;
+        st.check_model(tenant, m)?;
     }
     let tokens = match (&req.prompt, &req.messages) {
         (Some(text), None) => st
@@ -165,9 +170,10 @@ pub async fn detokenize(
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Response {
     let ignored = ignore_unknown("detokenize", &req.unknown, &st.metrics);
+    let who = tenant.clone();
     let answer = off_the_executor(&tenant, move || {
         if let Some(m) = &req.model {
-            st.check_model(m)?;
+            st.check_model(&who, m)?;
         }
         let prompt = st
             .engine

@@ -88,7 +88,7 @@ async fn chat(
     tenant: Arc<Tenant>,
     mut req: ChatRequest,
 ) -> Result<Response, ApiError> {
-    let adapter = st.check_model(&req.model)?;
+    let adapter = st.check_model(&tenant, &req.model)?;
     let input = ChatInput::read(&mut req)?;
     let admission = tenant.admit().await?;
     let (mut plan, split, req) = {
@@ -151,7 +151,7 @@ async fn complete(
     tenant: Arc<Tenant>,
     req: CompletionRequest,
 ) -> Result<Response, ApiError> {
-    let adapter = st.check_model(&req.model)?;
+    let adapter = st.check_model(&tenant, &req.model)?;
     let prompts = completion_prompts(&req)?;
     let admission = tenant.admit().await?;
     let (mut plan, req) = {

@@ -840,7 +840,7 @@ async fn respond(
     tenant: Arc<Tenant>,
     req: ResponsesRequest,
 ) -> Result<Response, ApiError> {
-    let adapter = st.check_model(&req.model)?;
+    let adapter = st.check_model(&tenant, &req.model)?;
     if req.max_output_tokens == Some(0) {
         return Err(ApiError::invalid_param(
             "max_output_tokens",

@@ -1,0 +1,126 @@
+//! One GRPO update of a LoRA adapter from a rollout's scored groups: what
+//! `deepwasm train grpo` and `POST /v1/train/grpo` both run after each
+//! rollout ([`deepwasm_model::train`] has the loss and the optimizer).
+
+use candle_core::Tensor;
+use deepwasm_model::train::{AdamW, GrpoParams, LoraVars, Sample, TrainLlama, sample_loss};
+use serde_json::{Map, Value};
+
+use crate::rollout::GroupResult;
+
+/// What one update did.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StepStats {
+    /// The step's loss (the mean over its completions).
+    pub loss: f64,
+    /// The mean per-token KL to the base, over completions.
+    pub kl: f64,
+    /// The share of completion tokens whose ratio was clipped.
+    pub clip_fraction: f64,
+    /// The gradient's global norm before clipping.
+    pub grad_norm: f64,
+    /// Completions that took part (those with an advantage).
+    pub samples: usize,
+}
+
+/// Accumulate the GRPO gradient over every completion of `groups` that has
+/// an advantage (completion by completion, so memory holds one at a
+/// time), clip its global norm to `max_grad_norm`, and take one `opt` step.
+/// A completion with no advantage and no KL term is skipped: it has no
+/// gradient.
+pub fn learn(
+    model: &TrainLlama,
+    vars: &LoraVars,
+    opt: &mut AdamW,
+    groups: &[GroupResult],
+    params: GrpoParams,
+    max_grad_norm: f64,
+) -> candle_core::Result<StepStats> {
+    let samples: Vec<(Vec<u32>, usize, f64)> = groups
+        .iter()
+        .flat_map(|g| {
+            g.completions.iter().filter_map(|c| {
+                let adv = c.advantage?;
+                if c.tokens.is_empty() {
+                    return None;
+                }
+                let mut tokens = g.prompt_tokens.clone();
+                tokens.extend_from_slice(&c.tokens);
+                Some((tokens, g.prompt_tokens.len(), adv))
+            })
+        })
+        .collect();
+    let n = samples.len().max(1) as f64;
+    let list = vars.vars();
+    let mut grads: Vec<Option<Tensor>> = vec![None; list.len()];
+    let mut stats = StepStats {
+        samples: samples.len(),
+        ..StepStats::default()
+    };
+    let (mut clipped, mut tokens) = (0usize, 0usize);
+    for (seq, prompt_len, adv) in &samples {
+        if *adv == 0.0 && params.kl_beta == 0.0 {
+            continue;
+        }
+        let s = Sample {
+            tokens: seq,
+            prompt_len: *prompt_len,
+            advantage: *adv,
+            old_logprobs: None,
+            ref_logprobs: None,
+        };
+        let l = sample_loss(model, vars, &s, params)?;
+        let loss = (l.loss / n)?;
+        stats.loss += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        stats.kl += l.kl / n;
+        clipped += l.clipped;
+        tokens += l.tokens;
+        let g = loss.backward()?;
+        for (acc, v) in grads.iter_mut().zip(&list) {
+            if let Some(g) = g.get(v) {
+                *acc = Some(match acc.take() {
+                    Some(a) => (a + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+    }
+    let mut grads: Vec<Tensor> = grads
+        .into_iter()
+        .zip(&list)
+        .map(|(g, v)| g.map_or_else(|| v.zeros_like(), Ok))
+        .collect::<candle_core::Result<_>>()?;
+    stats.grad_norm = deepwasm_model::train::clip_grad_norm(&mut grads, max_grad_norm)?;
+    stats.clip_fraction = if tokens > 0 {
+        clipped as f64 / tokens as f64
+    } else {
+        0.0
+    };
+    opt.update(&list, &grads)?;
+    Ok(stats)
+}
+
+/// The mean score of each reward named in `names`, and of the totals
+/// (`total`), over every completion of `groups`; `null` where none has one.
+pub fn reward_means(groups: &[GroupResult], names: &[String]) -> Map<String, Value> {
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let mut out = Map::new();
+    for name in names {
+        let scores: Vec<f64> = groups
+            .iter()
+            .flat_map(|g| &g.completions)
+            .filter_map(|c| c.scores.get("rewards")?.get(name)?.as_f64())
+            .collect();
+        out.insert(name.clone(), mean(&scores).map_or(Value::Null, Value::from));
+    }
+    let totals: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| &g.completions)
+        .filter_map(|c| c.scores.get("total")?.as_f64())
+        .collect();
+    out.insert(
+        "total".into(),
+        mean(&totals).map_or(Value::Null, Value::from),
+    );
+    out
+}

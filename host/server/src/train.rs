@@ -1,0 +1,473 @@
+//! `POST /v1/train/grpo`: a tenant trains a LoRA adapter of the model with
+//! GRPO against its own reward plugins, and then generates with it as
+//! `model: "BASE:NAME"`.
+//!
+//! A job's rollouts run in the shared batch like any request's (its
+//! sequences take their places beside other tenants'), scored by the
+//! tenant's pooled, metered reward instances. Its updates (the backward
+//! passes) run on one thread of its own at the lowest scheduling priority,
+//! so serving keeps the machine's other cores and wins the one the job is
+//! on whenever it wants it. One job runs at a time on a server; it holds
+//! one of its tenant's concurrent-request places for as long as it runs,
+//! and its tokens count against the tenant's quota. A client that goes
+//! away stops the job at the end of its step.
+//!
+//! The dense copy of the weights a job trains against is made on the
+//! first job and kept (the model's parameters in f32). Adapters are kept
+//! under `<store>/.adapters/<tenant>/<name>/` in PEFT's layout and read
+//! again at start: they are local to a replica.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use deepwasm_engine::rollout::{self, Rollout, RolloutOptions, RolloutPrompt};
+use deepwasm_engine::sampling::SamplingParams;
+use deepwasm_engine::{Engine, train::reward_means};
+use deepwasm_model::lora::{LoraAdapter, LoraConfig, MODULES, ServedAdapter};
+use deepwasm_model::train::{AdamW, GrpoParams, LoraVars, TrainLlama};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::AppState;
+use crate::api::{ApiJson, TrainRequest};
+use crate::error::ApiError;
+use crate::tenants::Tenant;
+
+/// Completions one step may sample.
+const MAX_STEP_COMPLETIONS: usize = 256;
+
+/// Jobs, the dense weights they train against, and trained adapters.
+pub(crate) struct Training {
+    jobs: Arc<tokio::sync::Semaphore>,
+    dir: PathBuf,
+    adapters: Mutex<HashMap<(String, String), Arc<ServedAdapter>>>,
+    model: Mutex<Option<Arc<TrainLlama>>>,
+}
+
+impl Training {
+    /// Read the adapters trained before from `dir` (`<tenant>/<name>/`);
+    /// one that no longer fits the model is skipped with a warning.
+    pub(crate) fn open(engine: &Engine, dir: &Path) -> Training {
+        let mut adapters = HashMap::new();
+        for tenant in read_dirs(dir) {
+            for name in read_dirs(&dir.join(&tenant)) {
+                let path = dir.join(&tenant).join(&name);
+                let served = LoraAdapter::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|a| {
+                        engine
+                            .model
+                            .prepare_adapter(&name, &a)
+                            .map_err(|e| e.to_string())
+                    });
+                match served {
+                    Ok(s) => {
+                        adapters.insert((tenant.clone(), name), s);
+                    }
+                    Err(e) => tracing::warn!("skipping the adapter {}: {e}", path.display()),
+                }
+            }
+        }
+        Training {
+            jobs: Arc::new(tokio::sync::Semaphore::new(1)),
+            dir: dir.to_owned(),
+            adapters: Mutex::new(adapters),
+            model: Mutex::new(None),
+        }
+    }
+
+    /// Tenants' trained adapters, by tenant and name.
+    pub(crate) fn adapters(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<ServedAdapter>>> {
+        self.adapters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The dense weights, made on first use.
+    fn model(&self, engine: &Engine) -> Result<Arc<TrainLlama>, String> {
+        let mut slot = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = &*slot {
+            return Ok(m.clone());
+        }
+        let llama = engine
+            .model
+            .as_llama()
+            .ok_or("training needs a Llama-family model")?;
+        let m = Arc::new(
+            llama
+                .trainable(candle_core::DType::F32)
+                .map_err(|e| format!("cannot expand the weights: {e}"))?,
+        );
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+}
+
+/// Names of the directories in `dir` (none when it cannot be read).
+fn read_dirs(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| valid_name(n))
+        .collect()
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// A job's settings, checked.
+struct Job {
+    name: String,
+    prompts: Vec<RolloutPrompt>,
+    steps: u64,
+    group_size: usize,
+    prompts_per_step: usize,
+    lora: LoraConfig,
+    lr: f64,
+    params: GrpoParams,
+    max_grad_norm: f64,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    seed: u64,
+}
+
+fn check(st: &AppState, req: TrainRequest) -> Result<Job, ApiError> {
+    if st.engine.model.as_llama().is_none() || st.scheduler.is_upstream() {
+        return Err(ApiError::invalid(
+            "this server cannot train: training needs a Llama-family model served here (not on an upstream)",
+        ));
+    }
+    if !valid_name(&req.name) {
+        return Err(ApiError::invalid_param(
+            "name",
+            "1 to 64 letters, digits, `-`, `_` or `.`, not starting with `.`",
+        ));
+    }
+    if st.adapters.contains_key(&req.name) {
+        return Err(ApiError::invalid_param(
+            "name",
+            format!(
+                "`{}` is an adapter the server serves to everyone; choose another name",
+                req.name
+            ),
+        ));
+    }
+    if !(1..=1000).contains(&req.steps) {
+        return Err(ApiError::invalid_param("steps", "must be in 1..=1000"));
+    }
+    if req.prompts.is_empty() || req.prompts.len() > 1024 {
+        return Err(ApiError::invalid_param("prompts", "1 to 1024 prompts"));
+    }
+    if req.rewards.is_empty() {
+        return Err(ApiError::invalid_param(
+            "rewards",
+            "name at least one reward plugin",
+        ));
+    }
+    let group_size = req.group_size.unwrap_or(8);
+    if !(2..=64).contains(&group_size) {
+        return Err(ApiError::invalid_param("group_size", "must be in 2..=64"));
+    }
+    let prompts_per_step = req.prompts_per_step.unwrap_or(2);
+    if prompts_per_step == 0 || prompts_per_step * group_size > MAX_STEP_COMPLETIONS {
+        return Err(ApiError::invalid_param(
+            "prompts_per_step",
+            format!(
+                "at least 1, and at most {MAX_STEP_COMPLETIONS} completions a step (prompts_per_step × group_size)"
+            ),
+        ));
+    }
+    let rank = req.lora_rank.unwrap_or(8);
+    if !(1..=64).contains(&rank) {
+        return Err(ApiError::invalid_param("lora_rank", "must be in 1..=64"));
+    }
+    let alpha = req.lora_alpha.unwrap_or(2.0 * rank as f64);
+    if !alpha.is_finite() || alpha <= 0.0 {
+        return Err(ApiError::invalid_param(
+            "lora_alpha",
+            "must be a positive number",
+        ));
+    }
+    let targets: Vec<&str> = match &req.target_modules {
+        Some(t) => t.iter().map(String::as_str).collect(),
+        None => MODULES.to_vec(),
+    };
+    if targets.is_empty() {
+        return Err(ApiError::invalid_param(
+            "target_modules",
+            "name at least one",
+        ));
+    }
+    if let Some(bad) = targets.iter().find(|t| !MODULES.contains(t)) {
+        return Err(ApiError::invalid_param(
+            "target_modules",
+            format!("`{bad}` is not one of {}", MODULES.join(", ")),
+        ));
+    }
+    let number = |v: Option<f64>, default: f64, field: &str, ok: fn(f64) -> bool| {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && ok(v) {
+            Ok(v)
+        } else {
+            Err(ApiError::invalid_param(
+                field,
+                format!("{v} is out of range"),
+            ))
+        }
+    };
+    let lr = number(req.learning_rate, 5e-5, "learning_rate", |v| {
+        v > 0.0 && v < 1.0
+    })?;
+    let kl_beta = number(req.kl_beta, 0.04, "kl_beta", |v| v >= 0.0)?;
+    let clip_eps = number(req.clip_eps, 0.2, "clip_eps", |v| v > 0.0 && v < 1.0)?;
+    let max_grad_norm = number(req.max_grad_norm, 1.0, "max_grad_norm", |v| v > 0.0)?;
+    let max_tokens = req.max_tokens.unwrap_or(128);
+    if max_tokens == 0 || max_tokens > st.engine.model.info().max_context {
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            "must be at least 1 and within the model's context",
+        ));
+    }
+    let sampling = SamplingParams {
+        temperature: req.temperature.unwrap_or(1.0),
+        top_p: req.top_p.unwrap_or(1.0),
+        ..SamplingParams::default()
+    };
+    sampling
+        .validate()
+        .map_err(|e| ApiError::invalid_param(&e.field.clone(), e.to_string()))?;
+    let prompts = crate::handlers::rollout_prompts(req.prompts)?;
+    // Every prompt renders and leaves room to generate.
+    Rollout::new(
+        &st.engine,
+        prompts.clone(),
+        RolloutOptions {
+            group_size: 1,
+            max_tokens,
+            ..RolloutOptions::default()
+        },
+    )
+    .map_err(crate::handlers::rollout_error)?;
+    Ok(Job {
+        lora: LoraConfig::new(rank, alpha, &targets, Some(st.model_id().to_owned())),
+        name: req.name,
+        prompts,
+        steps: req.steps,
+        group_size,
+        prompts_per_step,
+        lr,
+        params: GrpoParams { kl_beta, clip_eps },
+        max_grad_norm,
+        max_tokens,
+        sampling,
+        seed: req.seed.unwrap_or(0),
+    })
+}
+
+/// `POST /v1/train/grpo`: one NDJSON line per step, then the adapter's line.
+pub async fn grpo(
+    State(st): State<Arc<AppState>>,
+    Extension(tenant): Extension<Arc<Tenant>>,
+    ApiJson(req): ApiJson<TrainRequest>,
+) -> Result<Response, ApiError> {
+    let reward_refs = req.rewards.clone();
+    let job = check(&st, req)?;
+    let permit = st.training.jobs.clone().try_acquire_owned().map_err(|_| {
+        ApiError::rate_limited(
+            "the server trains one adapter at a time and a job is running; try again later",
+            30,
+        )
+    })?;
+    // Admitted first: with a shared state, looking the rewards up reads
+    // the database, which only admitted requests may do.
+    let admission = tenant.admit().await?;
+    let rewards = crate::chat::weighted_rewards(&st, &tenant, &reward_refs)?;
+    let (tx, rx) = mpsc::channel::<Value>(16);
+    let thread = {
+        let st = st.clone();
+        std::thread::Builder::new()
+            .name("deepwasm-train".into())
+            .spawn(move || {
+                let _held = (permit, admission);
+                let tenant_name = tenant.name.clone();
+                if let Err(e) = run(&st, &tenant, job, &rewards, &tx) {
+                    tracing::info!("training job of `{tenant_name}` ended: {}", e.message);
+                    let _ = tx.blocking_send(e.body());
+                }
+            })
+    };
+    thread.map_err(|e| ApiError::internal(format!("cannot start the job: {e}")))?;
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|v| Ok::<_, Infallible>(bytes::Bytes::from(format!("{v}\n"))));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| ApiError::internal("cannot build the response").into_response()))
+}
+
+/// Lower the calling thread's scheduling priority as far as it goes.
+fn lowest_priority() {
+    // SAFETY: `gettid` has no preconditions; `setpriority` on this thread's
+    // id changes only this thread's nice value.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}
+
+fn run(
+    st: &AppState,
+    tenant: &Tenant,
+    job: Job,
+    rewards: &[deepwasm_engine::rewards::WeightedReward],
+    tx: &mpsc::Sender<Value>,
+) -> Result<(), ApiError> {
+    lowest_priority();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "deepwasm-train-compute".into())
+        .build()
+        .map_err(|e| ApiError::internal(format!("cannot start the job's thread: {e}")))?;
+    let internal = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
+    let model = pool
+        .install(|| st.training.model(&st.engine))
+        .map_err(|e| internal(&e))?;
+    let llama = st.engine.model.as_llama().expect("checked");
+    let vars = pool
+        .install(|| LoraVars::init(&model, job.lora.clone(), job.seed))
+        .map_err(|e| internal(&e))?;
+    let mut opt = AdamW::new(&vars.vars(), job.lr).map_err(|e| internal(&e))?;
+    let names: Vec<String> = rewards.iter().map(|r| r.name.clone()).collect();
+    for step in 1..=job.steps {
+        if tx.is_closed() {
+            return Err(ApiError::invalid("the client went away; the job stopped"));
+        }
+        let started = Instant::now();
+        let policy = pool
+            .install(|| -> Result<_, String> {
+                let adapter = vars.to_adapter().map_err(|e| e.to_string())?;
+                llama
+                    .serve_adapter(&job.name, &adapter)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| internal(&e))?;
+        let chosen: Vec<RolloutPrompt> = (0..job.prompts_per_step)
+            .map(|j| {
+                job.prompts[((step - 1) as usize * job.prompts_per_step + j) % job.prompts.len()]
+                    .clone()
+            })
+            .collect();
+        let options = RolloutOptions {
+            group_size: job.group_size,
+            max_tokens: job.max_tokens,
+            params: job.sampling.clone(),
+            seed: job.seed.wrapping_add(step.wrapping_mul(0x9e37_79b9)),
+            adapter: Some(policy),
+            ..RolloutOptions::default()
+        };
+        let rollout =
+            Rollout::new(&st.engine, chosen, options).map_err(crate::handlers::rollout_error)?;
+        let prompt_tokens = rollout.prompt_tokens() * job.group_size;
+        let mut groups = Vec::new();
+        let summary = rollout::run(&st.scheduler, rollout, rewards, 1, |g| {
+            groups.push(g.clone());
+            Ok::<_, Box<rollout::RolloutError>>(())
+        })
+        .map_err(|e| match *e {
+            rollout::RolloutError::Generate(e) => ApiError::from(e),
+            e => ApiError::internal(e.to_string()),
+        })?;
+        tenant.record_tokens(prompt_tokens as u64, summary.completion_tokens as u64);
+        let rollout_s = started.elapsed().as_secs_f64();
+        let stats = pool
+            .install(|| {
+                deepwasm_engine::train::learn(
+                    &model,
+                    &vars,
+                    &mut opt,
+                    &groups,
+                    job.params,
+                    job.max_grad_norm,
+                )
+            })
+            .map_err(|e| internal(&e))?;
+        let line = json!({
+            "object": "train.step",
+            "step": step,
+            "steps": job.steps,
+            "rewards": reward_means(&groups, &names),
+            "loss": stats.loss,
+            "kl": stats.kl,
+            "clip_fraction": stats.clip_fraction,
+            "grad_norm": stats.grad_norm,
+            "completions": summary.completions,
+            "completion_tokens": summary.completion_tokens,
+            "rollout_seconds": rollout_s,
+            "step_seconds": started.elapsed().as_secs_f64(),
+        });
+        if tx.blocking_send(line).is_err() {
+            return Err(ApiError::invalid("the client went away; the job stopped"));
+        }
+    }
+    let adapter = vars.to_adapter().map_err(|e| internal(&e))?;
+    let dir = st.training.dir.join(&tenant.name).join(&job.name);
+    save_whole(&adapter, &dir)?;
+    let served = llama
+        .serve_adapter(&job.name, &adapter)
+        .map_err(|e| internal(&e))?;
+    st.training
+        .adapters()
+        .insert((tenant.name.clone(), job.name.clone()), served);
+    let model_id = format!("{}:{}", st.model_id(), job.name);
+    let _ = tx.blocking_send(json!({
+        "object": "train.done",
+        "model": model_id,
+        "steps": job.steps,
+        "parameters": vars.parameters(),
+    }));
+    Ok(())
+}
+
+/// Write `adapter` to `dir` whole: into a hidden directory beside it, then
+/// renamed over it, so a kill leaves the old adapter or the new one.
+fn save_whole(adapter: &LoraAdapter, dir: &Path) -> Result<(), ApiError> {
+    let parent = dir.parent().expect("a tenant's directory");
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("adapter");
+    let tmp = parent.join(format!(".{name}.partial"));
+    let fail = |e: &dyn std::fmt::Display| {
+        tracing::error!("cannot store the adapter {}: {e}", dir.display());
+        ApiError::internal("cannot store the adapter".to_owned())
+    };
+    let _ = std::fs::remove_dir_all(&tmp);
+    adapter.save(&tmp).map_err(|e| fail(&e))?;
+    let old = parent.join(format!(".{name}.old"));
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| fail(&e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| fail(&e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
