@@ -128,6 +128,21 @@ def train():
         time.sleep(0.5)
     ids = [m.id for m in client("alpha").models.list().data]
     assert MODEL + ":long" not in ids, ids
+
+    # A tenant past its tokens per minute has its job wait, and says so.
+    m = http("metered")
+    r = upload(m, "length", plugin_bytes("length-penalty"))
+    assert r.status_code in (200, 201), r.text
+    seen = []
+    with m.stream("POST", "/v1/train/grpo", json={**JOB, "steps": 5}) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line:
+                seen.append(json.loads(line))
+                if seen[-1]["object"] != "train.step":
+                    break
+    assert seen[-1]["object"] == "train.waiting", seen
+    assert "tokens" in seen[-1]["reason"] and seen[-1]["retry_after_s"] >= 1, seen
     print("train: adapters trained, used and kept to their tenant")
 
 

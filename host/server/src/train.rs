@@ -7,10 +7,12 @@
 //! tenant's pooled, metered reward instances. Its updates (the backward
 //! passes) run on one thread of its own at the lowest scheduling priority,
 //! so serving keeps the machine's other cores and wins the one the job is
-//! on whenever it wants it. One job runs at a time on a server; it holds
-//! one of its tenant's concurrent-request places for as long as it runs,
-//! and its tokens count against the tenant's quota. A client that goes
-//! away stops the job at the end of its step.
+//! on whenever it wants it. One job runs at a time on a server. Each step
+//! is admitted like a request of its tenant (one of its concurrent places
+//! while it runs) and its tokens count against the tenant's quota: a
+//! tenant past its tokens per minute has its job wait, not its
+//! neighbours. A client that goes away stops the job at the end of its
+//! step.
 //!
 //! The dense copy of the weights a job trains against is made on the
 //! first job and kept (the model's parameters in f32). Adapters are kept
@@ -296,18 +298,22 @@ pub async fn grpo(
         )
     })?;
     // Admitted first: with a shared state, looking the rewards up reads
-    // the database, which only admitted requests may do.
-    let admission = tenant.admit().await?;
-    let rewards = crate::chat::weighted_rewards(&st, &tenant, &reward_refs)?;
+    // the database, which only admitted requests may do. Each step is
+    // admitted again.
+    let rewards = {
+        let _admission = tenant.admit().await?;
+        crate::chat::weighted_rewards(&st, &tenant, &reward_refs)?
+    };
+    let runtime = tokio::runtime::Handle::current();
     let (tx, rx) = mpsc::channel::<Value>(16);
     let thread = {
         let st = st.clone();
         std::thread::Builder::new()
             .name("deepwasm-train".into())
             .spawn(move || {
-                let _held = (permit, admission);
+                let _held = permit;
                 let tenant_name = tenant.name.clone();
-                if let Err(e) = run(&st, &tenant, job, &rewards, &tx) {
+                if let Err(e) = run(&st, &tenant, &runtime, job, &rewards, &tx) {
                     tracing::info!("training job of `{tenant_name}` ended: {}", e.message);
                     let _ = tx.blocking_send(e.body());
                 }
@@ -334,9 +340,42 @@ fn lowest_priority() {
     }
 }
 
+/// Admit the next step as a request of `tenant`, waiting while its quota
+/// refuses (reporting each wait); `None` when the client went away.
+fn admit_step(
+    tenant: &Tenant,
+    runtime: &tokio::runtime::Handle,
+    tx: &mpsc::Sender<Value>,
+    step: u64,
+) -> Result<Option<crate::tenants::Admission>, ApiError> {
+    loop {
+        if tx.is_closed() {
+            return Ok(None);
+        }
+        match runtime.block_on(tenant.admit()) {
+            Ok(a) => return Ok(Some(a)),
+            Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+                let wait = e.retry_after.unwrap_or(1).clamp(1, 60);
+                let line = json!({
+                    "object": "train.waiting",
+                    "step": step,
+                    "reason": e.message,
+                    "retry_after_s": wait,
+                });
+                if tx.blocking_send(line).is_err() {
+                    return Ok(None);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(wait));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn run(
     st: &AppState,
     tenant: &Tenant,
+    runtime: &tokio::runtime::Handle,
     job: Job,
     rewards: &[deepwasm_engine::rewards::WeightedReward],
     tx: &mpsc::Sender<Value>,
@@ -357,10 +396,11 @@ fn run(
         .map_err(|e| internal(&e))?;
     let mut opt = AdamW::new(&vars.vars(), job.lr).map_err(|e| internal(&e))?;
     let names: Vec<String> = rewards.iter().map(|r| r.name.clone()).collect();
+    let gone = || ApiError::invalid("the client went away; the job stopped");
     for step in 1..=job.steps {
-        if tx.is_closed() {
-            return Err(ApiError::invalid("the client went away; the job stopped"));
-        }
+        let Some(_admission) = admit_step(tenant, runtime, tx, step)? else {
+            return Err(gone());
+        };
         let started = Instant::now();
         let policy = pool
             .install(|| -> Result<_, String> {
@@ -425,7 +465,7 @@ fn run(
             "step_seconds": started.elapsed().as_secs_f64(),
         });
         if tx.blocking_send(line).is_err() {
-            return Err(ApiError::invalid("the client went away; the job stopped"));
+            return Err(gone());
         }
     }
     let adapter = vars.to_adapter().map_err(|e| internal(&e))?;
