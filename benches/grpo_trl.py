@@ -94,9 +94,8 @@ def cycled(rows, steps):
     """The training rows in the order `deepwasm train grpo` takes them:
     `PROMPTS_PER_STEP` a step, in the file's order, round and round. TRL
     walks this unshuffled, one generation batch a step."""
-    n = steps * PROMPTS_PER_STEP
-    return [{"prompt": rows[i % len(rows)]["prompt"], "id": rows[i % len(rows)]["id"],
-             "answer": rows[i % len(rows)]["answer"]} for i in range(n)]
+    picked = (rows[i % len(rows)] for i in range(steps * PROMPTS_PER_STEP))
+    return [{"prompt": r["prompt"], "id": r["id"], "answer": r["answer"]} for r in picked]
 
 
 def evaluate(model, tokenizer, reward, rows, seed):
@@ -111,43 +110,50 @@ def evaluate(model, tokenizer, reward, rows, seed):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
-    scores = []
+    # All the prompts in one batch, left-padded as TRL pads them.
+    prompt_ids = [tokenizer(row["prompt"])["input_ids"] for row in rows]
+    width = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_ids])
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids])
+    started = time.perf_counter()
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
-        for row in rows:
-            ids = torch.tensor([tokenizer(row["prompt"])["input_ids"]])
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=1.0,
-                top_p=1.0,
-                top_k=0,
-                max_new_tokens=MAX_TOKENS,
-                num_return_sequences=EVAL_SAMPLES,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-            completion_ids = []
-            for seq in out[:, ids.shape[1] :].tolist():
-                # Up to and with the first stop token, as TRL passes them.
-                end = next((i + 1 for i, t in enumerate(seq) if t in eos), len(seq))
-                completion_ids.append(seq[:end])
-            texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-            n = len(texts)
-            scores.extend(
-                reward(
-                    texts,
-                    prompts=[row["prompt"]] * n,
-                    completion_ids=completion_ids,
-                    id=[row["id"]] * n,
-                    answer=[row["answer"]] * n,
-                )
-            )
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=MAX_TOKENS,
+            num_return_sequences=EVAL_SAMPLES,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+    completion_ids = []
+    for seq in out[:, width:].tolist():
+        # Up to and with the first stop token, as TRL passes them.
+        end = next((i + 1 for i, t in enumerate(seq) if t in eos), len(seq))
+        completion_ids.append(seq[:end])
+    # `generate` answers each prompt's samples together.
+    each = [row for row in rows for _ in range(EVAL_SAMPLES)]
+    scores = reward(
+        tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        prompts=[row["prompt"] for row in each],
+        completion_ids=completion_ids,
+        id=[row["id"] for row in each],
+        answer=[row["answer"] for row in each],
+    )
+    seconds = time.perf_counter() - started
     if was_training:
         model.train()
     known = [s for s in scores if s is not None and not math.isnan(s)]
-    return {"mean": sum(known) / len(known) if known else None, "samples": len(scores), "scored": len(known)}
+    return {
+        "mean": sum(known) / len(known) if known else None,
+        "samples": len(scores),
+        "scored": len(known),
+        "seconds": seconds,
+    }
 
 
 class StepTimer(TrainerCallback):
@@ -257,6 +263,7 @@ def main():
             ),
             callbacks=[timer],
         )
+        setup_seconds = time.perf_counter() - started
         eval_seed = args.seed ^ 0xE7A1
         eval_before = evaluate(trainer.model, tokenizer, reward, eval_rows, eval_seed)
         print(f"eval before training: {fmt(eval_before['mean'])} ({eval_before['scored']} samples)", flush=True)
@@ -305,6 +312,7 @@ def main():
         "steps": steps,
         "eval_before": eval_before,
         "eval_after": eval_after,
+        "setup_seconds": setup_seconds,
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - started,
     }
@@ -316,8 +324,14 @@ def main():
     for s in steps:
         print(f"step {s['step']}: {s['seconds']:.1f}s reward {fmt(s['reward'])} loss {fmt(s['loss'])}")
     mean_step = sum(timer.seconds) / len(timer.seconds) if timer.seconds else float("nan")
-    print(f"eval reward: {fmt(eval_before['mean'])} before, {fmt(eval_after['mean'])} after")
-    print(f"{mean_step:.1f}s a step, {train_seconds:.1f}s training, {report['total_seconds']:.1f}s in all")
+    print(
+        f"eval reward: {fmt(eval_before['mean'])} before, {fmt(eval_after['mean'])} after "
+        f"({eval_before['seconds']:.1f}s, {eval_after['seconds']:.1f}s)"
+    )
+    print(
+        f"{mean_step:.1f}s a step, {train_seconds:.1f}s training, {setup_seconds:.1f}s loading, "
+        f"{report['total_seconds']:.1f}s in all"
+    )
     print(f"report written to {args.out}")
 
 

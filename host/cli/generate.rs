@@ -62,6 +62,9 @@ pub struct GenerateArgs {
     /// of streaming text.
     #[arg(long)]
     json: bool,
+    /// A LoRA adapter (a PEFT directory) to generate with.
+    #[arg(long, value_name = "DIR")]
+    lora: Option<std::path::PathBuf>,
     /// A sampler plugin (`.wasm`) that steers every step.
     #[arg(long, value_name = "FILE.wasm")]
     sampler: Option<std::path::PathBuf>,
@@ -114,6 +117,24 @@ pub fn run(cli: &crate::Cli, args: &GenerateArgs) -> anyhow::Result<()> {
     };
     let load_time = loaded.load_time;
     let engine = Engine::from(loaded);
+    let adapter = match &args.lora {
+        Some(dir) if upstream.is_some() => {
+            anyhow::bail!(
+                "--lora {}: adapters apply to a local model, not an upstream",
+                dir.display()
+            )
+        }
+        Some(dir) => {
+            let lora = deepwasm_model::lora::LoraAdapter::read(dir)?;
+            Some(
+                engine
+                    .model
+                    .prepare_adapter("lora", &lora)
+                    .map_err(|e| anyhow::anyhow!("--lora {}: {e}", dir.display()))?,
+            )
+        }
+        None => None,
+    };
     let prompt = if args.chat {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
@@ -144,6 +165,7 @@ pub fn run(cli: &crate::Cli, args: &GenerateArgs) -> anyhow::Result<()> {
         stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
         logprobs: None,
+        adapter,
         ..GenerateRequest::new(prompt)
     };
     if args.n > 1 || args.best_of.is_some() {

@@ -633,6 +633,44 @@ impl Llama {
         }
     }
 
+    /// Rows of a query or key projection's output (`heads` heads) moved
+    /// between Hugging Face's order and this model's: llama.cpp permutes
+    /// a GGUF Llama's query and key rows for interleaved rotary embeddings
+    /// (each head's halves, zipped). Nothing moves for a model in Hugging
+    /// Face's order. `to_ours`: from Hugging Face's order to this model's.
+    fn qk_rows(&self, t: &Tensor, heads: usize, to_ours: bool) -> Result<Tensor> {
+        if self.rope_style != RopeStyle::Interleaved {
+            return Ok(t.clone());
+        }
+        let hd = self.cfg.head_dim();
+        let rest: Vec<usize> = t.dims()[1..].to_vec();
+        let cols: usize = rest.iter().product();
+        let (a, b) = if to_ours { (2, hd / 2) } else { (hd / 2, 2) };
+        t.contiguous()?
+            .reshape((heads, a, b, cols))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape(t.shape())
+    }
+
+    /// `adapter` (in PEFT's convention, Hugging Face's row order) with its
+    /// query and key rows in this model's order.
+    fn adapter_rows(
+        &self,
+        adapter: &crate::lora::LoraAdapter,
+    ) -> std::result::Result<crate::lora::LoraAdapter, crate::lora::LoraError> {
+        let mut out = adapter.to_device(&self.device)?;
+        for ((_, module), pair) in out.pairs.iter_mut() {
+            let heads = match module.as_str() {
+                "q_proj" => self.cfg.num_attention_heads,
+                "k_proj" => self.cfg.kv_heads(),
+                _ => continue,
+            };
+            pair.b = self.qk_rows(&pair.b, heads, true)?;
+        }
+        Ok(out)
+    }
+
     fn rebuilt(&self, layers: Vec<Layer>) -> Llama {
         Llama {
             cfg: self.cfg.clone(),
@@ -655,7 +693,7 @@ impl Llama {
         adapter: &crate::lora::LoraAdapter,
     ) -> std::result::Result<Llama, crate::lora::LoraError> {
         adapter.check_shapes(self.layers.len(), |m| self.projection_shape(m))?;
-        let adapter = &adapter.to_device(&self.device)?;
+        let adapter = &self.adapter_rows(adapter)?;
         let scale = adapter.config.scale();
         let dtype = self.norm.weight.dtype();
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -706,7 +744,7 @@ impl Llama {
     ) -> std::result::Result<std::sync::Arc<crate::lora::ServedAdapter>, crate::lora::LoraError>
     {
         adapter.check_shapes(self.layers.len(), |m| self.projection_shape(m))?;
-        let adapter = &adapter.to_device(&self.device)?;
+        let adapter = &self.adapter_rows(adapter)?;
         let scale = adapter.config.scale();
         let dtype = self.norm.weight.dtype();
         let width = |m: &str| self.projection_shape(m).0;
@@ -733,29 +771,42 @@ impl Llama {
     }
 
     /// The weights as dense tensors of `dtype`, for training an adapter
-    /// with autograd ([`crate::train::TrainLlama`]). Quantized weights are
-    /// expanded once; any adapter applied here is merged in.
+    /// with autograd ([`crate::train::TrainLlama`]), in Hugging Face's
+    /// layout (so what trains there is a PEFT adapter as it is). Quantized
+    /// weights are expanded once; any adapter applied here is merged in.
     pub fn trainable(&self, dtype: DType) -> Result<crate::train::TrainLlama> {
         let dense =
             |l: &Linear| -> Result<Tensor> { l.merged(dtype)?.dense_weight()?.to_dtype(dtype) };
+        let (heads, kv_heads) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
+        let hf = |t: Tensor, heads: usize| self.qk_rows(&t, heads, false);
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let qkv = layer.qkv.merged_parts()?;
             let gate_up = layer.gate_up.merged_parts()?;
-            let bias = |l: &Linear| l.bias().map(|b| b.to_dtype(dtype)).transpose();
+            let bias = |l: &Linear, heads: Option<usize>| -> Result<Option<Tensor>> {
+                match (l.bias(), heads) {
+                    (Some(b), Some(h)) => Ok(Some(hf(b.to_dtype(dtype)?, h)?)),
+                    (Some(b), None) => Ok(Some(b.to_dtype(dtype)?)),
+                    (None, _) => Ok(None),
+                }
+            };
             layers.push(crate::train::TrainLayer {
                 attn_norm: layer.attn_norm.weight.to_dtype(dtype)?,
                 mlp_norm: layer.mlp_norm.weight.to_dtype(dtype)?,
                 weights: [
-                    dense(&qkv[0])?,
-                    dense(&qkv[1])?,
+                    hf(dense(&qkv[0])?, heads)?,
+                    hf(dense(&qkv[1])?, kv_heads)?,
                     dense(&qkv[2])?,
                     dense(&layer.o)?,
                     dense(&gate_up[0])?,
                     dense(&gate_up[1])?,
                     dense(&layer.down)?,
                 ],
-                qkv_bias: [bias(&qkv[0])?, bias(&qkv[1])?, bias(&qkv[2])?],
+                qkv_bias: [
+                    bias(&qkv[0], Some(heads))?,
+                    bias(&qkv[1], Some(kv_heads))?,
+                    bias(&qkv[2], None)?,
+                ],
             });
         }
         let embed = match &self.embed {
@@ -772,7 +823,6 @@ impl Llama {
             head_dim: self.cfg.head_dim(),
             eps: self.cfg.rms_norm_eps,
             inv_freq: self.inv_freq.clone(),
-            interleaved_rope: self.rope_style == RopeStyle::Interleaved,
             embed,
             layers,
             norm: self.norm.weight.to_dtype(dtype)?,

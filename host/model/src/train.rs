@@ -27,7 +27,6 @@ pub struct TrainLlama {
     pub(crate) head_dim: usize,
     pub(crate) eps: f64,
     pub(crate) inv_freq: Vec<f32>,
-    pub(crate) interleaved_rope: bool,
     pub(crate) embed: Tensor,
     pub(crate) layers: Vec<TrainLayer>,
     pub(crate) norm: Tensor,
@@ -188,26 +187,17 @@ impl TrainLlama {
         Ok(y)
     }
 
-    /// Rotary embedding of `x` `[n, heads, hd]` at positions `0..n`.
+    /// Rotary embedding of `x` `[n, heads, hd]` at positions `0..n`, in
+    /// Hugging Face's layout (each head's two halves rotated together).
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let (n, heads, hd) = x.dims3()?;
-        let half = hd / 2;
+        let half = x.dim(2)? / 2;
         let cos = cos.unsqueeze(1)?;
         let sin = sin.unsqueeze(1)?;
-        if self.interleaved_rope {
-            let pairs = x.reshape((n, heads, half, 2))?;
-            let even = pairs.narrow(3, 0, 1)?.squeeze(3)?;
-            let odd = pairs.narrow(3, 1, 1)?.squeeze(3)?;
-            let re = (even.broadcast_mul(&cos)? - odd.broadcast_mul(&sin)?)?;
-            let im = (odd.broadcast_mul(&cos)? + even.broadcast_mul(&sin)?)?;
-            Tensor::stack(&[re, im], 3)?.reshape((n, heads, hd))
-        } else {
-            let x1 = x.narrow(2, 0, half)?;
-            let x2 = x.narrow(2, half, half)?;
-            let re = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-            let im = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-            Tensor::cat(&[re, im], 2)
-        }
+        let x1 = x.narrow(2, 0, half)?;
+        let x2 = x.narrow(2, half, half)?;
+        let re = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let im = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[re, im], 2)
     }
 
     /// The final hidden states `[n, d]` (after the last norm) of `tokens`,
