@@ -237,7 +237,7 @@ def main():
             epsilon=CLIP_EPS,
             loss_type="grpo",
             scale_rewards="group",
-            gradient_checkpointing=False,
+            activation_checkpointing=False,
             seed=args.seed,
             use_cpu=True,
             bf16=False,
