@@ -16,7 +16,7 @@
 //!
 //! [`Llama::trainable`]: crate::llama::Llama::trainable
 
-use candle_core::{D, DType, Device, Result, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor, Var};
 
 use crate::lora::{LoraAdapter, LoraConfig, LoraPair, MODULES};
 
@@ -140,6 +140,54 @@ impl LoraVars {
     }
 }
 
+/// `x Wᵀ` against a frozen weight `W` `[out, in]`, whose backward gives
+/// the input's gradient only: candle's matrix product also computes the
+/// weight's, a second product as large as the forward one (and, for the
+/// output head, a vocabulary-sized gradient per sequence), for nothing
+/// when the weight does not train.
+struct Frozen {
+    w: Tensor,
+}
+
+impl CustomOp1 for Frozen {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-linear takes a contiguous input");
+        };
+        let x = match storage {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
+            _ => candle_core::bail!("frozen-linear computes in f32 or f64"),
+        };
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        let y = y.flatten_all()?;
+        let out = match storage {
+            CpuStorage::F32(_) => CpuStorage::F32(y.to_vec1()?),
+            _ => CpuStorage::F64(y.to_vec1()?),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// `x Wᵀ` for a frozen `w`, with no gradient to `w` (on the CPU; elsewhere
+/// candle's product, which computes one and drops it).
+fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.rank() == 2 {
+        x.contiguous()?.apply_op1(Frozen { w: w.clone() })
+    } else {
+        x.matmul(&w.t()?)
+    }
+}
+
 /// A small seeded generator for initial weights (SplitMix64).
 struct SplitMix(u64);
 
@@ -176,7 +224,7 @@ impl TrainLlama {
         lora: Option<&(Var, Var)>,
         scale: f64,
     ) -> Result<Tensor> {
-        let mut y = x.matmul(&w.t()?)?;
+        let mut y = frozen_matmul(x, w)?;
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }
@@ -213,7 +261,9 @@ impl TrainLlama {
         }
         let scale = lora.map_or(0.0, |l| l.config.scale());
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        // Detached: the table does not train, and its gradient would be a
+        // vocabulary-sized tensor per sequence.
+        let mut x = self.embed.index_select(&ids, 0)?.detach();
         let half = self.inv_freq.len();
         let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
         for p in 0..n {
@@ -276,7 +326,7 @@ impl TrainLlama {
 
     /// The logits `[n, vocab]` after each of `tokens`.
     pub fn logits(&self, tokens: &[u32], lora: Option<&LoraVars>) -> Result<Tensor> {
-        self.hidden(tokens, lora)?.matmul(&self.head.t()?)
+        frozen_matmul(&self.hidden(tokens, lora)?, &self.head)
     }
 
     /// The log-probability of each of `tokens[from..]` given the tokens
@@ -295,7 +345,7 @@ impl TrainLlama {
         }
         let hidden = self.hidden(&tokens[..tokens.len() - 1], lora)?;
         let rows = hidden.narrow(0, from - 1, tokens.len() - from)?;
-        let logits = rows.matmul(&self.head.t()?)?;
+        let logits = frozen_matmul(&rows, &self.head)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let shifted = logits.broadcast_sub(&max)?;
         let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;

@@ -47,6 +47,10 @@ use crate::tenants::Tenant;
 /// Completions one step may sample.
 const MAX_STEP_COMPLETIONS: usize = 256;
 
+/// Adapters one tenant may keep (each is served from memory); training
+/// under a name it has replaces that adapter.
+pub const MAX_TENANT_ADAPTERS: usize = 16;
+
 /// Jobs, the dense weights they train against, and trained adapters.
 pub(crate) struct Training {
     jobs: Arc<tokio::sync::Semaphore>,
@@ -150,7 +154,7 @@ struct Job {
     seed: u64,
 }
 
-fn check(st: &AppState, req: TrainRequest) -> Result<Job, ApiError> {
+fn check(st: &AppState, tenant: &Tenant, req: TrainRequest) -> Result<Job, ApiError> {
     if st.engine.model.as_llama().is_none() || st.scheduler.is_upstream() {
         return Err(ApiError::invalid(
             "this server cannot train: training needs a Llama-family model served here (not on an upstream)",
@@ -170,6 +174,20 @@ fn check(st: &AppState, req: TrainRequest) -> Result<Job, ApiError> {
                 req.name
             ),
         ));
+    }
+    {
+        let adapters = st.training.adapters();
+        let mine = adapters.keys().filter(|(t, _)| *t == tenant.name).count();
+        if mine >= MAX_TENANT_ADAPTERS
+            && !adapters.contains_key(&(tenant.name.clone(), req.name.clone()))
+        {
+            return Err(ApiError::invalid_param(
+                "name",
+                format!(
+                    "the tenant keeps {mine} adapters, the most it may; train one of them again under its name to replace it"
+                ),
+            ));
+        }
     }
     if !(1..=1000).contains(&req.steps) {
         return Err(ApiError::invalid_param("steps", "must be in 1..=1000"));
@@ -290,7 +308,7 @@ pub async fn grpo(
     ApiJson(req): ApiJson<TrainRequest>,
 ) -> Result<Response, ApiError> {
     let reward_refs = req.rewards.clone();
-    let job = check(&st, req)?;
+    let job = check(&st, &tenant, req)?;
     let permit = st.training.jobs.clone().try_acquire_owned().map_err(|_| {
         ApiError::rate_limited(
             "the server trains one adapter at a time and a job is running; try again later",
