@@ -308,7 +308,12 @@ pub async fn grpo(
     ApiJson(req): ApiJson<TrainRequest>,
 ) -> Result<Response, ApiError> {
     let reward_refs = req.rewards.clone();
-    let job = check(&st, &tenant, req)?;
+    // Rendering and tokenizing up to a body's worth of prompts: off the
+    // executor that serves every tenant.
+    let job = {
+        let (st, tenant) = (st.clone(), tenant.clone());
+        crate::chat::blocking(move || check(&st, &tenant, req)).await?
+    };
     let permit = st.training.jobs.clone().try_acquire_owned().map_err(|_| {
         ApiError::rate_limited(
             "the server trains one adapter at a time and a job is running; try again later",
