@@ -328,6 +328,18 @@ fn adapters_that_do_not_fit_are_refused_with_the_reason() {
 }
 
 fn train(out: &std::path::Path, prompts: &std::path::Path, steps: &str, extra: &[&str]) -> String {
+    let o = train_output(out, prompts, steps, extra);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+fn train_output(
+    out: &std::path::Path,
+    prompts: &std::path::Path,
+    steps: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let config = r#"length-penalty={"unit":"chars","max_length":60,"buffer":50}"#;
     let tiny = fixture("tiny-llama");
     let mut args = vec![
@@ -357,17 +369,14 @@ fn train(out: &std::path::Path, prompts: &std::path::Path, steps: &str, extra: &
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let o = std::process::Command::new(crate::util::deepwasm_bin())
+    std::process::Command::new(crate::util::deepwasm_bin())
         .args(&args)
         .env(
             "DEEPWASM_COMPONENT_CACHE",
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache"),
         )
         .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
-    err
+        .unwrap()
 }
 
 fn log_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
@@ -445,6 +454,11 @@ fn train_grpo_resumes_from_a_checkpoint_to_the_adapter_of_an_unbroken_run() {
             .join("checkpoint-4/optimizer.safetensors")
             .is_file()
     );
+    // A fresh run beside an earlier run's checkpoints is refused: a later
+    // --resume would take theirs.
+    let o = train_output(whole.path(), prompts.path(), "2", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--resume"), "{err}");
 }
 
 /// Sequences with different adapters (and none) share one forward pass,

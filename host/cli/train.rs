@@ -285,7 +285,17 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
         &targets,
         Some(model_path.display().to_string()),
     );
-    let (vars, mut opt, first) = match newest_checkpoint(&args.out)?.filter(|_| args.resume) {
+    let newest = newest_checkpoint(&args.out)?;
+    if let (Some((step, dir)), false) = (&newest, args.resume) {
+        // Starting afresh beside them, a later --resume would go on from
+        // a checkpoint of the earlier run.
+        bail!(
+            "{} holds a checkpoint of an earlier run (step {step}, {}): pass --resume to go on from it, or choose another --out",
+            args.out.display(),
+            dir.display()
+        );
+    }
+    let (vars, mut opt, first) = match newest {
         Some((step, dir)) => {
             let adapter = LoraAdapter::load(&dir, train.device())?;
             let vars = LoraVars::from_adapter(&train, &adapter)?;
