@@ -23,7 +23,7 @@ use clap::{Args, Subcommand};
 use deepwasm_engine::rewards::WeightedReward;
 use deepwasm_engine::rollout::{self, GroupResult, Rollout, RolloutOptions, RolloutPrompt};
 use deepwasm_engine::sampling::SamplingParams;
-use deepwasm_engine::train::reward_means;
+use deepwasm_engine::train::{reward_means, step_prompts, step_report, step_seed};
 use deepwasm_engine::{Engine, Prompt, Scheduler, SchedulerConfig};
 use deepwasm_model::ChatMessage;
 use deepwasm_model::lora::{LoraAdapter, LoraConfig, MODULES};
@@ -390,31 +390,18 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let all = prompts_of(&rows, args.chat);
     for step in first..=args.steps {
         let started = Instant::now();
-        let chosen: Vec<Row> = (0..args.prompts_per_step)
-            .map(|j| {
-                let r = &rows[((step - 1) as usize * args.prompts_per_step + j) % rows.len()];
-                Row {
-                    prompt: r.prompt.clone(),
-                    extra: r.extra.clone(),
-                }
-            })
-            .collect();
+        let chosen = step_prompts(&all, step, args.prompts_per_step);
         let options = RolloutOptions {
             group_size: args.group_size,
             max_tokens: args.max_tokens,
             params: sampling.clone(),
-            seed: args.seed.wrapping_add(step.wrapping_mul(0x9e37_79b9)),
+            seed: step_seed(args.seed, step),
             ..RolloutOptions::default()
         };
-        let (groups, summary) = sample(
-            policy(&vars)?,
-            prompts_of(&chosen, args.chat),
-            options,
-            batch,
-            &rewards,
-        )?;
+        let (groups, summary) = sample(policy(&vars)?, chosen, options, batch, &rewards)?;
         let rollout_s = started.elapsed().as_secs_f64();
         let learn = Instant::now();
         let stats = deepwasm_engine::train::learn(
@@ -426,20 +413,21 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
             args.max_grad_norm,
         )?;
         let learn_s = learn.elapsed().as_secs_f64();
-        let line = json!({
-            "step": step,
-            "rewards": reward_means(&groups, &names),
-            "loss": stats.loss,
-            "kl": stats.kl,
-            "clip_fraction": stats.clip_fraction,
-            "grad_norm": stats.grad_norm,
-            "completions": summary.completions,
-            "completion_tokens": summary.completion_tokens,
-            "rollout_seconds": rollout_s,
-            "train_seconds": learn_s,
-            "tokens_per_second": summary.completion_tokens as f64 / rollout_s.max(1e-9),
-            "step_seconds": started.elapsed().as_secs_f64(),
-        });
+        let mut line = step_report(
+            step,
+            &groups,
+            &names,
+            &stats,
+            &summary,
+            rollout_s,
+            started.elapsed().as_secs_f64(),
+        );
+        line.insert("train_seconds".into(), learn_s.into());
+        line.insert(
+            "tokens_per_second".into(),
+            (summary.completion_tokens as f64 / rollout_s.max(1e-9)).into(),
+        );
+        let line = Value::Object(line);
         writeln!(log, "{line}")?;
         log.flush()?;
         bar.suspend(|| {

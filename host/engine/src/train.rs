@@ -6,7 +6,48 @@ use candle_core::Tensor;
 use deepwasm_model::train::{AdamW, GrpoParams, LoraVars, Sample, TrainLlama, sample_loss};
 use serde_json::{Map, Value};
 
-use crate::rollout::GroupResult;
+use crate::rollout::{GroupResult, Summary};
+
+/// The prompts of step `step` (from 1): `per_step` of them, in order,
+/// round and round.
+pub fn step_prompts<T: Clone>(prompts: &[T], step: u64, per_step: usize) -> Vec<T> {
+    let first = (step.saturating_sub(1) as usize).wrapping_mul(per_step);
+    (0..per_step)
+        .map(|j| prompts[first.wrapping_add(j) % prompts.len()].clone())
+        .collect()
+}
+
+/// The rollout seed of step `step` of a run seeded with `seed`: a step's
+/// samples depend on the step only, so a resumed run repeats an unbroken
+/// one.
+pub fn step_seed(seed: u64, step: u64) -> u64 {
+    seed.wrapping_add(step.wrapping_mul(0x9e37_79b9))
+}
+
+/// What a step reports: its rewards' means, the update's figures, its
+/// completions and its seconds.
+pub fn step_report(
+    step: u64,
+    groups: &[GroupResult],
+    names: &[String],
+    stats: &StepStats,
+    summary: &Summary,
+    rollout_seconds: f64,
+    step_seconds: f64,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("step".into(), step.into());
+    m.insert("rewards".into(), Value::Object(reward_means(groups, names)));
+    m.insert("loss".into(), stats.loss.into());
+    m.insert("kl".into(), stats.kl.into());
+    m.insert("clip_fraction".into(), stats.clip_fraction.into());
+    m.insert("grad_norm".into(), stats.grad_norm.into());
+    m.insert("completions".into(), summary.completions.into());
+    m.insert("completion_tokens".into(), summary.completion_tokens.into());
+    m.insert("rollout_seconds".into(), rollout_seconds.into());
+    m.insert("step_seconds".into(), step_seconds.into());
+    m
+}
 
 /// What one update did.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]

@@ -30,9 +30,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use deepwasm_engine::Engine;
 use deepwasm_engine::rollout::{self, Rollout, RolloutOptions, RolloutPrompt};
 use deepwasm_engine::sampling::SamplingParams;
-use deepwasm_engine::{Engine, train::reward_means};
+use deepwasm_engine::train::{step_prompts, step_report, step_seed};
 use deepwasm_model::lora::{LoraAdapter, LoraConfig, MODULES, ServedAdapter};
 use deepwasm_model::train::{AdamW, GrpoParams, LoraVars, TrainLlama};
 use serde_json::{Value, json};
@@ -433,17 +434,12 @@ fn run(
                     .map_err(|e| e.to_string())
             })
             .map_err(|e| internal(&e))?;
-        let chosen: Vec<RolloutPrompt> = (0..job.prompts_per_step)
-            .map(|j| {
-                job.prompts[((step - 1) as usize * job.prompts_per_step + j) % job.prompts.len()]
-                    .clone()
-            })
-            .collect();
+        let chosen = step_prompts(&job.prompts, step, job.prompts_per_step);
         let options = RolloutOptions {
             group_size: job.group_size,
             max_tokens: job.max_tokens,
             params: job.sampling.clone(),
-            seed: job.seed.wrapping_add(step.wrapping_mul(0x9e37_79b9)),
+            seed: step_seed(job.seed, step),
             adapter: Some(policy),
             ..RolloutOptions::default()
         };
@@ -473,20 +469,18 @@ fn run(
                 )
             })
             .map_err(|e| internal(&e))?;
-        let line = json!({
-            "object": "train.step",
-            "step": step,
-            "steps": job.steps,
-            "rewards": reward_means(&groups, &names),
-            "loss": stats.loss,
-            "kl": stats.kl,
-            "clip_fraction": stats.clip_fraction,
-            "grad_norm": stats.grad_norm,
-            "completions": summary.completions,
-            "completion_tokens": summary.completion_tokens,
-            "rollout_seconds": rollout_s,
-            "step_seconds": started.elapsed().as_secs_f64(),
-        });
+        let mut line = step_report(
+            step,
+            &groups,
+            &names,
+            &stats,
+            &summary,
+            rollout_s,
+            started.elapsed().as_secs_f64(),
+        );
+        line.insert("object".into(), "train.step".into());
+        line.insert("steps".into(), job.steps.into());
+        let line = Value::Object(line);
         if tx.blocking_send(line).is_err() {
             return Err(gone());
         }
