@@ -150,19 +150,18 @@ fn prompts_of(rows: &[Row], chat: bool) -> Vec<RolloutPrompt> {
         .collect()
 }
 
-/// Run `prompts` through the policy `engine` and return their groups.
+/// Run `prompts` on `scheduler` (with `options.adapter`, the policy) and
+/// return their groups.
 fn sample(
-    engine: Arc<Engine>,
+    scheduler: &Scheduler,
     prompts: Vec<RolloutPrompt>,
     options: RolloutOptions,
-    batch: usize,
     rewards: &[WeightedReward],
 ) -> anyhow::Result<(Vec<GroupResult>, rollout::Summary)> {
-    let rollout = Rollout::new(&engine, prompts, options)?;
-    let scheduler = Scheduler::start(engine, SchedulerConfig::new(batch))?;
+    let rollout = Rollout::new(scheduler.engine(), prompts, options)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut groups = Vec::new();
-    let summary = rollout::run(&scheduler, rollout, rewards, threads, |g| {
+    let summary = rollout::run(scheduler, rollout, rewards, threads, |g| {
         groups.push(g.clone());
         anyhow::Ok(())
     })?;
@@ -346,9 +345,11 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
         args.prompts_per_step,
         args.group_size
     );
-    let policy = |vars: &LoraVars| -> anyhow::Result<Arc<Engine>> {
-        let model = llama.with_adapter(&vars.to_adapter()?)?;
-        Ok(Arc::new(base.with_model(Arc::new(model))))
+    // One scheduler for the run; each rollout names the adapter as it
+    // stands (a new one, so no cache of an older policy serves it).
+    let scheduler = Scheduler::start(Arc::new(base.clone()), SchedulerConfig::new(batch))?;
+    let policy = |vars: &LoraVars| -> anyhow::Result<_> {
+        Ok(Some(llama.serve_adapter("policy", &vars.to_adapter()?)?))
     };
     let evaluate = |vars: &LoraVars, step: u64, log: &mut std::fs::File| -> anyhow::Result<()> {
         if eval_rows.is_empty() {
@@ -359,13 +360,13 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
             max_tokens: args.max_tokens,
             params: sampling.clone(),
             seed: args.seed ^ 0xe7a1,
+            adapter: policy(vars)?,
             ..RolloutOptions::default()
         };
         let (groups, _) = sample(
-            policy(vars)?,
+            &scheduler,
             prompts_of(&eval_rows, args.chat),
             options,
-            batch,
             &rewards,
         )?;
         let means = reward_means(&groups, &names);
@@ -399,9 +400,10 @@ fn grpo(cli: &Cli, args: &GrpoArgs) -> anyhow::Result<()> {
             max_tokens: args.max_tokens,
             params: sampling.clone(),
             seed: step_seed(args.seed, step),
+            adapter: policy(&vars)?,
             ..RolloutOptions::default()
         };
-        let (groups, summary) = sample(policy(&vars)?, chosen, options, batch, &rewards)?;
+        let (groups, summary) = sample(&scheduler, chosen, options, &rewards)?;
         let rollout_s = started.elapsed().as_secs_f64();
         let learn = Instant::now();
         let stats = deepwasm_engine::train::learn(
