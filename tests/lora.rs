@@ -2,7 +2,8 @@ use candle_core::{DType, Device, Tensor};
 use deepwasm_model::llama::Llama;
 use deepwasm_model::lora::{CONFIG_FILE, LoraAdapter, LoraConfig, WEIGHTS_FILE};
 use deepwasm_model::train::{
-    AdamW, GrpoParams, LoraVars, Sample, TrainLlama, clip_grad_norm, sample_loss,
+    AdamW, Completion, GrpoParams, LoraVars, Sample, TrainLlama, clip_grad_norm, group_loss,
+    sample_loss,
 };
 use deepwasm_model::{CausalLm, LoadOptions, LoadedModel, SeqInput, load};
 
@@ -161,6 +162,147 @@ fn lora_gradients_match_finite_differences() {
         }
     }
     assert!(checked >= 9, "{checked}");
+}
+
+/// Completions of one prompt computed together (the prompt once, each
+/// completion seeing the prompt and itself only) give each completion's
+/// log-probabilities as the serving pass does, with an adapter applied, and
+/// the loss and gradient of computing each alone.
+#[test]
+fn a_groups_completions_computed_together_equal_each_alone() {
+    let m = tiny();
+    let base = llama(&m);
+    let adapter = random_adapter(base, 2, &[], 5);
+    let applied = base.with_adapter(&adapter).unwrap();
+    let train32 = base.trainable(DType::F32).unwrap();
+    let vars32 = LoraVars::from_adapter(&train32, &adapter).unwrap();
+    let prompt: Vec<u32> = tokens()[..7].to_vec();
+    // Lengths that differ, one of a single token.
+    let completions: Vec<Vec<u32>> = [9usize, 1, 5, 12]
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            (0..n)
+                .map(|i| ((i * 53 + k * 101) % 340 + 5) as u32)
+                .collect()
+        })
+        .collect();
+    let toks: Vec<&[u32]> = completions.iter().map(Vec::as_slice).collect();
+    let together: Vec<f32> = train32
+        .group_logprobs(&prompt, &toks, Some(&vars32))
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(together.len(), 27);
+    let mut at = 0;
+    for (k, c) in completions.iter().enumerate() {
+        let mut seq = prompt.clone();
+        seq.extend(c);
+        let logits = prefill_logits(&applied, &seq);
+        let vocab = logits.len() / seq.len();
+        for (j, &t) in c.iter().enumerate() {
+            let row = &logits[(prompt.len() + j - 1) * vocab..][..vocab];
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+            let want = row[t as usize] - lse;
+            assert!(
+                (want - together[at + j]).abs() <= 1e-4,
+                "completion {k} token {j}: {} together, {want} served",
+                together[at + j]
+            );
+        }
+        at += c.len();
+    }
+
+    let train = base.trainable(DType::F64).unwrap();
+    let vars = LoraVars::init(&train, LoraConfig::new(2, 4.0, &[], None), 1).unwrap();
+    scramble(&vars, 9);
+    let params = GrpoParams {
+        kl_beta: 0.1,
+        clip_eps: 0.2,
+    };
+    // A sampling policy away from the current one for two completions, so
+    // some ratios clip; the others are on-policy.
+    let olds: Vec<Option<Vec<f32>>> = completions
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            (k % 2 == 0).then(|| {
+                let mut seq = prompt.clone();
+                seq.extend(c);
+                let lp: Vec<f64> = train
+                    .token_logprobs(&seq, prompt.len(), Some(&vars))
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                lp.iter()
+                    .enumerate()
+                    .map(|(i, &x)| (x + [0.05, -0.3, 0.25][i % 3]) as f32)
+                    .collect()
+            })
+        })
+        .collect();
+    let advantages = [0.9, -1.2, 0.4, -0.6];
+    let group: Vec<Completion<'_>> = completions
+        .iter()
+        .zip(&olds)
+        .zip(advantages)
+        .map(|((c, old), advantage)| Completion {
+            tokens: c,
+            advantage,
+            old_logprobs: old.as_deref(),
+            ref_logprobs: None,
+        })
+        .collect();
+    let weight = 0.25;
+    let g = group_loss(&train, &vars, &prompt, &group, params, weight).unwrap();
+    assert!(g.clipped > 0, "no ratio was clipped");
+    let grads = g.loss.backward().unwrap();
+    let (mut loss, mut clipped) = (0.0, 0);
+    let mut each: Vec<Vec<f64>> = Vec::new();
+    for (k, c) in group.iter().enumerate() {
+        let mut seq = prompt.clone();
+        seq.extend(c.tokens);
+        let s = Sample {
+            tokens: &seq,
+            prompt_len: prompt.len(),
+            advantage: c.advantage,
+            old_logprobs: c.old_logprobs,
+            ref_logprobs: None,
+        };
+        let l = sample_loss(&train, &vars, &s, params).unwrap();
+        assert!((l.kl - g.kl[k]).abs() <= 1e-12, "completion {k}: KL");
+        clipped += l.clipped;
+        let scaled = (l.loss * weight).unwrap();
+        loss += scaled.to_scalar::<f64>().unwrap();
+        let gr = scaled.backward().unwrap();
+        for (i, v) in vars.vars().into_iter().enumerate() {
+            let vals: Vec<f64> = gr.get(v).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            match each.get_mut(i) {
+                Some(acc) => acc.iter_mut().zip(vals).for_each(|(a, x)| *a += x),
+                None => each.push(vals),
+            }
+        }
+    }
+    assert_eq!(g.clipped, clipped);
+    assert_eq!(g.tokens, 27);
+    let together = g.loss.to_scalar::<f64>().unwrap();
+    assert!((together - loss).abs() <= 1e-12, "{together} vs {loss}");
+    for (i, v) in vars.vars().into_iter().enumerate() {
+        let got: Vec<f64> = grads
+            .get(v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let d = got
+            .iter()
+            .zip(&each[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(d <= 1e-12, "variable {i}: gradients differ by {d}");
+    }
 }
 
 /// One AdamW step on a fixed batch (its sampling policy's log-probabilities

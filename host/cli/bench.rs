@@ -53,6 +53,9 @@ pub enum BenchCommand {
     /// embedded default: plugin upload, list, first use and delete, and
     /// the admission of a request.
     State(crate::bench_state::StateBenchArgs),
+    /// One GRPO update of a LoRA adapter: each completion in a pass of its
+    /// own against a group's completions in one pass.
+    Train(crate::bench_train::TrainBenchArgs),
 }
 
 #[derive(Args)]
@@ -88,6 +91,7 @@ pub fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Soak(args) => crate::bench_soak::run(cli, args),
         BenchCommand::Prefill(args) => crate::bench_prefill::run(cli, args),
         BenchCommand::Kernels(args) => crate::bench_kernels::run(args),
+        BenchCommand::Train(args) => crate::bench_train::run(args),
         BenchCommand::Step(args) => crate::bench_step::run(args),
         BenchCommand::Gpu(args) => crate::bench_gpu::run(cli, args),
         BenchCommand::State(args) => crate::bench_state::run(args),

@@ -13,6 +13,7 @@ mod bench_server;
 mod bench_soak;
 mod bench_state;
 mod bench_step;
+mod bench_train;
 mod generate;
 mod model;
 mod plugin;

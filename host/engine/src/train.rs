@@ -3,7 +3,7 @@
 //! rollout ([`deepwasm_model::train`] has the loss and the optimizer).
 
 use candle_core::Tensor;
-use deepwasm_model::train::{AdamW, GrpoParams, LoraVars, Sample, TrainLlama, sample_loss};
+use deepwasm_model::train::{AdamW, Completion, GrpoParams, LoraVars, TrainLlama, group_loss};
 use serde_json::{Map, Value};
 
 use crate::rollout::{GroupResult, Summary};
@@ -64,11 +64,17 @@ pub struct StepStats {
     pub samples: usize,
 }
 
+/// How many completion tokens one training pass takes at most: a group's
+/// completions go through together (their prompt computed once) up to
+/// this many, which bounds the activations a pass holds. A completion
+/// longer than this goes alone.
+pub const ROWS_PER_PASS: usize = 512;
+
 /// Accumulate the GRPO gradient over every completion of `groups` that has
-/// an advantage (completion by completion, so memory holds one at a
-/// time), clip its global norm to `max_grad_norm`, and take one `opt` step.
-/// A completion with no advantage and no KL term is skipped: it has no
-/// gradient.
+/// an advantage, clip its global norm to `max_grad_norm`, and take one
+/// `opt` step. A group's completions go through in passes of up to
+/// [`ROWS_PER_PASS`] tokens. A completion with no advantage and no KL term
+/// is skipped: it has no gradient.
 pub fn learn(
     model: &TrainLlama,
     vars: &LoraVars,
@@ -77,52 +83,85 @@ pub fn learn(
     params: GrpoParams,
     max_grad_norm: f64,
 ) -> candle_core::Result<StepStats> {
-    let samples: Vec<(Vec<u32>, usize, f64)> = groups
+    learn_in_passes(
+        model,
+        vars,
+        opt,
+        groups,
+        params,
+        max_grad_norm,
+        ROWS_PER_PASS,
+    )
+}
+
+/// [`learn`], with passes of up to `rows_per_pass` completion tokens (1:
+/// each completion alone, prompt and all).
+pub fn learn_in_passes(
+    model: &TrainLlama,
+    vars: &LoraVars,
+    opt: &mut AdamW,
+    groups: &[GroupResult],
+    params: GrpoParams,
+    max_grad_norm: f64,
+    rows_per_pass: usize,
+) -> candle_core::Result<StepStats> {
+    // Every completion with an advantage is in the mean; those with no
+    // gradient are not computed.
+    let samples = groups
         .iter()
-        .flat_map(|g| {
-            g.completions.iter().filter_map(|c| {
-                let adv = c.advantage?;
-                if c.tokens.is_empty() {
-                    return None;
-                }
-                let mut tokens = g.prompt_tokens.clone();
-                tokens.extend_from_slice(&c.tokens);
-                Some((tokens, g.prompt_tokens.len(), adv))
-            })
-        })
-        .collect();
-    let n = samples.len().max(1) as f64;
+        .flat_map(|g| &g.completions)
+        .filter(|c| c.advantage.is_some() && !c.tokens.is_empty())
+        .count();
+    let n = samples.max(1) as f64;
     let list = vars.vars();
     let mut grads: Vec<Option<Tensor>> = vec![None; list.len()];
     let mut stats = StepStats {
-        samples: samples.len(),
+        samples,
         ..StepStats::default()
     };
     let (mut clipped, mut tokens) = (0usize, 0usize);
-    for (seq, prompt_len, adv) in &samples {
-        if *adv == 0.0 && params.kl_beta == 0.0 {
-            continue;
-        }
-        let s = Sample {
-            tokens: seq,
-            prompt_len: *prompt_len,
-            advantage: *adv,
-            old_logprobs: None,
-            ref_logprobs: None,
-        };
-        let l = sample_loss(model, vars, &s, params)?;
-        let loss = (l.loss / n)?;
-        stats.loss += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        stats.kl += l.kl / n;
-        clipped += l.clipped;
-        tokens += l.tokens;
-        let g = loss.backward()?;
-        for (acc, v) in grads.iter_mut().zip(&list) {
-            if let Some(g) = g.get(v) {
-                *acc = Some(match acc.take() {
-                    Some(a) => (a + g)?,
-                    None => g.clone(),
-                });
+    for g in groups {
+        let live: Vec<Completion<'_>> = g
+            .completions
+            .iter()
+            .filter_map(|c| {
+                let adv = c.advantage?;
+                (!c.tokens.is_empty() && (adv != 0.0 || params.kl_beta > 0.0)).then_some(
+                    Completion {
+                        tokens: &c.tokens,
+                        advantage: adv,
+                        old_logprobs: None,
+                        ref_logprobs: None,
+                    },
+                )
+            })
+            .collect();
+        let mut rest = live.as_slice();
+        while !rest.is_empty() {
+            let mut take = 1;
+            let mut rows = rest[0].tokens.len();
+            while take < rest.len() && rows + rest[take].tokens.len() <= rows_per_pass {
+                rows += rest[take].tokens.len();
+                take += 1;
+            }
+            let (pass, after) = rest.split_at(take);
+            rest = after;
+            let l = group_loss(model, vars, &g.prompt_tokens, pass, params, 1.0 / n)?;
+            stats.loss += l
+                .loss
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            stats.kl += l.kl.iter().sum::<f64>() / n;
+            clipped += l.clipped;
+            tokens += l.tokens;
+            let g = l.loss.backward()?;
+            for (acc, v) in grads.iter_mut().zip(&list) {
+                if let Some(g) = g.get(v) {
+                    *acc = Some(match acc.take() {
+                        Some(a) => (a + g)?,
+                        None => g.clone(),
+                    });
+                }
             }
         }
     }

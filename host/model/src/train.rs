@@ -251,40 +251,70 @@ impl TrainLlama {
     /// The final hidden states `[n, d]` (after the last norm) of `tokens`,
     /// with `lora` applied when given.
     pub fn hidden(&self, tokens: &[u32], lora: Option<&LoraVars>) -> Result<Tensor> {
-        let n = tokens.len();
-        if n == 0 {
+        self.tree_hidden(tokens, &[], lora)
+    }
+
+    /// The final hidden states of a prefix and of branches that each
+    /// continue it: rows `[prefix, branch 0, branch 1, …]`, where each
+    /// branch sees the prefix and itself, never another branch. A group's
+    /// completions share their prompt this way: its rows are computed once,
+    /// and the projections run over every row in one product.
+    pub fn tree_hidden(
+        &self,
+        prefix: &[u32],
+        branches: &[&[u32]],
+        lora: Option<&LoraVars>,
+    ) -> Result<Tensor> {
+        let p = prefix.len();
+        if p == 0 {
             candle_core::bail!("a forward pass needs at least one token");
         }
         let vocab = self.embed.dim(0)?;
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        let all = || prefix.iter().chain(branches.iter().flat_map(|b| b.iter()));
+        if let Some(bad) = all().find(|&&t| t as usize >= vocab) {
             candle_core::bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
+        let ids: Vec<u32> = all().copied().collect();
+        let n = ids.len();
+        // Each row's position: the prefix's, then each branch after it.
+        let positions: Vec<usize> = (0..p)
+            .chain(branches.iter().flat_map(|b| p..p + b.len()))
+            .collect();
         let scale = lora.map_or(0.0, |l| l.config.scale());
-        let ids = Tensor::new(tokens, &self.device)?;
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
         // Detached: the table does not train, and its gradient would be a
         // vocabulary-sized tensor per sequence.
         let mut x = self.embed.index_select(&ids, 0)?.detach();
         let half = self.inv_freq.len();
         let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
-        for p in 0..n {
+        for &pos in &positions {
             for &f in &self.inv_freq {
-                let angle = p as f32 * f;
+                let angle = pos as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
             }
         }
         let cos = Tensor::from_vec(cos, (n, half), &self.device)?.to_dtype(self.dtype)?;
         let sin = Tensor::from_vec(sin, (n, half), &self.device)?.to_dtype(self.dtype)?;
-        let mut mask = vec![0f32; n * n];
-        for t in 0..n {
-            for c in t + 1..n {
-                mask[t * n + c] = f32::NEG_INFINITY;
+        // The prefix attends causally to itself; a branch of length m to
+        // the whole prefix and causally to itself.
+        let causal = |rows: usize, before: usize| -> Result<Tensor> {
+            let cols = before + rows;
+            let mut mask = vec![0f32; rows * cols];
+            for t in 0..rows {
+                for c in before + t + 1..cols {
+                    mask[t * cols + c] = f32::NEG_INFINITY;
+                }
             }
-        }
-        let mask = Tensor::from_vec(mask, (n, n), &self.device)?.to_dtype(self.dtype)?;
+            Tensor::from_vec(mask, (rows, cols), &self.device)?.to_dtype(self.dtype)
+        };
+        let prefix_mask = causal(p, 0)?;
+        let branch_masks: Vec<Tensor> = branches
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| causal(b.len(), p))
+            .collect::<Result<_>>()?;
         let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
-        let rep = heads / kv_heads;
-        let att_scale = 1.0 / (hd as f64).sqrt();
         for (l, layer) in self.layers.iter().enumerate() {
             let pairs = lora.map(|v| &v.layers[l]);
             let pair = |i: usize| pairs.and_then(|p| p[i].as_ref());
@@ -296,24 +326,21 @@ impl TrainLlama {
             let q = self.rope(&q.reshape((n, heads, hd))?, &cos, &sin)?;
             let k = self.rope(&k.reshape((n, kv_heads, hd))?, &cos, &sin)?;
             let v = v.reshape((n, kv_heads, hd))?;
-            // Heads that share a key/value head, stacked: [kv, rep * n, hd].
-            let q = q
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((kv_heads, rep * n, hd))?;
-            let k = k.transpose(0, 1)?.contiguous()?;
-            let v = v.transpose(0, 1)?.contiguous()?;
-            let scores = (q.matmul(&k.t()?)? * att_scale)?
-                .reshape((kv_heads, rep, n, n))?
-                .broadcast_add(&mask)?
-                .reshape((kv_heads, rep * n, n))?;
-            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-            let attn = probs
-                .matmul(&v)?
-                .reshape((heads, n, hd))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((n, heads * hd))?;
+            let (kp, vp) = (k.narrow(0, 0, p)?, v.narrow(0, 0, p)?);
+            let mut outs = vec![self.attend(&q.narrow(0, 0, p)?, &kp, &vp, &prefix_mask)?];
+            let mut at = p;
+            for (b, mask) in branches.iter().filter(|b| !b.is_empty()).zip(&branch_masks) {
+                let m = b.len();
+                let kb = Tensor::cat(&[&kp, &k.narrow(0, at, m)?], 0)?;
+                let vb = Tensor::cat(&[&vp, &v.narrow(0, at, m)?], 0)?;
+                outs.push(self.attend(&q.narrow(0, at, m)?, &kb, &vb, mask)?);
+                at += m;
+            }
+            let attn = if outs.len() == 1 {
+                outs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
             x = (x + self.project(&attn, &w[3], None, pair(3), scale)?)?;
             let h = self.rms_norm(&x, &layer.mlp_norm)?;
             let gate = self.project(&h, &w[4], None, pair(4), scale)?;
@@ -322,6 +349,33 @@ impl TrainLlama {
             x = (x + self.project(&gated, &w[6], None, pair(6), scale)?)?;
         }
         self.rms_norm(&x, &self.norm)
+    }
+
+    /// Attention of queries `q` `[nq, heads, hd]` over keys and values
+    /// `[nk, kv_heads, hd]` under `mask` `[nq, nk]` (0 or −∞), as rows
+    /// `[nq, heads · hd]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
+        let rep = heads / kv_heads;
+        let (nq, nk) = (q.dim(0)?, k.dim(0)?);
+        // Heads that share a key/value head, stacked: [kv, rep * nq, hd].
+        let q = q
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((kv_heads, rep * nq, hd))?;
+        let k = k.transpose(0, 1)?.contiguous()?;
+        let v = v.transpose(0, 1)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?
+            .reshape((kv_heads, rep, nq, nk))?
+            .broadcast_add(mask)?
+            .reshape((kv_heads, rep * nq, nk))?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        probs
+            .matmul(&v)?
+            .reshape((heads, nq, hd))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((nq, heads * hd))
     }
 
     /// The logits `[n, vocab]` after each of `tokens`.
@@ -343,14 +397,42 @@ impl TrainLlama {
                 tokens.len()
             );
         }
-        let hidden = self.hidden(&tokens[..tokens.len() - 1], lora)?;
-        let rows = hidden.narrow(0, from - 1, tokens.len() - from)?;
-        let logits = frozen_matmul(&rows, &self.head)?;
+        self.group_logprobs(&tokens[..from], &[&tokens[from..]], lora)
+    }
+
+    /// The log-probability of each token of each completion of `prompt`,
+    /// given the prompt and the completion's tokens before it: one tensor,
+    /// completion after completion (`Σ |completion|`). The prompt is
+    /// computed once for all of them ([`TrainLlama::tree_hidden`]).
+    pub fn group_logprobs(
+        &self,
+        prompt: &[u32],
+        completions: &[&[u32]],
+        lora: Option<&LoraVars>,
+    ) -> Result<Tensor> {
+        if prompt.is_empty() || completions.iter().any(|c| c.is_empty()) {
+            candle_core::bail!("scoring completions needs a prompt and a token in each completion");
+        }
+        // A completion's last token is scored, never fed.
+        let fed: Vec<&[u32]> = completions.iter().map(|c| &c[..c.len() - 1]).collect();
+        let hidden = self.tree_hidden(prompt, &fed, lora)?;
+        // The rows that predict each completion token: the prompt's last,
+        // then the completion's own.
+        let mut rows = Vec::new();
+        let mut at = prompt.len();
+        for f in &fed {
+            rows.push(prompt.len() as u32 - 1);
+            rows.extend((at..at + f.len()).map(|r| r as u32));
+            at += f.len();
+        }
+        let rows = Tensor::new(rows.as_slice(), &self.device)?;
+        let logits = frozen_matmul(&hidden.index_select(&rows, 0)?, &self.head)?;
         let max = logits.max_keepdim(D::Minus1)?.detach();
         let shifted = logits.broadcast_sub(&max)?;
         let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
         let logp = shifted.broadcast_sub(&lse)?;
-        let targets = Tensor::new(&tokens[from..], &self.device)?.unsqueeze(1)?;
+        let targets: Vec<u32> = completions.iter().flat_map(|c| c.iter().copied()).collect();
+        let targets = Tensor::new(targets.as_slice(), &self.device)?.unsqueeze(1)?;
         logp.gather(&targets, 1)?.squeeze(1)
     }
 }
@@ -410,45 +492,160 @@ pub fn sample_loss(
     sample: &Sample<'_>,
     params: GrpoParams,
 ) -> Result<SampleLoss> {
-    let lp = model.token_logprobs(sample.tokens, sample.prompt_len, Some(lora))?;
-    let m = lp.dim(0)?;
-    let device = lp.device();
-    let old = match sample.old_logprobs {
-        Some(o) => Tensor::new(o, device)?.to_dtype(lp.dtype())?,
-        None => lp.detach(),
+    if sample.prompt_len == 0 || sample.prompt_len >= sample.tokens.len() {
+        candle_core::bail!(
+            "scoring tokens {}.. of {}: at least one token must come before, and one after",
+            sample.prompt_len,
+            sample.tokens.len()
+        );
+    }
+    let (prompt, completion) = sample.tokens.split_at(sample.prompt_len);
+    let one = Completion {
+        tokens: completion,
+        advantage: sample.advantage,
+        old_logprobs: sample.old_logprobs,
+        ref_logprobs: sample.ref_logprobs,
     };
+    let g = group_loss(model, lora, prompt, &[one], params, 1.0)?;
+    Ok(SampleLoss {
+        loss: g.loss,
+        kl: g.kl[0],
+        clipped: g.clipped,
+        tokens: g.tokens,
+    })
+}
+
+/// One completion of a prompt, as [`group_loss`] takes it.
+#[derive(Clone, Debug)]
+pub struct Completion<'a> {
+    /// The completion's tokens (the prompt's are not repeated).
+    pub tokens: &'a [u32],
+    /// Its group-normalised advantage.
+    pub advantage: f64,
+    /// As [`Sample::old_logprobs`].
+    pub old_logprobs: Option<&'a [f32]>,
+    /// As [`Sample::ref_logprobs`].
+    pub ref_logprobs: Option<&'a [f32]>,
+}
+
+/// Several completions' losses, computed together.
+pub struct GroupLoss {
+    /// `weight` times the sum of the completions' losses, with gradients
+    /// to the adapter.
+    pub loss: Tensor,
+    /// Each completion's mean per-token KL to the base (k3).
+    pub kl: Vec<f64>,
+    /// The tokens whose ratio was clipped.
+    pub clipped: usize,
+    /// Completion tokens.
+    pub tokens: usize,
+}
+
+/// The GRPO losses of completions of one `prompt` under `lora`, summed and
+/// times `weight`: the prompt is computed once and every projection runs
+/// over all their tokens in one product ([`TrainLlama::group_logprobs`]);
+/// the result, and its gradient, are those of [`sample_loss`] over each.
+pub fn group_loss(
+    model: &TrainLlama,
+    lora: &LoraVars,
+    prompt: &[u32],
+    completions: &[Completion<'_>],
+    params: GrpoParams,
+    weight: f64,
+) -> Result<GroupLoss> {
+    let toks: Vec<&[u32]> = completions.iter().map(|c| c.tokens).collect();
+    let lens: Vec<usize> = toks.iter().map(|t| t.len()).collect();
+    for (i, c) in completions.iter().enumerate() {
+        for (what, given) in [("old", c.old_logprobs), ("reference", c.ref_logprobs)] {
+            if let Some(g) = given
+                && g.len() != c.tokens.len()
+            {
+                candle_core::bail!(
+                    "completion {i} has {} tokens but {} {what} log-probabilities",
+                    c.tokens.len(),
+                    g.len()
+                );
+            }
+        }
+    }
+    let lp = model.group_logprobs(prompt, &toks, Some(lora))?;
+    let device = lp.device().clone();
+    let dtype = lp.dtype();
+    // Per-completion pieces (given, or computed), laid end to end.
+    let gather =
+        |given: Vec<Option<&[f32]>>, computed: &dyn Fn() -> Result<Tensor>| -> Result<Tensor> {
+            if given.iter().all(Option::is_none) {
+                return computed();
+            }
+            let mut parts = Vec::with_capacity(completions.len());
+            let mut whole = None;
+            let mut at = 0;
+            for (g, &m) in given.into_iter().zip(&lens) {
+                parts.push(match g {
+                    Some(v) => Tensor::new(v, &device)?.to_dtype(dtype)?,
+                    None => {
+                        if whole.is_none() {
+                            whole = Some(computed()?);
+                        }
+                        whole.as_ref().expect("computed").narrow(0, at, m)?
+                    }
+                });
+                at += m;
+            }
+            Tensor::cat(&parts, 0)
+        };
+    let old = gather(
+        completions.iter().map(|c| c.old_logprobs).collect(),
+        &|| Ok(lp.detach()),
+    )?;
     let ratio = (&lp - &old)?.exp()?;
-    let adv = sample.advantage;
-    let unclipped = (&ratio * adv)?;
+    let adv: Vec<f64> = completions
+        .iter()
+        .zip(&lens)
+        .flat_map(|(c, &m)| std::iter::repeat_n(c.advantage, m))
+        .collect();
+    let adv_t = Tensor::new(adv.as_slice(), &device)?.to_dtype(dtype)?;
     let eps = params.clip_eps;
+    let unclipped = (&ratio * &adv_t)?;
     let clipped_ratio = ratio.clamp(1.0 - eps, 1.0 + eps)?;
-    let objective = unclipped.minimum(&(&clipped_ratio * adv)?)?;
+    let objective = unclipped.minimum(&(&clipped_ratio * &adv_t)?)?;
     let clipped = {
         let r: Vec<f64> = ratio.to_dtype(DType::F64)?.to_vec1()?;
         r.iter()
-            .filter(|&&r| (adv > 0.0 && r > 1.0 + eps) || (adv < 0.0 && r < 1.0 - eps))
+            .zip(&adv)
+            .filter(|&(&r, &a)| (a > 0.0 && r > 1.0 + eps) || (a < 0.0 && r < 1.0 - eps))
             .count()
     };
     let (per_token, kl) = if params.kl_beta > 0.0 {
-        let reference = match sample.ref_logprobs {
-            Some(r) => Tensor::new(r, device)?.to_dtype(lp.dtype())?,
-            None => model
-                .token_logprobs(sample.tokens, sample.prompt_len, None)?
-                .detach(),
-        };
+        let reference = gather(
+            completions.iter().map(|c| c.ref_logprobs).collect(),
+            &|| Ok(model.group_logprobs(prompt, &toks, None)?.detach()),
+        )?;
         let d = (reference - &lp)?;
         let kl = ((d.exp()? - &d)? - 1.0)?;
-        let mean_kl = kl.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        ((objective - (kl * params.kl_beta)?)?, mean_kl)
+        let per: Vec<f64> = kl.to_dtype(DType::F64)?.to_vec1()?;
+        let mut means = Vec::with_capacity(lens.len());
+        let mut at = 0;
+        for &m in &lens {
+            means.push(per[at..at + m].iter().sum::<f64>() / m as f64);
+            at += m;
+        }
+        ((objective - (kl * params.kl_beta)?)?, means)
     } else {
-        (objective, 0.0)
+        (objective, vec![0.0; lens.len()])
     };
-    let loss = per_token.mean_all()?.neg()?;
-    Ok(SampleLoss {
+    // Each completion's mean over its tokens, then the weighted sum.
+    let w: Vec<f64> = lens
+        .iter()
+        .flat_map(|&m| std::iter::repeat_n(weight / m as f64, m))
+        .collect();
+    let w = Tensor::new(w.as_slice(), &device)?.to_dtype(dtype)?;
+    let loss = (per_token * w)?.sum_all()?.neg()?;
+    Ok(GroupLoss {
         loss,
         kl,
         clipped,
-        tokens: m,
+        tokens: lens.iter().sum(),
     })
 }
 
