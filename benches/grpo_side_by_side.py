@@ -49,6 +49,9 @@ def run_deepwasm(args, out):
     return {
         "seconds": [s["step_seconds"] for s in steps],
         "rewards": [s["rewards"]["total"] for s in steps],
+        # Steps where every completion's gradient was computed: TRL
+        # computes every completion's, so these compare step for step.
+        "full": [s["step_seconds"] for s in steps if s.get("updated") == s["completions"]],
         "evals": evals,
         "wall": wall,
     }
@@ -81,30 +84,37 @@ def main():
     ap.add_argument("--plugins", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True, help="a directory for both runs' outputs")
+    ap.add_argument("--only", choices=["deepwasm", "trl"], help="run one trainer (for a rerun; the comparison is the run of both)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    ours = run_deepwasm(args, os.path.join(args.out, "deepwasm"))
-    theirs = run_trl(args, os.path.join(args.out, "trl.json"))
-    json.dump({"deepwasm": ours, "trl": theirs}, open(os.path.join(args.out, "side_by_side.json"), "w"), indent=1)
+    runs = []
+    if args.only in (None, "deepwasm"):
+        runs.append(("deepwasm train grpo", run_deepwasm(args, os.path.join(args.out, "deepwasm"))))
+    if args.only in (None, "trl"):
+        runs.append(("TRL GRPOTrainer + PEFT", run_trl(args, os.path.join(args.out, "trl.json"))))
+    json.dump(dict(runs), open(os.path.join(args.out, "side_by_side.json"), "w"), indent=1)
 
     def row(name, r):
         s = r["seconds"]
         later = s[1:] or s
+        # TRL computes every completion's gradient on every step.
+        full = r.get("full", later)
+        full = f"{statistics.median(full):.1f} ({len(full)})" if full else "-"
         return (
-            f"| {name} | {statistics.mean(s):.1f} | {statistics.median(later):.1f} | "
+            f"| {name} | {statistics.mean(s):.1f} | {statistics.median(later):.1f} | {full} | "
             f"{r['evals'][0][1]:.3f} | {r['evals'][-1][1]:.3f} | {r['wall']:.0f} |"
         )
 
     print()
-    print("| trainer | s/step (mean) | s/step (median, after step 1) | held-out reward before | after | wall s |")
-    print("|---|---|---|---|---|---|")
-    print(row("deepwasm train grpo", ours))
-    print(row("TRL GRPOTrainer + PEFT", theirs))
+    print("| trainer | s/step (mean) | s/step (median, after step 1) | s/step where every completion updates (median, steps) | held-out reward before | after | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in runs:
+        print(row(name, r))
     print()
     print("reward sampled at each step:")
-    for name, r in (("deepwasm", ours), ("TRL", theirs)):
-        print(f"  {name:8}", " ".join(f"{x:.2f}" if x is not None else "-" for x in r["rewards"]))
-    print("held-out evaluations (step, mean):", "deepwasm", ours["evals"], "TRL", theirs["evals"])
+    for name, r in runs:
+        print(f"  {name.split()[0]:8}", " ".join(f"{x:.2f}" if x is not None else "-" for x in r["rewards"]))
+    print("held-out evaluations (step, mean):", [(name.split()[0], r["evals"]) for name, r in runs])
 
 
 if __name__ == "__main__":

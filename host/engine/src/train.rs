@@ -42,6 +42,7 @@ pub fn step_report(
     m.insert("kl".into(), stats.kl.into());
     m.insert("clip_fraction".into(), stats.clip_fraction.into());
     m.insert("grad_norm".into(), stats.grad_norm.into());
+    m.insert("updated".into(), stats.updated.into());
     m.insert("completions".into(), summary.completions.into());
     m.insert("completion_tokens".into(), summary.completion_tokens.into());
     m.insert("rollout_seconds".into(), rollout_seconds.into());
@@ -60,8 +61,11 @@ pub struct StepStats {
     pub clip_fraction: f64,
     /// The gradient's global norm before clipping.
     pub grad_norm: f64,
-    /// Completions that took part (those with an advantage).
+    /// Completions in the step's mean (those with an advantage).
     pub samples: usize,
+    /// Completions whose gradient was computed (a non-zero advantage, or
+    /// a KL term).
+    pub updated: usize,
 }
 
 /// How many completion tokens one training pass takes at most: a group's
@@ -146,6 +150,7 @@ pub fn learn_in_passes(
             }
             let (pass, after) = rest.split_at(take);
             rest = after;
+            stats.updated += pass.len();
             let l = group_loss(model, vars, &g.prompt_tokens, pass, params, 1.0 / n)?;
             stats.loss += l
                 .loss
