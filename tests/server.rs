@@ -24,10 +24,12 @@ pub(crate) const TENANTS: &[(&str, &str, &str)] = &[
     ("beta", "sk-deepwasm-test-beta", ""),
     // Its counters are read exactly by `rewards.py`: no other script uses it.
     ("gamma", "sk-deepwasm-test-gamma", ""),
+    // Room for one rank-4 adapter of the default model (4.9 MB in f32),
+    // not beside another of 1 MB.
     (
         "single",
         "sk-deepwasm-test-single",
-        "max_concurrent_requests = 1",
+        "max_concurrent_requests = 1\nadapter_bytes = 5500000",
     ),
     // Its agents may call the calculator (the grants follow its limits).
     (
@@ -476,6 +478,95 @@ fn lora_adapters_are_served_beside_the_base_in_one_batch() {
         err.contains("--lora tiny=") && err.contains("q_proj"),
         "{err}"
     );
+}
+
+/// Tenants' own adapters (`/v1/adapters`): uploaded in PEFT's layout, each
+/// request through one gets what the adapter gives in-process; only its
+/// tenant lists, uses, downloads or deletes it; bad uploads are refused
+/// with the file and the reason and leave nothing behind; the tenant's
+/// limits hold; adapters survive a restart, and one cut short between
+/// its two renames is put back.
+#[test]
+fn tenants_upload_adapters_and_only_they_use_them() {
+    use deepwasm_engine::sampling::SamplingParams;
+    use deepwasm_engine::{BuiltinSampler, GenerateRequest, Prompt};
+    let _turn = turn();
+    let engine = crate::util::default_model();
+    let base = engine.model.as_llama().unwrap();
+    let dirs = tempfile::tempdir().unwrap();
+    let save = |name: &str, adapter: &deepwasm_model::lora::LoraAdapter| {
+        let d = dirs.path().join(name);
+        adapter.save(&d).unwrap();
+        d.to_str().unwrap().to_owned()
+    };
+    let four = crate::lora::random_adapter(base, 4, &[], 41);
+    let two = crate::lora::random_adapter(base, 2, &["q_proj", "v_proj", "down_proj"], 7);
+    let tiny = crate::lora::random_adapter(
+        crate::lora::tiny().model.as_llama().unwrap(),
+        2,
+        &["q_proj"],
+        1,
+    );
+    let prompt = engine
+        .tokenizer
+        .encode("The three primary colors are", true)
+        .unwrap();
+    let greedy = |e: &deepwasm_engine::Engine| {
+        let req = GenerateRequest {
+            max_tokens: 12,
+            params: SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+            ..GenerateRequest::new(Prompt::Tokens(prompt.clone()))
+        };
+        e.generate(&req, &mut BuiltinSampler, &mut |_| {})
+            .unwrap()
+            .text
+    };
+    let with = |a: &deepwasm_model::lora::LoraAdapter| {
+        greedy(&engine.with_model(Arc::new(base.with_adapter(a).unwrap())))
+    };
+    let texts = serde_json::json!({
+        "base": greedy(engine),
+        "four": with(&four),
+        "two": with(&two),
+    });
+    let params = serde_json::json!({
+        "four": base.lora_parameters(&four.config),
+        "two": base.lora_parameters(&two.config),
+    });
+    let env = [
+        ("ADAPTER_FOUR", save("four", &four)),
+        ("ADAPTER_TWO", save("two", &two)),
+        ("ADAPTER_TINY", save("tiny", &tiny)),
+        ("ADAPTER_PROMPT", serde_json::to_string(&prompt).unwrap()),
+        ("ADAPTER_TEXTS", texts.to_string()),
+        ("ADAPTER_PARAMS", params.to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = write_tenants(dir.path());
+    let store = dir.path().join("store");
+    let shared = format!("shared={}", env[1].1);
+    let args = ["--lora", shared.as_str()];
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+    let server = Server::start_with_args(&tenants, &store, &cache, &args);
+    server.python_with_env("adapters.py", &["upload"], &env);
+    server.kill();
+    // A kill between moving an adapter aside and its replacement in
+    // leaves only the aside copy; a staged upload leaves its directory.
+    let alpha = store.join(".adapters/alpha");
+    std::fs::rename(alpha.join("kept"), alpha.join(".kept.old")).unwrap();
+    std::fs::create_dir_all(alpha.join(".junk.staged-1-0")).unwrap();
+    let server = Server::start_with_args(&tenants, &store, &cache, &args);
+    server.python_with_env("adapters.py", &["after-restart"], &env);
+    let left: Vec<String> = std::fs::read_dir(&alpha)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["kept"], "{left:?}");
+    server.assert_clean_log();
 }
 
 #[test]

@@ -619,6 +619,23 @@ impl Llama {
         &self.cfg
     }
 
+    /// The parameters of an adapter of this model with `config`.
+    pub fn lora_parameters(&self, config: &crate::lora::LoraConfig) -> usize {
+        (0..self.layers.len())
+            .filter(|&l| config.covers(l))
+            .map(|_| {
+                config
+                    .target_modules
+                    .iter()
+                    .map(|m| {
+                        let (out, inp) = self.projection_shape(m);
+                        config.r * (out + inp)
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// `(out, in)` of projection `module` (one of [`crate::lora::MODULES`]).
     pub fn projection_shape(&self, module: &str) -> (usize, usize) {
         let d = self.cfg.hidden_size;

@@ -163,7 +163,7 @@ impl LoraConfig {
         Ok(())
     }
 
-    fn covers(&self, layer: usize) -> bool {
+    pub fn covers(&self, layer: usize) -> bool {
         self.layers_to_transform
             .as_ref()
             .is_none_or(|l| l.contains(&layer))

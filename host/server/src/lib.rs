@@ -6,6 +6,7 @@
 //! own plugins, plugin instances, meters and quotas ([`tenants`]); a plugin
 //! instance never serves two tenants.
 
+pub mod adapters;
 pub mod agents;
 pub mod api;
 mod chat;
@@ -182,7 +183,9 @@ pub struct AppState {
     pub(crate) responses: chat::responses::ResponseStore,
     /// The LoRA adapters served, by name.
     pub(crate) adapters: std::collections::BTreeMap<String, Arc<ServedAdapter>>,
-    /// Training jobs and the adapters tenants trained.
+    /// Tenants' own adapters, uploaded or trained.
+    pub(crate) tenant_adapters: adapters::AdapterStore,
+    /// Training jobs.
     pub(crate) training: train::Training,
 }
 
@@ -266,7 +269,9 @@ impl AppState {
             engine.logits_traffic.clone(),
         );
         let tokenizer = Arc::new(ModelTokenizer::for_engine(&engine));
-        let training = train::Training::open(&engine, &config.store_dir.join(".adapters"));
+        let training = train::Training::new();
+        let tenant_adapters =
+            adapters::AdapterStore::open(&engine, &config.store_dir.join(".adapters"));
         let responses = match &config.state {
             Some(pg) => chat::responses::ResponseStore::shared(pg.clone()),
             None => Default::default(),
@@ -290,6 +295,7 @@ impl AppState {
             responses,
             compiles: Arc::new(tokio::sync::Semaphore::new(MAX_COMPILES)),
             training,
+            tenant_adapters,
             adapters,
         }))
     }
@@ -323,12 +329,10 @@ impl AppState {
             .strip_prefix(self.model_id())
             .and_then(|rest| rest.strip_prefix(':'));
         let found = named.and_then(|name| {
-            self.adapters.get(name).cloned().or_else(|| {
-                self.training
-                    .adapters()
-                    .get(&(tenant.name.clone(), name.to_owned()))
-                    .cloned()
-            })
+            self.adapters
+                .get(name)
+                .cloned()
+                .or_else(|| self.tenant_adapters.get(&tenant.name, name))
         });
         match found {
             Some(a) => Ok(Some(a)),
@@ -345,13 +349,7 @@ impl AppState {
 
     /// `BASE:NAME` for every adapter `tenant` may use.
     pub fn adapter_models(&self, tenant: &Tenant) -> Vec<String> {
-        let own: Vec<String> = self
-            .training
-            .adapters()
-            .keys()
-            .filter(|(t, _)| *t == tenant.name)
-            .map(|(_, n)| n.clone())
-            .collect();
+        let own = self.tenant_adapters.names(&tenant.name);
         self.adapters
             .keys()
             .chain(&own)
@@ -525,6 +523,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .map(|t| t.limits.max_plugin_bytes)
         .max()
         .unwrap_or(max_body);
+    // An adapter's two files, each at most the tenant's `adapter_bytes`.
+    let max_adapter = state
+        .tenants
+        .current()
+        .all()
+        .iter()
+        .map(|t| usize::try_from(t.limits.adapter_bytes).unwrap_or(usize::MAX))
+        .max()
+        .unwrap_or(max_body)
+        .saturating_add(1 << 20);
     let api = Router::new()
         .route("/v1/models", get(handlers::models))
         .route("/v1/models/{model}", get(handlers::model))
@@ -554,6 +562,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/plugins/{id}",
             get(plugins::get).delete(plugins::delete),
         )
+        .route(
+            "/v1/adapters",
+            post(adapters::upload)
+                .get(adapters::list)
+                .layer(DefaultBodyLimit::max(max_adapter.max(max_body))),
+        )
+        .route(
+            "/v1/adapters/{name}",
+            get(adapters::get).delete(adapters::delete),
+        )
+        .route("/v1/adapters/{name}/files/{file}", get(adapters::download))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             handlers::authenticate,

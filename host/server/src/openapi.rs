@@ -88,6 +88,11 @@ fn unlink(text: &str) -> String {
         paths::list_plugins,
         paths::get_plugin,
         paths::delete_plugin,
+        paths::upload_adapter,
+        paths::list_adapters,
+        paths::get_adapter,
+        paths::delete_adapter,
+        paths::download_adapter_file,
     ),
     // What no operation names in a schema: the streamed chunks and lines.
     components(schemas(
@@ -626,6 +631,92 @@ mod paths {
         )
     )]
     pub(super) fn delete_plugin() {}
+
+    /// Upload a LoRA adapter in PEFT's layout.
+    ///
+    /// The body is `multipart/form-data` with the parts `config`
+    /// (adapter_config.json) and `weights` (adapter_model.safetensors). The
+    /// adapter is checked against the model (names, ranks, shapes, what
+    /// deepwasm applies as PEFT would) and kept; the tenant, and only it,
+    /// then generates with `model: "BASE:NAME"`. An adapter of the same
+    /// name is replaced (200). See docs/training.md.
+    #[utoipa::path(
+        post,
+        path = "/v1/adapters",
+        tag = "adapters",
+        params(crate::adapters::AdapterUploadQuery),
+        request_body(content = crate::adapters::AdapterUpload, content_type = "multipart/form-data"),
+        responses(
+            (status = 201, description = "Stored", body = crate::adapters::Adapter),
+            (status = 200, description = "Replaced the adapter of this name", body = crate::adapters::Adapter),
+            (status = 400, description = "Invalid name, a part missing, or not an adapter of this model (the message says which file and why)", body = Error),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 403, description = "The tenant keeps as many adapters, or as many bytes of them, as it may", body = Error),
+            (status = 413, description = "A part is larger than the tenant's `adapter_bytes`", body = Error),
+            (status = 429, description = "The tenant is already uploading a plugin or an adapter (see Retry-After)", body = Error),
+        )
+    )]
+    pub(super) fn upload_adapter() {}
+
+    /// The tenant's adapters, uploaded or trained.
+    #[utoipa::path(
+        get,
+        path = "/v1/adapters",
+        tag = "adapters",
+        responses(
+            (status = 200, description = "The tenant's adapters, by name", body = crate::adapters::AdapterList),
+            (status = 401, description = "No or unknown API key", body = Error),
+        )
+    )]
+    pub(super) fn list_adapters() {}
+
+    /// One of the tenant's adapters.
+    #[utoipa::path(
+        get,
+        path = "/v1/adapters/{name}",
+        tag = "adapters",
+        params(("name" = String, Path, description = "The adapter's name")),
+        responses(
+            (status = 200, description = "The adapter", body = crate::adapters::Adapter),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such adapter (or another tenant's)", body = Error),
+        )
+    )]
+    pub(super) fn get_adapter() {}
+
+    /// Delete one of the tenant's adapters. Requests already using it
+    /// finish with it.
+    #[utoipa::path(
+        delete,
+        path = "/v1/adapters/{name}",
+        tag = "adapters",
+        params(("name" = String, Path, description = "The adapter's name")),
+        responses(
+            (status = 200, description = "Deleted", body = crate::adapters::AdapterDeleted),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such adapter (or another tenant's)", body = Error),
+        )
+    )]
+    pub(super) fn delete_adapter() {}
+
+    /// One of an adapter's two PEFT files, as kept: a trained adapter
+    /// loads in PEFT from these.
+    #[utoipa::path(
+        get,
+        path = "/v1/adapters/{name}/files/{file}",
+        tag = "adapters",
+        params(
+            ("name" = String, Path, description = "The adapter's name"),
+            ("file" = String, Path, description = "`adapter_config.json` or `adapter_model.safetensors`"),
+        ),
+        responses(
+            (status = 200, description = "The file's bytes",
+                content((String = "application/json"), (String = "application/octet-stream"))),
+            (status = 401, description = "No or unknown API key", body = Error),
+            (status = 404, description = "No such adapter (or another tenant's), or no such file", body = Error),
+        )
+    )]
+    pub(super) fn download_adapter_file() {}
 }
 
 /// The shapes of JSON that no type of the server's describes: answers the
@@ -1101,6 +1192,9 @@ mod tests {
         ("/v1/agents/{plugin}/runs", &["post"]),
         ("/v1/plugins", &["get", "post"]),
         ("/v1/plugins/{id}", &["get", "delete"]),
+        ("/v1/adapters", &["get", "post"]),
+        ("/v1/adapters/{name}", &["get", "delete"]),
+        ("/v1/adapters/{name}/files/{file}", &["get"]),
     ];
 
     const METHODS: &[&str] = &["get", "post", "put", "delete", "patch", "head", "options"];

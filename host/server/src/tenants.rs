@@ -18,6 +18,7 @@
 //! max_concurrent_requests = 8
 //! tokens_per_minute = 100000    # prompt + completion tokens
 //! kv_bytes = 1048576            # the kv store tools may be granted
+//! adapter_bytes = 268435456     # its LoRA adapters, all together (f32)
 //!
 //! [tenant.grants]
 //! interfaces = ["tokenizer", "logits", "log", "kv", "inference", "tools"]
@@ -92,6 +93,9 @@ pub struct TenantLimits {
     /// Plugin instances alive at once, idle pooled ones included (default:
     /// an equal share of the host's 1,000 instance slots, at least 16).
     pub max_plugin_instances: Option<usize>,
+    /// Bytes of its LoRA adapters, all together, as the server holds them
+    /// (their parameters in f32; default 256 MiB).
+    pub adapter_bytes: u64,
 }
 
 impl Default for TenantLimits {
@@ -107,6 +111,7 @@ impl Default for TenantLimits {
             kv_bytes: 1 << 20,
             max_step_budget_ms: 250,
             max_plugin_instances: None,
+            adapter_bytes: 256 << 20,
         }
     }
 }
@@ -384,7 +389,7 @@ impl Tenant {
         self.compiles.clone().try_acquire_owned().map_err(|_| {
             ApiError::rate_limited(
                 format!(
-                    "tenant `{}` is already uploading a plugin; send the next when it is done",
+                    "tenant `{}` is already uploading a plugin or an adapter; send the next when it is done",
                     self.name
                 ),
                 1,

@@ -15,14 +15,11 @@
 //! step.
 //!
 //! The dense copy of the weights a job trains against is made on the
-//! first job and kept (the model's parameters in f32). Adapters are kept
-//! under `<store>/.adapters/<tenant>/<name>/` in PEFT's layout and read
-//! again at start: they are local to a replica.
+//! first job and kept (the model's parameters in f32). The adapter lands
+//! in the tenant's adapters ([`crate::adapters`]), within its limits.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Extension;
@@ -34,7 +31,7 @@ use deepwasm_engine::Engine;
 use deepwasm_engine::rollout::{self, Rollout, RolloutOptions, RolloutPrompt};
 use deepwasm_engine::sampling::SamplingParams;
 use deepwasm_engine::train::{step_prompts, step_report, step_seed};
-use deepwasm_model::lora::{LoraAdapter, LoraConfig, MODULES, ServedAdapter};
+use deepwasm_model::lora::{LoraConfig, MODULES};
 use deepwasm_model::train::{AdamW, GrpoParams, LoraVars, TrainLlama};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -48,53 +45,18 @@ use crate::tenants::Tenant;
 /// Completions one step may sample.
 const MAX_STEP_COMPLETIONS: usize = 256;
 
-/// Adapters one tenant may keep (each is served from memory); training
-/// under a name it has replaces that adapter.
-pub const MAX_TENANT_ADAPTERS: usize = 16;
-
-/// Jobs, the dense weights they train against, and trained adapters.
+/// Jobs, and the dense weights they train against.
 pub(crate) struct Training {
     jobs: Arc<tokio::sync::Semaphore>,
-    dir: PathBuf,
-    adapters: Mutex<HashMap<(String, String), Arc<ServedAdapter>>>,
     model: Mutex<Option<Arc<TrainLlama>>>,
 }
 
 impl Training {
-    /// Read the adapters trained before from `dir` (`<tenant>/<name>/`);
-    /// one that no longer fits the model is skipped with a warning.
-    pub(crate) fn open(engine: &Engine, dir: &Path) -> Training {
-        let mut adapters = HashMap::new();
-        for tenant in read_dirs(dir) {
-            for name in read_dirs(&dir.join(&tenant)) {
-                let path = dir.join(&tenant).join(&name);
-                let served = LoraAdapter::read(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|a| {
-                        engine
-                            .model
-                            .prepare_adapter(&name, &a)
-                            .map_err(|e| e.to_string())
-                    });
-                match served {
-                    Ok(s) => {
-                        adapters.insert((tenant.clone(), name), s);
-                    }
-                    Err(e) => tracing::warn!("skipping the adapter {}: {e}", path.display()),
-                }
-            }
-        }
+    pub(crate) fn new() -> Training {
         Training {
             jobs: Arc::new(tokio::sync::Semaphore::new(1)),
-            dir: dir.to_owned(),
-            adapters: Mutex::new(adapters),
             model: Mutex::new(None),
         }
-    }
-
-    /// Tenants' trained adapters, by tenant and name.
-    pub(crate) fn adapters(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<ServedAdapter>>> {
-        self.adapters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The dense weights, made on first use.
@@ -115,28 +77,6 @@ impl Training {
         *slot = Some(m.clone());
         Ok(m)
     }
-}
-
-/// Names of the directories in `dir` (none when it cannot be read).
-fn read_dirs(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| valid_name(n))
-        .collect()
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// A job's settings, checked.
@@ -161,35 +101,7 @@ fn check(st: &AppState, tenant: &Tenant, req: TrainRequest) -> Result<Job, ApiEr
             "this server cannot train: training needs a Llama-family model served here (not on an upstream)",
         ));
     }
-    if !valid_name(&req.name) {
-        return Err(ApiError::invalid_param(
-            "name",
-            "1 to 64 letters, digits, `-`, `_` or `.`, not starting with `.`",
-        ));
-    }
-    if st.adapters.contains_key(&req.name) {
-        return Err(ApiError::invalid_param(
-            "name",
-            format!(
-                "`{}` is an adapter the server serves to everyone; choose another name",
-                req.name
-            ),
-        ));
-    }
-    {
-        let adapters = st.training.adapters();
-        let mine = adapters.keys().filter(|(t, _)| *t == tenant.name).count();
-        if mine >= MAX_TENANT_ADAPTERS
-            && !adapters.contains_key(&(tenant.name.clone(), req.name.clone()))
-        {
-            return Err(ApiError::invalid_param(
-                "name",
-                format!(
-                    "the tenant keeps {mine} adapters, the most it may; train one of them again under its name to replace it"
-                ),
-            ));
-        }
-    }
+    crate::adapters::check_new_name(st, &req.name)?;
     if !(1..=1000).contains(&req.steps) {
         return Err(ApiError::invalid_param("steps", "must be in 1..=1000"));
     }
@@ -286,8 +198,14 @@ fn check(st: &AppState, tenant: &Tenant, req: TrainRequest) -> Result<Job, ApiEr
         },
     )
     .map_err(crate::handlers::rollout_error)?;
+    let lora = LoraConfig::new(rank, alpha, &targets, Some(st.model_id().to_owned()));
+    // Refused now rather than after the job: the adapter must fit beside
+    // the tenant's others (checked again when it is stored).
+    let llama = st.engine.model.as_llama().expect("checked above");
+    let bytes = llama.lora_parameters(&lora) as u64 * 4;
+    st.tenant_adapters.check_room(tenant, &req.name, bytes)?;
     Ok(Job {
-        lora: LoraConfig::new(rank, alpha, &targets, Some(st.model_id().to_owned())),
+        lora,
         name: req.name,
         prompts,
         steps: req.steps,
@@ -486,14 +404,23 @@ fn run(
         }
     }
     let adapter = vars.to_adapter().map_err(|e| internal(&e))?;
-    let dir = st.training.dir.join(&tenant.name).join(&job.name);
-    save_whole(&adapter, &dir)?;
-    let served = llama
-        .serve_adapter(&job.name, &adapter)
+    let staged = st
+        .tenant_adapters
+        .stage(&tenant.name, &job.name)
         .map_err(|e| internal(&e))?;
-    st.training
-        .adapters()
-        .insert((tenant.name.clone(), job.name.clone()), served);
+    if let Err(e) = adapter.save(&staged) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(internal(&e));
+    }
+    let served = match llama.serve_adapter(&job.name, &adapter) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(internal(&e));
+        }
+    };
+    st.tenant_adapters
+        .install(tenant, &job.name, &staged, &adapter, served, st.model_id())?;
     let model_id = format!("{}:{}", st.model_id(), job.name);
     let _ = tx.blocking_send(json!({
         "object": "train.done",
@@ -501,30 +428,5 @@ fn run(
         "steps": job.steps,
         "parameters": vars.parameters(),
     }));
-    Ok(())
-}
-
-/// Write `adapter` to `dir` whole: into a hidden directory beside it, then
-/// renamed over it, so a kill leaves the old adapter or the new one.
-fn save_whole(adapter: &LoraAdapter, dir: &Path) -> Result<(), ApiError> {
-    let parent = dir.parent().expect("a tenant's directory");
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("adapter");
-    let tmp = parent.join(format!(".{name}.partial"));
-    let fail = |e: &dyn std::fmt::Display| {
-        tracing::error!("cannot store the adapter {}: {e}", dir.display());
-        ApiError::internal("cannot store the adapter".to_owned())
-    };
-    let _ = std::fs::remove_dir_all(&tmp);
-    adapter.save(&tmp).map_err(|e| fail(&e))?;
-    let old = parent.join(format!(".{name}.old"));
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| fail(&e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| fail(&e))?;
-    let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
