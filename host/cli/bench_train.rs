@@ -14,7 +14,7 @@ use candle_core::DType;
 use clap::Args;
 use deepwasm_engine::FinishReason;
 use deepwasm_engine::rollout::{CompletionResult, GroupResult};
-use deepwasm_engine::train::{ROWS_PER_PASS, learn_in_passes};
+use deepwasm_engine::train::{learn_in_passes, rows_per_pass};
 use deepwasm_model::lora::LoraConfig;
 use deepwasm_model::train::{AdamW, GrpoParams, LoraVars};
 
@@ -107,7 +107,7 @@ pub fn run(args: &TrainBenchArgs) -> anyhow::Result<()> {
     println!("|---|--:|--:|");
     for (name, rows) in [
         ("each completion alone", 1),
-        ("a group's completions together", ROWS_PER_PASS),
+        ("a group's completions together", rows_per_pass(&train)),
     ] {
         let config = LoraConfig::new(args.lora_rank, 2.0 * args.lora_rank as f64, &[], None);
         let vars = LoraVars::init(&train, config, 7)?;

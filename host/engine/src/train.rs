@@ -70,14 +70,23 @@ pub struct StepStats {
 
 /// How many completion tokens one training pass takes at most: a group's
 /// completions go through together (their prompt computed once) up to
-/// this many, which bounds the activations a pass holds. A completion
-/// longer than this goes alone.
+/// this many, or fewer where [`PASS_BYTES`] says so. A completion longer
+/// than that goes alone.
 pub const ROWS_PER_PASS: usize = 512;
+
+/// About what one pass's activations may take: a larger model takes
+/// fewer tokens a pass ([`TrainLlama::activation_bytes_per_token`]).
+pub const PASS_BYTES: usize = 2 << 30;
+
+/// The completion tokens a pass of `model` takes at most.
+pub fn rows_per_pass(model: &TrainLlama) -> usize {
+    (PASS_BYTES / model.activation_bytes_per_token().max(1)).clamp(1, ROWS_PER_PASS)
+}
 
 /// Accumulate the GRPO gradient over every completion of `groups` that has
 /// an advantage, clip its global norm to `max_grad_norm`, and take one
 /// `opt` step. A group's completions go through in passes of up to
-/// [`ROWS_PER_PASS`] tokens. A completion with no advantage and no KL term
+/// [`rows_per_pass`] tokens. A completion with no advantage and no KL term
 /// is skipped: it has no gradient.
 pub fn learn(
     model: &TrainLlama,
@@ -94,7 +103,7 @@ pub fn learn(
         groups,
         params,
         max_grad_norm,
-        ROWS_PER_PASS,
+        rows_per_pass(model),
     )
 }
 

@@ -248,6 +248,20 @@ impl TrainLlama {
         Tensor::cat(&[re, im], 2)
     }
 
+    /// About what the training pass keeps per token for the backward pass:
+    /// per layer, some sixteen hidden-sized and six MLP-sized rows (norms,
+    /// projections, rotations, residuals, the gated product), at the
+    /// pass's dtype. Attention's scores come on top and grow with the
+    /// context.
+    pub fn activation_bytes_per_token(&self) -> usize {
+        let d = self.embed.dim(1).unwrap_or(0);
+        let ffn = self
+            .layers
+            .first()
+            .map_or(0, |l| l.weights[4].dim(0).unwrap_or(0));
+        self.layers.len() * (16 * d + 6 * ffn) * self.dtype.size_in_bytes()
+    }
+
     /// The final hidden states `[n, d]` (after the last norm) of `tokens`,
     /// with `lora` applied when given.
     pub fn hidden(&self, tokens: &[u32], lora: Option<&LoraVars>) -> Result<Tensor> {

@@ -439,9 +439,16 @@ pub async fn upload(
             e.body_text()
         ))
     })?;
-    // One upload at a time per tenant: the weights are parsed and laid out
-    // for serving off the executor.
-    let _permit = tenant.admit_compile()?;
+    // One upload at a time per tenant, and a few in all (the server's
+    // compile places): each holds its files and their parsed weights.
+    let mine = tenant.admit_compile()?;
+    let any = st.compiles.clone().try_acquire_owned().map_err(|_| {
+        ApiError::rate_limited(
+            "the server is taking in as many plugins and adapters as it does at once; retry shortly",
+            1,
+        )
+    })?;
+    let _permits = (mine, any);
     let limit = tenant.limits.adapter_bytes;
     let (mut config, mut weights) = (None, None);
     while let Some(mut field) = body.next_field().await.map_err(multipart_error)? {

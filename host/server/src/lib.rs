@@ -176,7 +176,7 @@ pub struct AppState {
     json_schema: Plugin,
     /// Pooled sampler instances, per tenant and plugin.
     samplers: Mutex<HashMap<SamplerKey, SamplerPlugin>>,
-    /// Plugin compiles running at once, across tenants.
+    /// Plugin compiles and adapter uploads running at once, across tenants.
     pub(crate) compiles: Arc<tokio::sync::Semaphore>,
     rewards: Mutex<HashMap<(String, String), RewardPlugin>>,
     /// Tenants' stored Responses-API responses.
