@@ -2,8 +2,7 @@ use candle_core::{DType, Device, Tensor};
 use deepwasm_model::llama::Llama;
 use deepwasm_model::lora::{CONFIG_FILE, LoraAdapter, LoraConfig, WEIGHTS_FILE};
 use deepwasm_model::train::{
-    AdamW, Completion, GrpoParams, LoraVars, Sample, TrainLlama, clip_grad_norm, group_loss,
-    sample_loss,
+    AdamW, Completion, GrpoParams, LoraVars, TrainLlama, clip_grad_norm, group_loss,
 };
 use deepwasm_model::{CausalLm, LoadOptions, LoadedModel, SeqInput, load};
 
@@ -112,14 +111,13 @@ fn lora_gradients_match_finite_differences() {
         clip_eps: 0.2,
     };
     let loss_of = |vars: &LoraVars| -> (Tensor, usize) {
-        let s = Sample {
-            tokens: &seq,
-            prompt_len,
+        let c = Completion {
+            tokens: &seq[prompt_len..],
             advantage: 0.8,
             old_logprobs: Some(&old),
             ref_logprobs: None,
         };
-        let l = sample_loss(&train, vars, &s, params).unwrap();
+        let l = group_loss(&train, vars, &seq[..prompt_len], &[c], params, 1.0).unwrap();
         (l.loss, l.clipped)
     };
     let (loss, clipped) = loss_of(&vars);
@@ -261,17 +259,8 @@ fn a_groups_completions_computed_together_equal_each_alone() {
     let (mut loss, mut clipped) = (0.0, 0);
     let mut each: Vec<Vec<f64>> = Vec::new();
     for (k, c) in group.iter().enumerate() {
-        let mut seq = prompt.clone();
-        seq.extend(c.tokens);
-        let s = Sample {
-            tokens: &seq,
-            prompt_len: prompt.len(),
-            advantage: c.advantage,
-            old_logprobs: c.old_logprobs,
-            ref_logprobs: None,
-        };
-        let l = sample_loss(&train, &vars, &s, params).unwrap();
-        assert!((l.kl - g.kl[k]).abs() <= 1e-12, "completion {k}: KL");
+        let l = group_loss(&train, &vars, &prompt, std::slice::from_ref(c), params, 1.0).unwrap();
+        assert!((l.kl[0] - g.kl[k]).abs() <= 1e-12, "completion {k}: KL");
         clipped += l.clipped;
         let scaled = (l.loss * weight).unwrap();
         loss += scaled.to_scalar::<f64>().unwrap();
@@ -335,14 +324,15 @@ fn one_step_on_a_fixed_batch_lowers_the_loss() {
     let batch_loss = |vars: &LoraVars| -> Tensor {
         let mut total: Option<Tensor> = None;
         for ((s, a), o) in seqs.iter().zip(advantages).zip(&old) {
-            let sample = Sample {
-                tokens: s,
-                prompt_len: 6,
+            let c = Completion {
+                tokens: &s[6..],
                 advantage: a,
                 old_logprobs: Some(o),
                 ref_logprobs: None,
             };
-            let l = (sample_loss(&train, vars, &sample, params).unwrap().loss / 4.0).unwrap();
+            let l = group_loss(&train, vars, &s[..6], &[c], params, 0.25)
+                .unwrap()
+                .loss;
             total = Some(match total {
                 Some(t) => (t + l).unwrap(),
                 None => l,

@@ -470,65 +470,6 @@ impl Default for GrpoParams {
     }
 }
 
-/// One completion of a group, as the loss takes it.
-#[derive(Clone, Debug)]
-pub struct Sample<'a> {
-    /// The prompt's tokens, then the completion's.
-    pub tokens: &'a [u32],
-    pub prompt_len: usize,
-    /// Its group-normalised advantage.
-    pub advantage: f64,
-    /// The sampling policy's log-probability of each completion token;
-    /// `None`: the policy being trained is the one that sampled (one
-    /// update per rollout), so the ratio is 1 with the policy's gradient.
-    pub old_logprobs: Option<&'a [f32]>,
-    /// The frozen base's log-probabilities, when computed already
-    /// (otherwise [`sample_loss`] computes them if β > 0).
-    pub ref_logprobs: Option<&'a [f32]>,
-}
-
-/// One completion's loss and what it shows.
-pub struct SampleLoss {
-    /// The scalar loss, with gradients to the adapter.
-    pub loss: Tensor,
-    /// The mean per-token KL to the base (k3).
-    pub kl: f64,
-    /// The tokens whose ratio was clipped.
-    pub clipped: usize,
-    /// Completion tokens.
-    pub tokens: usize,
-}
-
-/// The GRPO loss of one completion under `lora`.
-pub fn sample_loss(
-    model: &TrainLlama,
-    lora: &LoraVars,
-    sample: &Sample<'_>,
-    params: GrpoParams,
-) -> Result<SampleLoss> {
-    if sample.prompt_len == 0 || sample.prompt_len >= sample.tokens.len() {
-        candle_core::bail!(
-            "scoring tokens {}.. of {}: at least one token must come before, and one after",
-            sample.prompt_len,
-            sample.tokens.len()
-        );
-    }
-    let (prompt, completion) = sample.tokens.split_at(sample.prompt_len);
-    let one = Completion {
-        tokens: completion,
-        advantage: sample.advantage,
-        old_logprobs: sample.old_logprobs,
-        ref_logprobs: sample.ref_logprobs,
-    };
-    let g = group_loss(model, lora, prompt, &[one], params, 1.0)?;
-    Ok(SampleLoss {
-        loss: g.loss,
-        kl: g.kl[0],
-        clipped: g.clipped,
-        tokens: g.tokens,
-    })
-}
-
 /// One completion of a prompt, as [`group_loss`] takes it.
 #[derive(Clone, Debug)]
 pub struct Completion<'a> {
@@ -536,9 +477,12 @@ pub struct Completion<'a> {
     pub tokens: &'a [u32],
     /// Its group-normalised advantage.
     pub advantage: f64,
-    /// As [`Sample::old_logprobs`].
+    /// The sampling policy's log-probability of each token; `None`: the
+    /// policy being trained is the one that sampled (one update per
+    /// rollout), so the ratio is 1 with the policy's gradient.
     pub old_logprobs: Option<&'a [f32]>,
-    /// As [`Sample::ref_logprobs`].
+    /// The frozen base's log-probabilities, when computed already
+    /// (otherwise [`group_loss`] computes them if β > 0).
     pub ref_logprobs: Option<&'a [f32]>,
 }
 
@@ -558,7 +502,7 @@ pub struct GroupLoss {
 /// The GRPO losses of completions of one `prompt` under `lora`, summed and
 /// times `weight`: the prompt is computed once and every projection runs
 /// over all their tokens in one product ([`TrainLlama::group_logprobs`]);
-/// the result, and its gradient, are those of [`sample_loss`] over each.
+/// the result, and its gradient, are those of computing each alone.
 pub fn group_loss(
     model: &TrainLlama,
     lora: &LoraVars,
