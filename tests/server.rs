@@ -484,8 +484,9 @@ fn lora_adapters_are_served_beside_the_base_in_one_batch() {
 /// request through one gets what the adapter gives in-process; only its
 /// tenant lists, uses, downloads or deletes it; bad uploads are refused
 /// with the file and the reason and leave nothing behind; the tenant's
-/// limits hold; adapters survive a restart, and one cut short between
-/// its two renames is put back.
+/// limits hold; downloads held open at once do not each hold the file;
+/// adapters survive a restart, and one cut short between its two renames
+/// is put back.
 #[test]
 fn tenants_upload_adapters_and_only_they_use_them() {
     use deepwasm_engine::sampling::SamplingParams;
@@ -500,6 +501,8 @@ fn tenants_upload_adapters_and_only_they_use_them() {
         d.to_str().unwrap().to_owned()
     };
     let four = crate::lora::random_adapter(base, 4, &[], 41);
+    // 78 MB of weights: downloads of it must not each hold a copy.
+    let big = crate::lora::random_adapter(base, 64, &[], 3);
     let two = crate::lora::random_adapter(base, 2, &["q_proj", "v_proj", "down_proj"], 7);
     let tiny = crate::lora::random_adapter(
         crate::lora::tiny().model.as_llama().unwrap(),
@@ -540,6 +543,7 @@ fn tenants_upload_adapters_and_only_they_use_them() {
         ("ADAPTER_FOUR", save("four", &four)),
         ("ADAPTER_TWO", save("two", &two)),
         ("ADAPTER_TINY", save("tiny", &tiny)),
+        ("ADAPTER_BIG", save("big", &big)),
         ("ADAPTER_PROMPT", serde_json::to_string(&prompt).unwrap()),
         ("ADAPTER_TEXTS", texts.to_string()),
         ("ADAPTER_PARAMS", params.to_string()),
@@ -553,6 +557,13 @@ fn tenants_upload_adapters_and_only_they_use_them() {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
     let server = Server::start_with_args(&tenants, &store, &cache, &args);
     server.python_with_env("adapters.py", &["upload"], &env);
+    let pid = server.pid().to_string();
+    let with_pid: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([("DEEPWASM_PID", pid.as_str())])
+        .collect();
+    server.python_with_env("adapters.py", &["downloads"], &with_pid);
     server.kill();
     // A kill between moving an adapter aside and its replacement in
     // leaves only the aside copy; a staged upload leaves its directory.

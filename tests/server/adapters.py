@@ -12,18 +12,25 @@ sees none of it: not listed, 404 to use, read, download or delete, and a
 reason and change nothing. A tenant's count and bytes are limits; a part
 larger than its bytes is a 413. A deleted adapter is gone.
 
+`downloads`: eight downloads of a 78 MB adapter held open at once (each
+has read one chunk) raise the server's peak memory by less than two
+copies of it: a download streams the file, it does not hold it. Each then
+gets the file whole.
+
 `after-restart`: the kept adapter is still alpha's (the test moved it
 aside as a kill between two renames would have), the deleted one is not
 back.
 """
 
+import hashlib
 import json
 import os
 import sys
+import time
 
 from common import MODEL, error_of, http
 
-DIRS = {k: os.environ["ADAPTER_" + k.upper()] for k in ("four", "two", "tiny")}
+DIRS = {k: os.environ["ADAPTER_" + k.upper()] for k in ("four", "two", "tiny", "big")}
 PROMPT = json.loads(os.environ["ADAPTER_PROMPT"])
 TEXTS = json.loads(os.environ["ADAPTER_TEXTS"])
 PARAMS = json.loads(os.environ["ADAPTER_PARAMS"])
@@ -192,6 +199,49 @@ def upload_phase():
     print("upload: adapters uploaded, used and kept to their tenant")
 
 
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def downloads_phase():
+    pid = int(os.environ["DEEPWASM_PID"])
+    alpha = http("alpha")
+    path = os.path.join(DIRS["big"], WEIGHTS)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    assert size > 50_000_000, size
+    r = upload(alpha, "big", "big")
+    assert r.status_code == 201, r.text
+    # The peak from here on (writing 5 resets it to the current size).
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kib(pid, "VmHWM")
+    clients = [http("alpha") for _ in range(8)]
+    held = [c.stream("GET", "/v1/adapters/big/files/" + WEIGHTS) for c in clients]
+    responses = [h.__enter__() for h in held]
+    chunks = []
+    for r in responses:
+        assert r.status_code == 200, r.read()
+        assert int(r.headers["content-length"]) == size, r.headers
+        it = r.iter_bytes()
+        chunks.append((it, hashlib.sha256(next(it))))
+    time.sleep(1)
+    grown = (status_kib(pid, "VmHWM") - before) * 1024
+    assert grown < 2 * size, f"8 open downloads of {size} bytes raised the peak by {grown}"
+    for (it, digest), h in zip(chunks, held):
+        for chunk in it:
+            digest.update(chunk)
+        assert digest.hexdigest() == want
+        h.__exit__(None, None, None)
+    assert alpha.delete("/v1/adapters/big").status_code == 200
+    print(f"downloads: 8 held open raised the peak by {grown} bytes ({size} each)")
+
+
 def after_restart_phase():
     alpha, beta = http("alpha"), http("beta")
     assert set(listed(alpha)) == {"kept"}, listed(alpha)
@@ -202,4 +252,8 @@ def after_restart_phase():
     print("after-restart: the kept adapter is back, the deleted one is not")
 
 
-{"upload": upload_phase, "after-restart": after_restart_phase}[sys.argv[1]]()
+{
+    "upload": upload_phase,
+    "downloads": downloads_phase,
+    "after-restart": after_restart_phase,
+}[sys.argv[1]]()

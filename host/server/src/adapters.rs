@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::UNIX_EPOCH;
 
 use axum::Extension;
+use axum::body::Body;
 use axum::extract::multipart::{Multipart, MultipartError};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
@@ -441,14 +442,7 @@ pub async fn upload(
     })?;
     // One upload at a time per tenant, and a few in all (the server's
     // compile places): each holds its files and their parsed weights.
-    let mine = tenant.admit_compile()?;
-    let any = st.compiles.clone().try_acquire_owned().map_err(|_| {
-        ApiError::rate_limited(
-            "the server is taking in as many plugins and adapters as it does at once; retry shortly",
-            1,
-        )
-    })?;
-    let _permits = (mine, any);
+    let _permits = st.admit_upload(&tenant)?;
     let limit = tenant.limits.adapter_bytes;
     let (mut config, mut weights) = (None, None);
     while let Some(mut field) = body.next_field().await.map_err(multipart_error)? {
@@ -595,20 +589,31 @@ pub async fn download(
         }
     };
     let path = st.tenant_adapters.path(&tenant.name, &name).join(&file);
-    // Replaced or deleted since it was looked up: as if it never was.
-    let bytes =
-        crate::chat::blocking(move || std::fs::read(&path).map_err(|_| not_found(&name))).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type.to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{file}\""),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    // Replaced or deleted since it was looked up: as if it never was. The
+    // file is streamed, so a download holds a chunk, not the adapter.
+    let opened = tokio::fs::File::open(&path).await;
+    let (file_handle, len) = match opened {
+        Ok(f) => {
+            let len = f.metadata().await.map(|m| m.len()).ok();
+            (f, len)
+        }
+        Err(_) => return Err(not_found(&name)),
+    };
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file}\""),
+        );
+    if let Some(len) = len {
+        response = response.header(header::CONTENT_LENGTH, len);
+    }
+    response
+        .body(Body::from_stream(tokio_util::io::ReaderStream::new(
+            file_handle,
+        )))
+        .map_err(|e| ApiError::internal(format!("cannot build the response: {e}")))
 }
 
 /// `DELETE /v1/adapters/{name}`.

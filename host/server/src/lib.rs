@@ -311,6 +311,30 @@ impl AppState {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Admit an upload (a plugin to compile, or an adapter to check): one
+    /// at a time per tenant, [`MAX_COMPILES`] in all. The permits go with
+    /// the work, so they are held until it ends even if the client goes
+    /// away.
+    pub(crate) fn admit_upload(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<
+        (
+            tokio::sync::OwnedSemaphorePermit,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+        ApiError,
+    > {
+        let mine = tenant.admit_compile()?;
+        let any = self.compiles.clone().try_acquire_owned().map_err(|_| {
+            ApiError::rate_limited(
+                "the server is taking in as many plugin and adapter uploads as it does at once; retry shortly",
+                1,
+            )
+        })?;
+        Ok((mine, any))
+    }
+
     pub fn model_id(&self) -> &str {
         &self.engine.name
     }

@@ -71,18 +71,9 @@ pub async fn upload(
             "the body is empty: send the component's bytes",
         ));
     }
-    // Admission: one compile per tenant, `MAX_COMPILES` in all. The permits
-    // go with the compile, so they are held until it ends even if the
-    // client goes away.
-    let mine = tenant.admit_compile()?;
-    let any = st.compiles.clone().try_acquire_owned().map_err(|_| {
-        ApiError::rate_limited(
-            "the server is compiling as many plugins as it takes at once; retry shortly",
-            1,
-        )
-    })?;
+    let permits = st.admit_upload(&tenant)?;
     let result = {
-        let _permits = (mine, any);
+        let _permits = permits;
         st.store
             .upload(
                 &tenant.name,
