@@ -45,9 +45,19 @@ pub(crate) fn random_adapter(
     targets: &[&str],
     seed: u64,
 ) -> LoraAdapter {
-    let train = model.trainable(DType::F32).unwrap();
+    random_adapter_of(&model.trainable(DType::F32).unwrap(), rank, targets, seed)
+}
+
+/// [`random_adapter`] of a model already expanded for training (expanding
+/// the default model takes seconds and half a gigabyte).
+pub(crate) fn random_adapter_of(
+    train: &TrainLlama,
+    rank: usize,
+    targets: &[&str],
+    seed: u64,
+) -> LoraAdapter {
     let vars = LoraVars::init(
-        &train,
+        train,
         LoraConfig::new(rank, 2.0 * rank as f64, targets, None),
         seed,
     )

@@ -500,10 +500,12 @@ fn tenants_upload_adapters_and_only_they_use_them() {
         adapter.save(&d).unwrap();
         d.to_str().unwrap().to_owned()
     };
-    let four = crate::lora::random_adapter(base, 4, &[], 41);
+    let train = base.trainable(candle_core::DType::F32).unwrap();
+    let four = crate::lora::random_adapter_of(&train, 4, &[], 41);
     // 78 MB of weights: downloads of it must not each hold a copy.
-    let big = crate::lora::random_adapter(base, 64, &[], 3);
-    let two = crate::lora::random_adapter(base, 2, &["q_proj", "v_proj", "down_proj"], 7);
+    let big = crate::lora::random_adapter_of(&train, 64, &[], 3);
+    let two = crate::lora::random_adapter_of(&train, 2, &["q_proj", "v_proj", "down_proj"], 7);
+    drop(train);
     let tiny = crate::lora::random_adapter(
         crate::lora::tiny().model.as_llama().unwrap(),
         2,
